@@ -1,0 +1,442 @@
+"""Decoding of untrusted images and equality of the eval transform with timm's.
+
+timm is the reference (test-only dependency): nothing is downloaded, only the
+``pretrained_cfg`` of ``legacy_xception`` is used.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import struct
+import warnings
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, PngImagePlugin
+
+from xception_core.preprocess import (
+    ALLOWED_FORMATS,
+    DEFAULT_MAX_PIXELS,
+    CorruptImage,
+    ExtremeAspectRatio,
+    ImageDecodeError,
+    ImageTooLarge,
+    ImageTooSmall,
+    PreprocessConfig,
+    UnsupportedImageFormat,
+    decode_image,
+    eval_transform,
+    preprocess_bytes,
+)
+
+timm = pytest.importorskip("timm")
+skdata = pytest.importorskip("skimage.data")
+
+ATOL = 1e-5
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module")
+def timm_data_config() -> dict:
+    model = timm.create_model("legacy_xception", pretrained=False, num_classes=10)
+    return timm.data.resolve_data_config({}, model=model)
+
+
+@pytest.fixture(scope="module")
+def timm_transform(timm_data_config):
+    return timm.data.create_transform(**timm_data_config)
+
+
+@pytest.fixture(scope="module", params=PHOTOS)
+def photo(request) -> Image.Image:
+    return Image.fromarray(getattr(skdata, request.param)()).convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def chelsea() -> Image.Image:
+    return Image.fromarray(skdata.chelsea()).convert("RGB")
+
+
+def encode(im: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def pillow_rgb(data: bytes) -> Image.Image:
+    """What Pillow itself decodes (for lossy formats, the reference is that, not the array)."""
+    with Image.open(io.BytesIO(data)) as im:
+        return im.convert("RGB")
+
+
+def assert_same_as_timm(data: bytes, canonical: Image.Image, timm_transform) -> None:
+    ours = preprocess_bytes(data)
+    ref = timm_transform(canonical)
+    assert ours.dtype == torch.float32
+    assert ours.shape == ref.shape == (3, 299, 299)
+    diff = (ours - ref).abs().max().item()
+    assert diff <= ATOL, f"max |ours - timm| = {diff}"
+
+
+def png_header_only_bomb(width: int, height: int) -> bytes:
+    """A valid 1-bit greyscale PNG of width x height, all zeros, built row by row.
+
+    Streaming the compressor keeps memory tiny: 20000x20000 compresses to ~50 kB.
+    """
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    comp = zlib.compressobj(9)
+    row = bytes(1 + (width + 7) // 8)  # filter byte + packed bits
+    parts = [comp.compress(row) for _ in range(height)]
+    parts.append(comp.flush())
+    idat = b"".join(parts)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_default_config_is_timm_legacy_xception(timm_data_config):
+    assert PreprocessConfig.from_dict(timm_data_config) == PreprocessConfig()
+    cfg = timm.models.get_pretrained_cfg("legacy_xception.tf_in1k")
+    assert PreprocessConfig.from_dict(timm.data.resolve_data_config(pretrained_cfg=cfg.to_dict())) == PreprocessConfig()
+    assert PreprocessConfig().resize_size == 333
+
+
+def test_config_json_round_trip():
+    cfg = PreprocessConfig(input_size=224, crop_pct=0.875, interpolation="bilinear",
+                           mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    d = json.loads(json.dumps(cfg.to_dict()))
+    assert d == {"input_size": 224, "crop_pct": 0.875, "interpolation": "bilinear",
+                 "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    assert PreprocessConfig.from_dict(d) == cfg
+    assert PreprocessConfig.from_dict({}) == PreprocessConfig()
+
+
+@pytest.mark.parametrize("bad", [
+    {"input_size": 0}, {"input_size": 299.5}, {"crop_pct": 0}, {"crop_pct": 1.5},
+    {"interpolation": "cubic"}, {"mean": [0.5, 0.5]}, {"std": [0.5, 0.0, 0.5]},
+    {"input_size": [3, 299, 300]}, {"crop_mode": "squash"}, {"resize": 333},
+])
+def test_config_rejects_bad_values(bad):
+    with pytest.raises(ValueError):
+        PreprocessConfig.from_dict(bad)
+
+
+# --------------------------------------------------------------------------- equality with timm
+
+
+def test_rgb_png_matches_timm(photo, timm_transform):
+    assert_same_as_timm(encode(photo, "PNG"), photo, timm_transform)
+
+
+def test_rgb_jpeg_matches_timm_on_pillow_decode(photo, timm_transform):
+    data = encode(photo, "JPEG", quality=90)
+    assert_same_as_timm(data, pillow_rgb(data), timm_transform)
+
+
+def test_greyscale_matches_timm(photo, timm_transform):
+    grey = photo.convert("L")
+    assert_same_as_timm(encode(grey, "PNG"), grey.convert("RGB"), timm_transform)
+
+
+def test_rgba_composited_on_white_matches_timm(photo, timm_transform):
+    arr = np.asarray(photo)
+    h, w = arr.shape[:2]
+    yy, xx = np.mgrid[:h, :w]
+    opaque = (((yy // 37) + (xx // 23)) % 2 == 0)  # blocks of fully transparent / opaque
+    alpha = np.where(opaque, 255, 0).astype(np.uint8)
+    rgba = Image.fromarray(np.dstack([arr, alpha]), "RGBA")
+    expected = Image.fromarray(np.where(opaque[..., None], arr, 255).astype(np.uint8))
+    assert_same_as_timm(encode(rgba, "PNG"), expected, timm_transform)
+
+
+def test_palette_matches_timm(photo, timm_transform):
+    pal = photo.quantize(colors=256)
+    assert pal.mode == "P"
+    assert_same_as_timm(encode(pal, "PNG"), pal.convert("RGB"), timm_transform)
+
+
+def test_cmyk_tiff_matches_timm(photo, timm_transform):
+    cmyk = photo.convert("CMYK")
+    # Pillow's RGB->CMYK->RGB is exact when K = 0, so the canonical image is the photo itself.
+    assert np.array_equal(np.asarray(cmyk.convert("RGB")), np.asarray(photo))
+    assert_same_as_timm(encode(cmyk, "TIFF"), photo, timm_transform)
+
+
+def test_cmyk_jpeg_matches_timm_on_pillow_decode(chelsea, timm_transform):
+    data = encode(chelsea.convert("CMYK"), "JPEG", quality=95)
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.mode == "CMYK"
+    assert_same_as_timm(data, pillow_rgb(data), timm_transform)
+
+
+def _exif_bytes(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+def test_exif_rotated_png_matches_timm_on_upright(photo, timm_transform):
+    # Orientation 6 means "rotate 90 degrees clockwise to display"; store the upright
+    # photo rotated 90 degrees counter-clockwise with that tag.
+    stored = photo.transpose(Image.Transpose.ROTATE_90)
+    data = encode(stored, "PNG", exif=_exif_bytes(6))
+    decoded = decode_image(data)
+    assert decoded.size == photo.size
+    assert np.array_equal(np.asarray(decoded), np.asarray(photo))
+    assert_same_as_timm(data, photo, timm_transform)
+
+
+def test_exif_rotated_jpeg_matches_timm(chelsea, timm_transform):
+    stored = chelsea.transpose(Image.Transpose.ROTATE_270)
+    data = encode(stored, "JPEG", quality=90, exif=_exif_bytes(8))
+    upright = pillow_rgb(data).transpose(Image.Transpose.ROTATE_90)
+    assert upright.size == chelsea.size
+    assert_same_as_timm(data, upright, timm_transform)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_all_exif_orientations_decode_upright(orientation):
+    upright = Image.fromarray(np.random.default_rng(orientation).integers(0, 256, (12, 20, 3), dtype=np.uint8))
+    # the inverse of each orientation's display transform
+    inverse = {
+        1: None,
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_90,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_270,
+    }[orientation]
+    stored = upright if inverse is None else upright.transpose(inverse)
+    decoded = decode_image(encode(stored, "PNG", exif=_exif_bytes(orientation)))
+    assert np.array_equal(np.asarray(decoded), np.asarray(upright))
+    assert "exif" not in decoded.info
+
+
+def test_non_default_config_matches_timm(chelsea):
+    kwargs = dict(input_size=(3, 224, 224), crop_pct=0.875, interpolation="bilinear",
+                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    ref = timm.data.create_transform(**kwargs)(chelsea)
+    ours = eval_transform(chelsea, PreprocessConfig.from_dict(kwargs))
+    assert ours.shape == (3, 224, 224)
+    assert (ours - ref).abs().max().item() <= ATOL
+
+
+def test_eval_transform_requires_rgb(chelsea):
+    with pytest.raises(ValueError, match="RGB"):
+        eval_transform(chelsea.convert("L"), PreprocessConfig())
+
+
+# --------------------------------------------------------------------------- canonical decoding
+
+
+@pytest.mark.parametrize("fmt,kwargs", [
+    ("PNG", {}), ("BMP", {}), ("TIFF", {}), ("TIFF", {"compression": "tiff_lzw"}),
+    ("WEBP", {"lossless": True}),
+])
+def test_lossless_formats_decode_exactly(fmt, kwargs):
+    arr = np.random.default_rng(0).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    decoded = decode_image(encode(Image.fromarray(arr), fmt, **kwargs))
+    assert type(decoded) is Image.Image and decoded.mode == "RGB"
+    assert np.array_equal(np.asarray(decoded), arr)
+
+
+def test_sixteen_bit_greyscale_is_scaled_not_clipped():
+    values = np.array([0, 257, 1000, 32768, 65535], dtype=np.uint16)
+    arr = np.tile(values, (10, 2))  # 10 x 10
+    png = encode(Image.fromarray(arr), "PNG")
+    with Image.open(io.BytesIO(png)) as im:
+        assert im.mode == "I;16"
+    out = np.asarray(decode_image(png))
+    assert out.shape == (10, 10, 3)
+    assert np.array_equal(out[0, :5, 0], [0, 1, 4, 128, 255])
+    assert np.array_equal(out[..., 0], out[..., 2])
+
+
+def test_sixteen_bit_big_endian_tiff():
+    arr = np.tile(np.array([0, 32768, 65535, 1000], dtype=np.uint16), (8, 2))
+    im = Image.frombytes("I;16B", (8, 8), arr.astype(">u2").tobytes())
+    out = np.asarray(decode_image(encode(im, "TIFF")))
+    assert np.array_equal(out[0, :4, 1], [0, 128, 255, 4])
+
+
+def test_float_tiff_in_unit_range_is_scaled():
+    arr = np.tile(np.array([0.0, 0.5, 1.0, 0.25], dtype=np.float32), (8, 2))
+    out = np.asarray(decode_image(encode(Image.fromarray(arr), "TIFF")))
+    assert np.array_equal(out[0, :4, 0], [0, 128, 255, 64])
+
+
+def test_animated_gif_gives_first_frame():
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    frames = [Image.new("RGB", (16, 16), c) for c in colours]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.n_frames == 3
+    out = np.asarray(decode_image(data))
+    assert out.shape == (16, 16, 3)
+    assert (out == [255, 0, 0]).all()
+
+
+def test_animated_png_gives_first_frame():
+    frames = [Image.new("RGB", (16, 16), c) for c in [(10, 20, 30), (200, 100, 0)]]
+    data = encode(frames[0], "PNG", save_all=True, append_images=frames[1:])
+    assert (np.asarray(decode_image(data)) == [10, 20, 30]).all()
+
+
+def test_palette_with_transparency_composited_on_white():
+    pal = Image.new("P", (10, 10), 1)
+    pal.putpalette([0, 0, 0, 200, 30, 40] + [0] * 762)
+    pal.paste(0, (0, 0, 5, 10))  # left half uses index 0, declared transparent
+    out = np.asarray(decode_image(encode(pal, "PNG", transparency=0)))
+    assert (out[:, :5] == 255).all()
+    assert (out[:, 5:] == [200, 30, 40]).all()
+    gif = np.asarray(decode_image(encode(pal, "GIF", transparency=0)))
+    assert (gif[:, :5] == 255).all() and (gif[:, 5:] == [200, 30, 40]).all()
+
+
+def test_partial_alpha_and_la_composited_on_white():
+    rgba = Image.new("RGBA", (10, 10), (0, 0, 0, 128))
+    out = np.asarray(decode_image(encode(rgba, "PNG"))).astype(int)
+    assert np.abs(out - 127).max() <= 1  # 255 * (1 - 128/255)
+    la = Image.new("LA", (10, 10), (0, 0))
+    assert (np.asarray(decode_image(encode(la, "PNG"))) == 255).all()
+
+
+def test_bilevel_image():
+    im = Image.new("1", (16, 16), 0)
+    im.paste(1, (0, 0, 8, 16))
+    out = np.asarray(decode_image(encode(im, "PNG")))
+    assert (out[:, :8] == 255).all() and (out[:, 8:] == 0).all()
+
+
+# --------------------------------------------------------------------------- hostile inputs
+
+
+@pytest.mark.parametrize("data,cls,pattern", [
+    (b"", UnsupportedImageFormat, r"empty"),
+    (b"hello, this is not an image\n", UnsupportedImageFormat, r"text"),
+    (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>',
+     UnsupportedImageFormat, r"format 'SVG' is not accepted; send one of JPEG, PNG, WEBP, BMP, GIF, TIFF"),
+    (b"<svg width='10' height='10'></svg>", UnsupportedImageFormat, r"'SVG'"),
+    (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n", UnsupportedImageFormat, r"'PDF'"),
+    (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", UnsupportedImageFormat, r"'HEIC'"),
+    (bytes(range(256)) * 4, UnsupportedImageFormat, r"not a recognised image"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00", CorruptImage, r"PNG"),
+    (b"\xff\xd8\xff", CorruptImage, r"JPEG"),
+])
+def test_rejects_non_images(data, cls, pattern):
+    with pytest.raises(cls, match=pattern):
+        decode_image(data)
+
+
+def test_rejects_readable_but_disallowed_format():
+    ico = encode(Image.new("RGB", (32, 32), "red"), "ICO")
+    with pytest.raises(UnsupportedImageFormat, match="'ICO' is not accepted"):
+        decode_image(ico)
+    png = encode(Image.new("RGB", (32, 32), "red"), "PNG")
+    with pytest.raises(UnsupportedImageFormat, match="'PNG' is not accepted here; send one of JPEG"):
+        decode_image(png, formats=("JPEG",))
+
+
+def test_rejects_non_bytes():
+    with pytest.raises(TypeError):
+        decode_image("not bytes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "TIFF"])
+def test_truncated_images_are_corrupt(chelsea, fmt):
+    data = encode(chelsea, fmt)
+    with pytest.raises(CorruptImage, match="truncated or damaged"):
+        decode_image(data[: len(data) // 2])
+
+
+def test_decompression_bomb_rejected_from_header(monkeypatch):
+    bomb = png_header_only_bomb(20000, 20000)
+    assert len(bomb) < 200_000
+
+    def no_decoding(self):
+        raise AssertionError("pixels were decoded")
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", no_decoding)
+    with pytest.raises(ImageTooLarge, match=r"400 MP, over the limit of 40 MP; send a smaller image"):
+        decode_image(bomb)
+    # Above our limit but below Pillow's: our own header check, with the size in the message.
+    with pytest.raises(ImageTooLarge, match=r"image is 7000x7000 = 49 MP, over the limit of 40 MP"):
+        decode_image(png_header_only_bomb(7000, 7000))
+
+
+def test_pillow_bomb_warning_becomes_image_too_large():
+    bomb = png_header_only_bomb(10000, 10000)  # 100 MP: Pillow warns (89 MP < n < 179 MP)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ImageTooLarge, match="over the limit of 40 MP"):
+            decode_image(bomb)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        with pytest.raises(ImageTooLarge, match="10000x10000 = 100 MP"):
+            decode_image(bomb)
+
+
+def test_max_pixels_is_a_parameter(monkeypatch):
+    data = encode(Image.new("RGB", (100, 100)), "PNG")
+    with pytest.raises(ImageTooLarge, match=r"100x100 = 0.01 MP, over the limit of 0.005 MP"):
+        decode_image(data, max_pixels=5000)
+    assert decode_image(data, max_pixels=10_000).size == (100, 100)
+    # A lower global Pillow limit is raised to ours so that our check is the one that applies.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    assert decode_image(data).size == (100, 100)
+    assert Image.MAX_IMAGE_PIXELS >= DEFAULT_MAX_PIXELS
+
+
+@pytest.mark.parametrize("size,cls,pattern", [
+    ((1, 1), ImageTooSmall, r"1x1; both sides must be at least 8 px"),
+    ((1, 20000), ImageTooSmall, r"1x20000"),
+    ((7, 100), ImageTooSmall, r"7x100"),
+    ((10, 1000), ExtremeAspectRatio, r"10x1000, an aspect ratio of 1:100, beyond the limit of 1:50"),
+])
+def test_degenerate_sizes_rejected(size, cls, pattern):
+    data = encode(Image.new("L", size), "PNG")
+    with pytest.raises(cls, match=pattern) as info:
+        decode_image(data)
+    assert isinstance(info.value, ImageDecodeError) and isinstance(info.value, ValueError)
+
+
+def test_limits_of_geometry_are_inclusive():
+    assert decode_image(encode(Image.new("L", (8, 400)), "PNG")).size == (8, 400)
+    assert preprocess_bytes(encode(Image.new("L", (8, 8)), "PNG")).shape == (3, 299, 299)
+
+
+def test_error_codes_are_distinct():
+    classes = [UnsupportedImageFormat, ImageTooLarge, ImageTooSmall, ExtremeAspectRatio, CorruptImage]
+    assert len({c.code for c in classes}) == len(classes)
+    assert all(re.fullmatch(r"[a-z_]+", c.code) for c in classes)
+    assert ALLOWED_FORMATS == ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+
+
+def test_concurrent_decoding(chelsea):
+    good = encode(chelsea, "JPEG")
+    bomb = png_header_only_bomb(7000, 7000)
+
+    def work(i):
+        if i % 2:
+            with pytest.raises(ImageTooLarge):
+                decode_image(bomb)
+            return None
+        return np.asarray(decode_image(good))
+
+    with ThreadPoolExecutor(4) as pool:
+        results = [r for r in pool.map(work, range(8)) if r is not None]
+    assert all(np.array_equal(r, results[0]) for r in results)

@@ -1,0 +1,174 @@
+"""Per-layer output shapes, parameters and multiply-accumulates, for any config and size.
+
+The profile runs a forward pass on PyTorch's ``meta`` device: shapes propagate
+exactly as in the real model but no memory is allocated and nothing is computed,
+so profiling the 299-px paper model costs milliseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from .model import MIN_INPUT_SIZE, SeparableConv2d, Xception, XceptionConfig
+
+
+@dataclass(frozen=True)
+class LayerProfile:
+    name: str  # e.g. "entry.block2.sep1.depthwise"
+    flow: str  # entry / middle / exit / head
+    kind: str  # conv, depthwise, pointwise, skip, pool, global_pool, fc
+    in_channels: int
+    out_channels: int
+    output_size: tuple[int, int]  # (H, W); (1, 1) for the classifier
+    params: int
+    macs: int
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["output_size"] = list(self.output_size)
+        return d
+
+
+@dataclass(frozen=True)
+class SeparableProfile:
+    """One separable convolution: both halves, and its regular-convolution equivalent."""
+
+    name: str
+    flow: str
+    in_channels: int
+    out_channels: int
+    output_size: tuple[int, int]
+    depthwise_params: int
+    pointwise_params: int
+    depthwise_macs: int
+    pointwise_macs: int
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["output_size"] = list(self.output_size)
+        return d
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    config: XceptionConfig
+    input_size: int
+    layers: tuple[LayerProfile, ...]
+    separable: tuple[SeparableProfile, ...]
+    total_params: int  # every parameter of the model, BatchNorm included
+    total_macs: int  # convolutions and the classifier
+
+    def to_dict(self) -> dict:
+        return {
+            "input_size": self.input_size,
+            "config": self.config.to_dict(),
+            "total_params": self.total_params,
+            "total_macs": self.total_macs,
+            "layers": [layer.to_dict() for layer in self.layers],
+            "separable_layers": [s.to_dict() for s in self.separable],
+        }
+
+
+def segment_spectrum(
+    in_channels: int, out_channels: int, segments: int, kernel: int = 3, output_hw: int = 1
+) -> tuple[int, int]:
+    """Parameters and MACs of the paper's spectrum for one layer.
+
+    ``segments`` = 1 is a regular ``kernel x kernel`` convolution; ``segments`` =
+    ``in_channels`` is a depthwise-separable one (in Xception's order: 1x1 after
+    the spatial convolution). In between, an Inception-like module: a 1x1
+    convolution then a spatial convolution per segment of
+    ``out_channels / segments`` channels (grouped convolution).
+    """
+    if not 1 <= segments <= in_channels:
+        raise ValueError(f"segments must be in 1..{in_channels}")
+    if segments == 1:
+        params = in_channels * out_channels * kernel * kernel
+    elif segments == in_channels:
+        params = in_channels * kernel * kernel + in_channels * out_channels
+    else:
+        if out_channels % segments:
+            raise ValueError(f"segments must divide {out_channels}")
+        per = out_channels // segments
+        params = in_channels * out_channels + segments * per * per * kernel * kernel
+    return params, params * output_hw
+
+
+def _flow(name: str) -> str:
+    return name.split(".", 1)[0] if name.split(".", 1)[0] in ("entry", "middle", "exit") else "head"
+
+
+def profile_model(config: XceptionConfig | None = None, input_size: int = 299) -> ModelProfile:
+    """Shapes, parameters and MACs of every layer of an Xception with ``config`` (cached)."""
+    return _profile(config or XceptionConfig(), int(input_size))
+
+
+@lru_cache(maxsize=64)
+def _profile(config: XceptionConfig, input_size: int) -> ModelProfile:
+    if input_size < MIN_INPUT_SIZE:
+        raise ValueError(f"input size must be at least {MIN_INPUT_SIZE}, got {input_size}")
+    with torch.device("meta"):
+        model = Xception(config)
+    names = {m: n for n, m in model.named_modules()}
+    rows: list[LayerProfile] = []
+
+    def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        name = names[module]
+        x = inputs[0]
+        params = sum(p.numel() for p in module.parameters(recurse=False))
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            per_output = (module.in_channels // module.groups) * kh * kw
+            macs = output[0].numel() * per_output
+            if name.endswith(".depthwise"):
+                kind = "depthwise"
+            elif name.endswith(".pointwise"):
+                kind = "pointwise"
+            elif name.endswith(".skip"):
+                kind = "skip"
+            else:
+                kind = "conv"
+        elif isinstance(module, nn.Linear):
+            kind, macs = "fc", module.in_features * module.out_features
+        elif isinstance(module, nn.MaxPool2d):
+            kind, macs = "pool", 0
+        else:
+            kind, macs = "global_pool", 0
+        out_hw = tuple(output.shape[-2:]) if output.dim() == 4 else (1, 1)
+        rows.append(
+            LayerProfile(name, _flow(name), kind, int(x.shape[1]), int(output.shape[1]), out_hw, params, macs)
+        )
+
+    handles = [
+        m.register_forward_hook(record)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.AdaptiveAvgPool2d))
+    ]
+    try:
+        model(torch.empty(1, config.in_chans, input_size, input_size, device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
+
+    by_name = {r.name: r for r in rows}
+    separable = []
+    for name in model.separable_layers():
+        dw, pw = by_name[f"{name}.depthwise"], by_name[f"{name}.pointwise"]
+        separable.append(
+            SeparableProfile(
+                name, dw.flow, dw.in_channels, pw.out_channels, pw.output_size,
+                dw.params, pw.params, dw.macs, pw.macs,
+            )
+        )
+    return ModelProfile(
+        config=config,
+        input_size=input_size,
+        layers=tuple(rows),
+        separable=tuple(separable),
+        total_params=sum(p.numel() for p in model.parameters()),
+        total_macs=sum(r.macs for r in rows),
+    )
