@@ -249,8 +249,16 @@ def _model_dir(model_id: str, home: str | os.PathLike[str] | None) -> Path:
 
 
 def bundled_dir() -> Traversable:
-    """Where the bundled model lives (package data; tests monkeypatch this)."""
-    return resources.files("xception_core") / "data" / "bundled"
+    """Where the bundled model lives (package data; tests monkeypatch this).
+
+    Falls back to the directory beside this file where ``importlib.resources``
+    cannot resolve the package (e.g. a namespace package seen through an
+    editable-install finder).
+    """
+    try:
+        return resources.files("xception_core") / "data" / "bundled"
+    except (NotADirectoryError, TypeError, ModuleNotFoundError):
+        return Path(__file__).resolve().parent / "data" / "bundled"
 
 
 # --------------------------------------------------------------------------- the card

@@ -1,0 +1,70 @@
+"""Xception Explorer's core: the paper's Xception with its separable convolutions laid open.
+
+No web code lives here. The public surface:
+
+- the model: :class:`Xception`, :class:`XceptionConfig`, :class:`SeparableConv2d`
+- its anatomy: :func:`profile_model`, :func:`segment_spectrum`
+- looking inside: :func:`forward_with_capture`, :func:`capture`, :func:`decompose`
+- weights: :func:`list_models`, :func:`load_model`, :func:`import_weights`,
+  :func:`download_weights`, :func:`timm_to_ours`, :func:`ours_to_timm`
+- images: :func:`decode_image`, :class:`PreprocessConfig`, :func:`eval_transform`
+- prediction: :func:`classify`, :func:`top_k`, :func:`evaluate_folder`
+"""
+
+from .convert import StateDictMismatch, infer_timm_config, ours_to_timm, timm_to_ours
+from .inference import Prediction, classify, evaluate_folder, top_k
+from .introspect import Decomposition, UnknownLayerError, capture, decompose, forward_with_capture
+from .labels import imagenet_class_names, load_class_names
+from .model import SeparableConv2d, Xception, XceptionConfig, xception
+from .preprocess import ImageDecodeError, PreprocessConfig, decode_image, eval_transform, preprocess_bytes
+from .profile import ModelProfile, profile_model, segment_spectrum
+from .weights import (
+    BUNDLED_ID,
+    ModelCard,
+    WeightsError,
+    default_model_id,
+    download_weights,
+    get_card,
+    import_weights,
+    list_models,
+    load_model,
+)
+
+__all__ = [
+    "BUNDLED_ID",
+    "Decomposition",
+    "ImageDecodeError",
+    "ModelCard",
+    "ModelProfile",
+    "Prediction",
+    "PreprocessConfig",
+    "SeparableConv2d",
+    "StateDictMismatch",
+    "UnknownLayerError",
+    "WeightsError",
+    "Xception",
+    "XceptionConfig",
+    "capture",
+    "classify",
+    "decode_image",
+    "decompose",
+    "default_model_id",
+    "download_weights",
+    "eval_transform",
+    "evaluate_folder",
+    "forward_with_capture",
+    "get_card",
+    "imagenet_class_names",
+    "import_weights",
+    "infer_timm_config",
+    "list_models",
+    "load_class_names",
+    "load_model",
+    "ours_to_timm",
+    "preprocess_bytes",
+    "profile_model",
+    "segment_spectrum",
+    "timm_to_ours",
+    "top_k",
+    "xception",
+]
