@@ -144,3 +144,37 @@ def test_console_script_runs_as_a_subprocess(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["input_size"] == 96
+
+
+def test_weights_download_offline_names_url_and_manual_route(capsys, monkeypatch):
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("network is unreachable (test)")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    code, _, err = run_cli(capsys, "weights", "download", "xception-imagenet", "--quiet")
+    assert code == 1
+    assert "xception-43020ad28.pth" in err and "--file" in err
+    assert "Traceback" not in err
+
+
+def test_weights_download_from_a_local_file(capsys, tmp_path, small_config, monkeypatch):
+    import hashlib
+
+    from xception_core import weights
+
+    torch.manual_seed(3)
+    state = ours_to_timm(Xception(small_config).state_dict(), small_config)
+    path = tmp_path / "mirror.pth"
+    torch.save(state, path)
+    prefix = hashlib.sha256(path.read_bytes()).hexdigest()[:9]
+    entry = {**weights.PRETRAINED["xception-imagenet"], "config": small_config, "sha256_prefix": prefix,
+             "url": f"http://127.0.0.1:9/xception-{prefix}.pth", "labels": [f"c{i}" for i in range(small_config.num_classes)]}
+    monkeypatch.setitem(weights.PRETRAINED, "xception-imagenet", entry)
+    code, out, err = run_cli(capsys, "weights", "download", "xception-imagenet", "--file", str(path), "--quiet")
+    assert code == 0, err
+    model, card = load_model("xception-imagenet")
+    assert card.status == "available"
+    assert torch.equal(model.fc.weight, state["fc.weight"])

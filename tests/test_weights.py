@@ -220,7 +220,7 @@ def _truncated(tmp_path, timm_file):
     data = timm_file.read_bytes()
     p = tmp_path / "truncated.pth"
     p.write_bytes(data[: len(data) // 2])
-    return p, "truncated or corrupted"
+    return p, "cannot load checkpoint: it is a PyTorch zip archive that is truncated or corrupted"
 
 
 def _random_bytes(tmp_path, timm_file):
@@ -232,7 +232,7 @@ def _random_bytes(tmp_path, timm_file):
 def _empty(tmp_path, timm_file):
     p = tmp_path / "empty.pth"
     p.write_bytes(b"")
-    return p, "cannot load checkpoint"
+    return p, "cannot load checkpoint: the file is empty"
 
 
 def _not_found(tmp_path, timm_file):
@@ -525,7 +525,7 @@ class _Server:
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     def url(self, path: str) -> str:

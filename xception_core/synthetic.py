@@ -29,18 +29,28 @@ Design choices that make the two cues necessary
   by the conjunction "this pattern drawn in these two colours".
 
 Each image holds one object: a region (ellipse, rotated rectangle or convex
-polygon) of 30-70 % of the image side at a random position, filled with the
-class pattern at random phase, period and orientation (within the class range:
-horizontal stripes stay within +-20 degrees of horizontal, vertical within
-+-20 degrees of vertical; checkerboards and dot grids take any orientation).
-The object is drawn last, so its boolean mask is exactly the pixels carrying
-the pattern.  Mild Gaussian noise and a small per-image colour jitter finish
-the image.
+polygon with 4-8 corners, aspect ratio 0.6-1) whose circumscribing circle has
+a diameter of 30-70 % of the image side, entirely inside the image at a random
+position, filled with the class pattern at random phase, period and
+orientation (within the class range: horizontal stripes stay within +-20
+degrees of horizontal, vertical stripes within +-20 degrees of vertical;
+checkerboards and dot grids take any orientation; rings are centred near the
+object's centre).  The pattern period (one dark + one light band) is 12-22 %
+of the object's diameter and at least ``size / 18`` pixels (7 px at 128 px).
+Edges of the pattern are anti-aliased over about one pixel.  The object is
+drawn last, so its boolean mask is exactly the pixels carrying the pattern.
+A per-image jitter of the two colours (sigma 6 per channel) and mild noise
+(sigma 2-6) finish the image.
+
+Geometry scales with ``size``; at 64 px the smallest periods are 3.6 px, too
+fine to survive Xception's stem, so generate at 128 px (the default) -- or at
+least 96 px -- and train at that size.
 
 Augmentation note for trainers: horizontal and vertical flips preserve every
 label; 90-degree rotations and transposes do NOT (they swap horizontal and
-vertical stripes); heavy colour jitter / hue shifts / greyscale conversion
-destroy the colour cue.
+vertical stripes); rotations of more than ~20 degrees blur that distinction;
+crops may cut the object away (it is never cut by the image border here);
+heavy colour jitter / hue shifts / greyscale conversion destroy the colour cue.
 
 Determinism
 -----------
@@ -74,7 +84,8 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Callable, Iterator
+from types import MappingProxyType
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -118,31 +129,41 @@ LIGHT_LUMA = 185.0
 _LUMA = np.array([0.299, 0.587, 0.114])
 
 
-def _at_luma(rgb: tuple[float, float, float], luma: float) -> tuple[int, int, int]:
-    """Colour of the same hue as ``rgb`` with the given Rec.601 luma.
+#: Palette colours keep every channel inside this range, so that colour jitter
+#: and noise are (almost) never clipped -- clipping would shift the mean luma
+#: of a colour by a scheme-dependent amount and leak the scheme into greyscale.
+_CHANNEL_RANGE = (24.0, 231.0)
 
-    Scales the colour down (towards black) or mixes it with white, whichever
-    reaches ``luma``.
+
+def _at_luma(rgb: tuple[float, float, float], luma: float) -> tuple[int, int, int]:
+    """A colour of (about) the hue of ``rgb`` with the given Rec.601 luma.
+
+    The hue is first squeezed into ``_CHANNEL_RANGE``, then scaled towards the
+    low end of the range or mixed towards the high end, whichever reaches
+    ``luma``.
     """
-    c = np.asarray(rgb, dtype=np.float64)
+    lo, hi = _CHANNEL_RANGE
+    c = np.asarray(rgb, dtype=np.float64) / 255.0  # 0..1
+    target = (luma - lo) / (hi - lo)  # luma of c in 0..1 units (the weights sum to 1)
     y = float(_LUMA @ c)
-    if y >= luma:
-        c = c * (luma / y)
+    if y >= target:
+        c = c * (target / y)
     else:
-        t = (luma - y) / (255.0 - y)
-        c = c + t * (255.0 - c)
-    out = np.round(c).astype(int)
+        t = (target - y) / (1.0 - y)
+        c = c + t * (1.0 - c)
+    out = np.round(lo + (hi - lo) * c).astype(int)
     return int(out[0]), int(out[1]), int(out[2])
 
 
 #: name -> (dark colour, light colour); dark colours all have luma DARK_LUMA,
-#: light colours all have luma LIGHT_LUMA (to within rounding, +-0.5).
-COLOUR_SCHEMES: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
+#: light colours all have luma LIGHT_LUMA (to within rounding, +-0.5); every
+#: channel lies in 24..231.
+COLOUR_SCHEMES: Mapping[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = MappingProxyType({
     "red-cyan": (_at_luma((255, 0, 0), DARK_LUMA), _at_luma((0, 255, 255), LIGHT_LUMA)),
     "blue-yellow": (_at_luma((0, 0, 255), DARK_LUMA), _at_luma((255, 255, 0), LIGHT_LUMA)),
     "magenta-green": (_at_luma((255, 0, 255), DARK_LUMA), _at_luma((0, 255, 0), LIGHT_LUMA)),
     "teal-pink": (_at_luma((0, 255, 255), DARK_LUMA), _at_luma((255, 0, 160), LIGHT_LUMA)),
-}
+})
 _SCHEME_NAMES: tuple[str, ...] = tuple(COLOUR_SCHEMES)
 _PALETTE = np.array(
     [c for pair in COLOUR_SCHEMES.values() for c in pair], dtype=np.float32
@@ -337,7 +358,10 @@ def _pattern_alpha(rng: np.random.Generator, pattern: int, dy, dx, period: float
     elif pattern == 2:  # checkerboard, any orientation, squares of side p/2
         u, v = _rotate(dy, dx, rng.uniform(0.0, math.pi / 2))
         ph = rng.uniform(0, 2 * math.pi, 2).astype(np.float32)
-        f = np.sin(u * w + ph[0]) * np.sin(v * w + ph[1])
+        sa, sb = np.sin(u * w + ph[0]), np.sin(v * w + ph[1])
+        # signed distance to the nearest edge ~ the smaller of the two stripe distances
+        f = np.minimum(np.abs(sa), np.abs(sb))
+        f = np.copysign(f, sa * sb, out=f)
     elif pattern == 3:  # concentric rings around a point near the object centre
         a = rng.uniform(0.0, 2.0 * math.pi)
         oy = np.float32(ring_offset * math.sin(a))

@@ -1,0 +1,127 @@
+"""Micro-batching of concurrent predictions.
+
+Requests for the same model that arrive within ``max_wait`` of each other are
+stacked into one forward pass of at most ``max_size`` images. The first
+request of a batch waits at most ``max_wait`` for company; while a batch runs,
+new requests queue up and form the next one, so under load batches fill by
+themselves and at low load a request waits only ``max_wait``.
+
+Results equal one-at-a-time predictions: the model is in eval mode (BatchNorm
+uses its running statistics, nothing mixes images), so each image's logits
+depend on that image alone, up to float rounding of the batched kernels
+(``tests/api/test_concurrency.py`` compares them).
+
+A request whose deadline passes while it waits is dropped from its batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+log = logging.getLogger("api.batching")
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class MicroBatcher(Generic[In, Out]):
+    """Collects items and runs ``run_batch(items) -> results`` (same order) through ``execute``.
+
+    ``execute(fn, items)`` is an awaitable that runs ``fn(items)`` off the event
+    loop (a :class:`~api.workers.WorkPool`). ``on_batch(n)`` observes batch sizes.
+    """
+
+    def __init__(
+        self,
+        run_batch: Callable[[Sequence[In]], Sequence[Out]],
+        execute: Callable[[Callable[[Sequence[In]], Sequence[Out]], Sequence[In]], Any],
+        *,
+        max_size: int = 16,
+        max_wait_s: float = 0.005,
+        on_batch: Callable[[int], None] | None = None,
+        name: str = "batcher",
+    ) -> None:
+        self.run_batch = run_batch
+        self.execute = execute
+        self.max_size = max(1, int(max_size))
+        self.max_wait_s = max(0.0, float(max_wait_s))
+        self.on_batch = on_batch
+        self.name = name
+        self._queue: asyncio.Queue[tuple[In, asyncio.Future]] | None = None
+        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.batches = 0
+        self.items = 0
+
+    def _ensure_worker(self) -> asyncio.Queue:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._task is None or self._task.done():
+            self._loop = loop
+            self._queue = asyncio.Queue()
+            self._task = loop.create_task(self._worker(self._queue), name=f"microbatcher-{self.name}")
+        assert self._queue is not None
+        return self._queue
+
+    async def submit(self, item: In) -> Out:
+        queue = self._ensure_worker()
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        await queue.put((item, fut))
+        return await fut
+
+    async def _collect(self, queue: asyncio.Queue) -> list[tuple[In, asyncio.Future]]:
+        batch = [await queue.get()]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait_s
+        while len(batch) < self.max_size:
+            try:
+                batch.append(queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(queue.get(), remaining))
+            except (TimeoutError, asyncio.TimeoutError):
+                break
+        return batch
+
+    async def _worker(self, queue: asyncio.Queue) -> None:
+        while True:
+            batch = await self._collect(queue)
+            live = [(item, fut) for item, fut in batch if not fut.done()]
+            if not live:
+                continue
+            items = [item for item, _ in live]
+            try:
+                results = await self.execute(self.run_batch, items)
+            except asyncio.CancelledError:
+                for _, fut in live:
+                    if not fut.done():
+                        fut.cancel()
+                raise
+            except BaseException as exc:  # noqa: BLE001 - every waiter gets the error
+                for _, fut in live:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            self.batches += 1
+            self.items += len(items)
+            if self.on_batch is not None:
+                self.on_batch(len(items))
+            for (_, fut), result in zip(live, results):
+                if not fut.done():
+                    fut.set_result(result)
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        self._task = None

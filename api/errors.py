@@ -1,0 +1,279 @@
+"""Every error answer is ``application/problem+json`` (RFC 9457).
+
+``ApiError`` is what the service raises; :func:`translate` maps the core
+library's exceptions to it; :func:`install` registers handlers so that
+FastAPI's own errors (validation, unknown routes, wrong methods) and any
+unexpected exception come out in the same shape:
+``{"type", "title", "status", "detail", "instance", "request_id", ...}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+from .context import request_id_var
+
+log = logging.getLogger("api.errors")
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+TYPE_PREFIX = "urn:xception-explorer:problem:"
+
+
+class ApiError(Exception):
+    """An error answer: ``status``, a slug for ``type``, a ``detail`` that says what to fix.
+
+    Extra keyword arguments become extension members of the problem object
+    (e.g. ``valid_choices``, ``allowed_range``).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        slug: str,
+        detail: str,
+        *,
+        title: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = int(status)
+        self.slug = slug
+        self.detail = detail
+        self.title = title or HTTPStatus(self.status).phrase
+        self.headers = headers or {}
+        self.extra = {k: v for k, v in extra.items() if v is not None}
+
+
+def choices_text(choices: Iterable[Any]) -> str:
+    return ", ".join(str(c) for c in choices)
+
+
+def invalid_choice(name: str, value: Any, choices: Sequence[Any], *, status: int = 422, what: str | None = None) -> ApiError:
+    """``name`` has a value outside ``choices``: 422 (or 404) listing them."""
+    what = what or name
+    return ApiError(
+        status,
+        f"unknown-{what.replace('_', '-')}",
+        f"unknown {what} {value!r}; valid choices: {choices_text(choices)}",
+        parameter=name,
+        valid_choices=[str(c) for c in choices],
+    )
+
+
+def out_of_range(name: str, value: Any, lo: int | float, hi: int | float, why: str = "") -> ApiError:
+    suffix = f" ({why})" if why else ""
+    return ApiError(
+        422,
+        "parameter-out-of-range",
+        f"{name}={value} is out of range; allowed range: {lo}..{hi}{suffix}",
+        parameter=name,
+        allowed_range=[lo, hi],
+    )
+
+
+def problem_body(
+    status: int, slug: str | None, title: str, detail: str, instance: str | None, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": f"{TYPE_PREFIX}{slug}" if slug else "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if instance:
+        body["instance"] = instance
+    rid = request_id_var.get()
+    if rid:
+        body["request_id"] = rid
+    if extra:
+        body.update(extra)
+    return body
+
+
+def problem_response(
+    status: int,
+    slug: str | None,
+    detail: str,
+    *,
+    title: str | None = None,
+    instance: str | None = None,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> JSONResponse:
+    title = title or HTTPStatus(status).phrase
+    return JSONResponse(
+        problem_body(status, slug, title, detail, instance, extra),
+        status_code=status,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=headers,
+    )
+
+
+def api_error_response(exc: ApiError, instance: str | None = None) -> JSONResponse:
+    return problem_response(
+        exc.status, exc.slug, exc.detail, title=exc.title, instance=instance, headers=exc.headers, extra=exc.extra
+    )
+
+
+# --------------------------------------------------------------------------- translating core errors
+
+
+def translate(exc: BaseException) -> ApiError | None:
+    """The :class:`ApiError` for an exception of the core library (None if not one of them)."""
+    from xception_core import preprocess, weights
+    from xception_core.introspect import UnknownLayerError
+
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, preprocess.ImageDecodeError):
+        status = {
+            "unsupported_format": 415,
+            "image_too_large": 413,
+            "image_too_small": 422,
+            "extreme_aspect_ratio": 422,
+            "corrupt_image": 422,
+        }.get(getattr(exc, "code", ""), 422)
+        return ApiError(status, str(getattr(exc, "code", "image-error")).replace("_", "-"), str(exc))
+    if isinstance(exc, UnknownLayerError):
+        return ApiError(422, "unknown-layer", str(exc), parameter="layer")
+    if isinstance(exc, weights.UnknownModelError):
+        return ApiError(404, "unknown-model", str(exc), parameter="model")
+    if isinstance(exc, weights.WeightsMissingError):
+        return ApiError(409, "model-weights-missing", str(exc))
+    if isinstance(exc, weights.WeightsError):
+        return ApiError(
+            503, "model-unavailable", f"the model could not be loaded: {exc}", headers={"Retry-After": "60"}
+        )
+    try:
+        from xception_core import attributions
+    except ImportError:  # pragma: no cover - during development
+        attributions = None  # type: ignore[assignment]
+    if attributions is not None and isinstance(exc, attributions.AttributionError):
+        slug = "unknown-method" if isinstance(exc, attributions.UnknownMethodError) else "invalid-attribution-parameter"
+        return ApiError(422, slug, str(exc), parameter=getattr(exc, "param", None))
+    try:
+        from xception_core import render
+    except ImportError:  # pragma: no cover
+        render = None  # type: ignore[assignment]
+    if render is not None and isinstance(exc, render.RenderError):
+        return ApiError(422, "invalid-rendering-parameter", str(exc))
+    return None
+
+
+# --------------------------------------------------------------------------- handlers
+
+_LOC_KIND = {"query": "query parameter", "path": "path parameter", "header": "header", "body": "form field", "cookie": "cookie"}
+
+
+def _describe_validation_error(err: dict[str, Any]) -> str:
+    loc = [str(p) for p in err.get("loc", ()) if p is not None]
+    kind = _LOC_KIND.get(loc[0], loc[0]) if loc else "input"
+    name = ".".join(loc[1:]) or "(body)"
+    msg = err.get("msg", "is invalid")
+    ctx = err.get("ctx") or {}
+    typ = err.get("type", "")
+    if typ == "missing":
+        if loc[:2] == ["body", "image"]:
+            return "form field 'image' is required: send the image as multipart/form-data field 'image' (curl -F image=@photo.jpg)"
+        if loc[:2] == ["body", "images"]:
+            return "form field 'images' is required: send one or more multipart/form-data fields named 'images' (curl -F images=@a.jpg -F images=@b.jpg)"
+        return f"{kind} '{name}' is required"
+    bounds = []
+    for key, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+        if key in ctx:
+            bounds.append(f"{word} {ctx[key]}")
+    text = f"{kind} '{name}': {msg}"
+    if "input" in err and not isinstance(err["input"], (bytes, dict)) and loc and loc[0] != "body":
+        shown = repr(err["input"])
+        text += f" (got {shown[:80]})"
+    if bounds:
+        text += f"; allowed: {' and '.join(bounds)}"
+    return text
+
+
+def _clean_errors(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for err in errors:
+        item = {"loc": [p for p in err.get("loc", ()) if p is not None], "msg": str(err.get("msg", "")), "type": str(err.get("type", ""))}
+        ctx = err.get("ctx") or {}
+        for key in ("ge", "gt", "le", "lt", "expected", "pattern", "max_length", "min_length"):
+            if key in ctx:
+                value = ctx[key]
+                item[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+        out.append(item)
+    return out
+
+
+async def _validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = list(exc.errors())
+    content_type = request.headers.get("content-type", "")
+    missing_upload = any(
+        e.get("type") == "missing" and list(e.get("loc", ()))[:2] in (["body", "image"], ["body", "images"])
+        for e in errors
+    )
+    if missing_upload and request.method == "POST" and not content_type.lower().startswith("multipart/form-data"):
+        shown = content_type.split(";")[0].strip() or "no content type"
+        field = "images" if request.url.path.endswith("/batch") else "image"
+        return problem_response(
+            415,
+            "multipart-required",
+            f"the body must be multipart/form-data with the image in field '{field}' (got {shown}); "
+            f"e.g. curl -F {field}=@photo.jpg; other parameters go in the query string",
+            instance=request.url.path,
+        )
+    detail = "; ".join(_describe_validation_error(e) for e in errors) or "invalid request"
+    return problem_response(
+        422,
+        "validation-error",
+        detail,
+        title="Invalid request parameters",
+        instance=request.url.path,
+        extra={"errors": _clean_errors(errors)},
+    )
+
+
+async def _http_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    status = exc.status_code
+    detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(status).phrase
+    slug: str | None = getattr(exc, "slug", None)
+    if status == 404 and detail == "Not Found":
+        detail = f"no route {request.url.path}; the API lives under /v1 (see /docs or /openapi.json)"
+    elif status == 405 and detail == "Method Not Allowed":
+        allowed = (exc.headers or {}).get("Allow") or (exc.headers or {}).get("allow")
+        detail = f"method {request.method} is not allowed on {request.url.path}" + (f"; use {allowed}" if allowed else "")
+    return problem_response(
+        status, slug, detail, instance=request.url.path, headers=dict(exc.headers or {}), extra=getattr(exc, "extra", None)
+    )
+
+
+async def _api_error_handler(request: Request, exc: ApiError) -> JSONResponse:
+    return api_error_response(exc, instance=request.url.path)
+
+
+async def _unexpected_handler(request: Request, exc: Exception) -> JSONResponse:
+    translated = translate(exc)
+    if translated is not None:
+        return api_error_response(translated, instance=request.url.path)
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(
+        500,
+        "internal-error",
+        "the server failed to process this request; it was logged with the request id",
+        instance=request.url.path,
+    )
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unexpected_handler)

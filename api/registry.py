@@ -1,0 +1,289 @@
+"""Which models the service hosts, and the loaded ones (lazily, cached, LRU).
+
+Production: the cards come from :mod:`xception_core.weights` (the bundled model,
+``xception-imagenet`` when its weights are cached, imported models); a model
+is loaded on first use and kept while it is among the ``max_loaded`` most
+recently used. Tests (and embedders) inject in-memory models::
+
+    registry = ModelRegistry.from_models(
+        [InMemoryModel("tiny", Xception(SMALL), class_names, PreprocessConfig(input_size=96))],
+        device="cpu",
+    )
+    app = create_app(settings, registry=registry)
+
+Model ids are only ever compared with the registry's list, never used as paths.
+
+Each loaded model has one *shared* instance (eval mode, channels_last) for
+predictions and activation captures, which never carries hooks, and private
+*replicas* for attributions (Captum's DeepLift, GuidedBackprop and layer methods
+register hooks on modules; on a shared instance they would leak into
+concurrent requests).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from xception_core import weights
+from xception_core.model import MIN_INPUT_SIZE, SeparableConv2d, Xception
+from xception_core.preprocess import PreprocessConfig
+from xception_core.profile import ModelProfile, profile_model
+
+from .errors import ApiError
+
+log = logging.getLogger("api.registry")
+
+
+@dataclass
+class InMemoryModel:
+    """A model given to the registry directly (tests, notebooks): no weights file involved."""
+
+    id: str
+    model: Xception
+    class_names: Sequence[str]
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    description: str = "in-memory model"
+
+    def card(self) -> weights.ModelCard:
+        weights.validate_model_id(self.id)
+        names = list(self.class_names)
+        if len(names) != self.model.config.num_classes:
+            raise ValueError(f"{self.id}: {len(names)} class names for {self.model.config.num_classes} classes")
+        return weights.ModelCard(
+            id=self.id,
+            description=self.description,
+            config=self.model.config,
+            class_names=names,
+            preprocess=self.preprocess,
+            source="in-memory",
+            weights_path=None,
+            sha256=None,
+            status="available",
+        )
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but CUDA is not available")
+    return device
+
+
+class LoadedModel:
+    """A model ready to serve: weights on the device plus what requests need to know."""
+
+    def __init__(self, card: weights.ModelCard, model: Xception, device: torch.device, *, mixed_precision: bool, max_replicas: int) -> None:
+        self.card = card
+        self.id = card.id
+        self.key = f"{card.id}@{card.sha256 or uuid.uuid4().hex}"
+        self.device = device
+        self.class_names = list(card.class_names)
+        self.preprocess = card.preprocess
+        self.input_size = card.preprocess.input_size
+        if self.input_size < MIN_INPUT_SIZE:
+            raise ValueError(f"{card.id}: input_size {self.input_size} is under Xception's minimum {MIN_INPUT_SIZE}")
+        model.eval()
+        self.model = model.to(device=device, memory_format=torch.channels_last)
+        self.profile: ModelProfile = profile_model(card.config, self.input_size)
+        self.separable: dict[str, SeparableConv2d] = self.model.separable_layers()
+        self.separable_profile = {s.name: s for s in self.profile.separable}
+        self.mixed_precision = bool(mixed_precision) and device.type == "cuda"
+        self._replicas: list[Xception] = []
+        self._replica_count = 0
+        self._max_replicas = max(1, int(max_replicas))
+        self._replica_lock = threading.Condition()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def layer_shape(self, layer: str, part: str) -> tuple[int, int, int]:
+        """``(C, H, W)`` of a separable layer's part (``input``, ``depthwise``, ``pointwise``).
+
+        The 3x3 depthwise convolution keeps the spatial size, so all three share ``H, W``.
+        """
+        s = self.separable_profile[layer]
+        h, w = s.output_size
+        return (s.out_channels if part == "pointwise" else s.in_channels, int(h), int(w))
+
+    @contextmanager
+    def replica(self) -> Iterator[Xception]:
+        """A private copy of the model for one attribution at a time (hooks stay private)."""
+        with self._replica_lock:
+            while not self._replicas and self._replica_count >= self._max_replicas:
+                self._replica_lock.wait()
+            if self._replicas:
+                model = self._replicas.pop()
+            else:
+                self._replica_count += 1
+                model = None
+        if model is None:
+            try:
+                model = copy.deepcopy(self.model)
+            except BaseException:
+                with self._replica_lock:
+                    self._replica_count -= 1
+                    self._replica_lock.notify()
+                raise
+        try:
+            yield model
+        finally:
+            # Whatever a method left behind (hooks, grads) must not reach the next user.
+            for module in model.modules():
+                module._forward_hooks.clear()
+                module._forward_pre_hooks.clear()
+                module._backward_hooks.clear()
+                if hasattr(module, "_backward_pre_hooks"):
+                    module._backward_pre_hooks.clear()
+            model.zero_grad(set_to_none=True)
+            model.eval()
+            with self._replica_lock:
+                self._replicas.append(model)
+                self._replica_lock.notify()
+
+
+class ModelRegistry:
+    def __init__(
+        self,
+        *,
+        home: str | Path | None = None,
+        device: str | torch.device = "auto",
+        max_loaded: int = 2,
+        models: Iterable[InMemoryModel] = (),
+        include_weights: bool = True,
+        default_model: str | None = None,
+        mixed_precision: bool = True,
+        max_replicas: int = 1,
+    ) -> None:
+        self.home = home
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.max_loaded = max(1, int(max_loaded))
+        self.include_weights = include_weights
+        self.mixed_precision = mixed_precision
+        self.max_replicas = max_replicas
+        self._memory: dict[str, InMemoryModel] = {}
+        for m in models:
+            m.card()  # validate now
+            self._memory[m.id] = m
+        self._default = default_model
+        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._loading: dict[str, threading.Lock] = {}
+        self._lock = threading.RLock()
+        self._cards: list[weights.ModelCard] | None = None
+        self._cards_at = 0.0
+        self.on_change = None  # callback(number of loaded models), set by the app for metrics
+
+    @classmethod
+    def from_models(
+        cls, models: Iterable[InMemoryModel], *, device: str | torch.device = "cpu", default_model: str | None = None, **kwargs
+    ) -> "ModelRegistry":
+        """A registry of in-memory models only (no weights cache is read)."""
+        kwargs.setdefault("include_weights", False)
+        return cls(models=models, device=device, default_model=default_model, **kwargs)
+
+    # ------------------------------------------------------------------ cards
+
+    def cards(self, refresh: bool = False) -> list[weights.ModelCard]:
+        with self._lock:
+            if refresh or self._cards is None or time.monotonic() - self._cards_at > 5.0:
+                cards = [m.card() for m in self._memory.values()]
+                if self.include_weights:
+                    cards += [c for c in weights.list_models(self.home) if c.id not in self._memory]
+                self._cards = cards
+                self._cards_at = time.monotonic()
+            return list(self._cards)
+
+    def ids(self) -> list[str]:
+        return [c.id for c in self.cards()]
+
+    def card(self, model_id: str, *, status: int = 404) -> weights.ModelCard:
+        for refresh in (False, True):
+            for c in self.cards(refresh=refresh):
+                if c.id == model_id:
+                    return c
+        ids = self.ids()
+        shown = model_id if len(str(model_id)) <= 80 else str(model_id)[:77] + "..."
+        raise ApiError(
+            status,
+            "unknown-model",
+            f"unknown model {shown!r}; valid ids: {', '.join(ids)}",
+            parameter="model",
+            valid_choices=ids,
+        )
+
+    def default_id(self) -> str:
+        if self._default:
+            return self._default
+        if self._memory:
+            return next(iter(self._memory))
+        return weights.default_model_id(self.home)
+
+    # ------------------------------------------------------------------ loading
+
+    def is_loaded(self, model_id: str) -> bool:
+        with self._lock:
+            return model_id in self._loaded
+
+    def loaded_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._loaded)
+
+    def get(self, model_id: str | None = None) -> LoadedModel:
+        """The loaded model (loading it now if needed; blocking: call from a worker thread)."""
+        model_id = model_id or self.default_id()
+        with self._lock:
+            entry = self._loaded.get(model_id)
+            if entry is not None:
+                self._loaded.move_to_end(model_id)
+                return entry
+            card = self.card(model_id)
+            lock = self._loading.setdefault(model_id, threading.Lock())
+        with lock:
+            with self._lock:
+                entry = self._loaded.get(model_id)
+                if entry is not None:
+                    return entry
+            entry = self._load(card)
+            with self._lock:
+                self._loaded[model_id] = entry
+                self._loaded.move_to_end(model_id)
+                default = self._default or (next(iter(self._memory)) if self._memory else None)
+                while len(self._loaded) > self.max_loaded:
+                    victim = next((k for k in self._loaded if k != model_id and k != default), None)
+                    if victim is None:
+                        break
+                    del self._loaded[victim]
+                    log.info("unloaded model %s (max_loaded_models=%d)", victim, self.max_loaded)
+                count = len(self._loaded)
+        if self.on_change is not None:
+            self.on_change(count)
+        return entry
+
+    def _load(self, card: weights.ModelCard) -> LoadedModel:
+        started = time.perf_counter()
+        if card.id in self._memory:
+            source = self._memory[card.id]
+            model = source.model
+            card = source.card()
+        else:
+            model, card = weights.load_model(card.id, self.device, home=self.home)
+        entry = LoadedModel(card, model, self.device, mixed_precision=self.mixed_precision, max_replicas=self.max_replicas)
+        log.info(
+            "loaded model %s on %s in %.0f ms", card.id, self.device, (time.perf_counter() - started) * 1000,
+            extra={"model": card.id, "device": str(self.device)},
+        )
+        return entry

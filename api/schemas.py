@@ -1,0 +1,264 @@
+"""Response models (pydantic): they are the OpenAPI schema clients and tests rely on."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Problem(BaseModel):
+    """An error (RFC 9457 problem details, media type application/problem+json)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="URI naming the kind of problem (`urn:xception-explorer:problem:<slug>`, or `about:blank`).")
+    title: str = Field(description="Short summary of the kind of problem (the HTTP reason phrase).")
+    status: int = Field(description="HTTP status code.")
+    detail: str = Field(description="What went wrong with this request, and how to fix it.")
+    instance: str | None = Field(None, description="The request path.")
+    request_id: str | None = Field(None, description="The request id (also in the X-Request-ID header).")
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"] = "ready"
+    default_model: str
+    device: str
+    loaded_models: list[str]
+
+
+# --------------------------------------------------------------------------- models
+
+
+class ModelSummary(BaseModel):
+    id: str = Field(description="Model id (use it as `model=` in analysis requests).")
+    description: str
+    status: Literal["available", "missing"] = Field(description="`available` when the weights are installed.")
+    source: str = Field(description="Where the weights come from (`bundled`, a URL, an imported file, `in-memory`).")
+    num_classes: int
+    input_size: int = Field(description="Side of the square input the model sees, in pixels.")
+    default: bool = Field(description="Whether requests without `model=` use this model.")
+    loaded: bool = Field(description="Whether the model is loaded in memory right now.")
+    sha256: str | None = Field(None, description="sha256 of the weights file.")
+
+
+class ModelList(BaseModel):
+    default_model: str
+    device: str
+    models: list[ModelSummary]
+
+
+class ModelDetail(ModelSummary):
+    config: dict[str, Any] = Field(description="Architecture configuration (XceptionConfig).")
+    preprocess: dict[str, Any] = Field(description="Evaluation preprocessing (resize, crop, mean, std).")
+    total_params: int
+    total_macs: int = Field(description="Multiply-accumulates of one forward pass at `input_size`.")
+    separable_layers: list[str] = Field(description="Names of the separable convolutions, in forward order.")
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class LayerRow(BaseModel):
+    name: str = Field(description="Module name, e.g. `entry.block2.sep1.depthwise`.")
+    flow: str = Field(description="entry, middle, exit or head.")
+    kind: str = Field(description="conv, depthwise, pointwise, skip, pool, global_pool or fc.")
+    in_channels: int
+    out_channels: int
+    output_size: list[int] = Field(description="[H, W] of the output at the model's input size.")
+    params: int
+    macs: int
+
+
+class SeparableRow(BaseModel):
+    name: str = Field(description="Separable layer name, e.g. `middle.block7.sep2` (use it as `layer=`).")
+    flow: str
+    in_channels: int = Field(description="Channels of the depthwise output (and of the layer's input).")
+    out_channels: int = Field(description="Channels of the pointwise output.")
+    output_size: list[int] = Field(description="[H, W] of both parts' outputs.")
+    depthwise_params: int
+    pointwise_params: int
+    depthwise_macs: int
+    pointwise_macs: int
+
+
+class LayerTable(BaseModel):
+    model: str
+    input_size: int
+    total_params: int
+    total_macs: int
+    layers: list[LayerRow]
+    separable_layers: list[SeparableRow]
+
+
+class ClassEntry(BaseModel):
+    index: int
+    label: str
+
+
+class ClassList(BaseModel):
+    model: str
+    num_classes: int
+    classes: list[ClassEntry]
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+class PredictionItem(BaseModel):
+    index: int = Field(description="Class index.")
+    label: str = Field(description="Class name (names can repeat; the index is the identity).")
+    probability: float = Field(ge=0, le=1)
+
+
+class PredictResponse(BaseModel):
+    image_id: str = Field(description="sha256 (hex) of the uploaded bytes.")
+    model: str
+    device: str
+    precision: Literal["fp32", "mixed"] = Field(description="`mixed` when float16 autocast produced the result (CUDA).")
+    cached: bool = Field(description="Whether the logits came from the cache.")
+    predictions: list[PredictionItem]
+    timing_ms: float = Field(description="Server time for this request, in milliseconds.")
+
+
+class BatchItem(BaseModel):
+    position: int = Field(description="0-based position of the part in the request.")
+    filename: str | None = Field(None, description="The part's file name, reduced to a safe base name.")
+    ok: bool
+    image_id: str | None = None
+    predictions: list[PredictionItem] | None = None
+    error: Problem | None = Field(None, description="Why this image failed (the others are unaffected).")
+
+
+class BatchResponse(BaseModel):
+    model: str
+    device: str
+    count: int
+    results: list[BatchItem]
+    timing_ms: float
+
+
+# --------------------------------------------------------------------------- activations
+
+
+class ChannelStats(BaseModel):
+    index: int = Field(description="Channel index within the layer part.")
+    mean: float
+    max: float
+    min: float
+    std: float
+    zero_fraction: float = Field(ge=0, le=1, description="Share of values that are exactly zero.")
+    nonpositive_fraction: float = Field(ge=0, le=1, description="Share of values <= 0 (what a following ReLU would zero).")
+    score: float | None = Field(None, description="The sort key when channels were chosen by `top` (mean, max or attribution).")
+    png: str = Field(description="The channel's map as a base64 PNG tile.")
+
+
+class ActivationsResponse(BaseModel):
+    image_id: str
+    model: str
+    layer: str
+    part: str
+    shape: list[int] = Field(description="[C, H, W] of the whole layer part.")
+    selection: Literal["channels", "top"]
+    sort: str | None = None
+    target: int | None = Field(None, description="Class the attribution sort used.")
+    normalize: Literal["channel", "layer"]
+    colormap: str
+    value_range: list[float] = Field(description="[min, max] of the whole layer part.")
+    tile_px: int
+    cached: bool
+    channels: list[ChannelStats]
+    timing_ms: float
+
+
+class Contribution(BaseModel):
+    channel: int = Field(description="Depthwise channel index i.")
+    weight: float = Field(description="1x1 weight W[channel, i].")
+    energy: float = Field(description="Sum of squares of the contribution map (the ranking key).")
+    min: float
+    max: float
+    png: str = Field(description="Map of W[channel, i] * depthwise_i as a base64 PNG tile.")
+
+
+class MapSummary(BaseModel):
+    min: float
+    max: float
+    png: str
+
+
+class DecompositionResponse(BaseModel):
+    image_id: str
+    model: str
+    layer: str
+    channel: int
+    top: int
+    shape: list[int] = Field(description="[H, W] of every map.")
+    weights: list[float] = Field(description="The 1x1 weights W[channel, :] over all depthwise channels.")
+    contributions: list[Contribution] = Field(description="The top contributions, strongest first.")
+    rest: MapSummary = Field(description="Sum of the contributions outside the top.")
+    total: MapSummary = Field(description="Sum of all contributions.")
+    pointwise: MapSummary = Field(description="The pointwise output channel as the network computed it.")
+    max_abs_error: float = Field(description="max |total - pointwise|: the sum equals the pointwise output.")
+    colormap: str
+    cached: bool
+    timing_ms: float
+
+
+# --------------------------------------------------------------------------- attributions
+
+
+class MethodParam(BaseModel):
+    name: str
+    kind: str
+    default: Any = None
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: list[Any] | None = None
+    description: str = ""
+
+
+class MethodInfo(BaseModel):
+    name: str
+    description: str
+    layer_method: bool = Field(description="Whether the method attributes to a layer (needs `layer` and `part`).")
+    costly: bool
+    params: list[MethodParam]
+
+
+class MethodList(BaseModel):
+    methods: list[MethodInfo]
+
+
+class ChannelScore(BaseModel):
+    channel: int
+    score: float | None
+
+
+class AttributionResponse(BaseModel):
+    image_id: str
+    model: str
+    method: str
+    target: int = Field(description="Class whose logit was attributed.")
+    target_label: str
+    target_source: Literal["predicted", "requested"]
+    predicted: int = Field(description="The model's predicted class for this image.")
+    probability: float | None = Field(None, description="Softmax probability of the target class.")
+    layer: str | None = None
+    part: str | None = None
+    params: dict[str, Any] = Field(description="The method parameters used (defaults filled in).")
+    precision: Literal["fp32", "mixed"]
+    shape: list[int] = Field(description="Shape of the raw attribution (format=npy returns it): [3, H, W] for input methods, [1, h, w] for layer_gradcam, [C] for channel_importance.")
+    value_range: list[float | None] = Field(description="[min, max] of the heatmap.")
+    quality: dict[str, float | None] = Field(
+        description="Quality figures: convergence_delta (integrated_gradients, deeplift), deletion_auc and insertion_auc "
+        "(unless auc_steps=0), infidelity and sensitivity_max (on request)."
+    )
+    curves: dict[str, list[float | None]] = Field(default_factory=dict, description="Deletion / insertion curves (fractions, deletion, insertion).")
+    channel_ranking: list[ChannelScore] | None = Field(None, description="channel_importance only: channels by decreasing score (at most max_channels).")
+    overlay_png: str = Field(description="Heatmap over the (preprocessed) input as a base64 PNG.")
+    timing_ms: float = Field(description="Server time for this request.")
+    attribution_ms: float = Field(description="Time of the attribution itself.")
+    quality_ms: float = Field(description="Time of the quality figures.")
+    device: str

@@ -1,0 +1,175 @@
+"""Every setting of the REST service, in one pydantic-settings class.
+
+Each field is read from the environment variable ``XCEPTION_<FIELD>`` (upper
+case), e.g. ``XCEPTION_MAX_UPLOAD_BYTES=5000000``. ``api/README_SETTINGS.md``
+lists them all; keep the two in step (``tests/api/test_settings.py`` checks).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MiB = 1024 * 1024
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+class Settings(BaseSettings):
+    """Configuration of the Xception Explorer API (environment prefix ``XCEPTION_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="XCEPTION_", extra="ignore", validate_default=True)
+
+    # --- serving ---------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Interface `xception-demo serve` binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port `xception-demo serve` listens on.")
+    home: Path | None = Field(
+        None,
+        description="Weights cache directory (models, downloads); shared with the CLI. "
+        "Default: the user's cache directory.",
+    )
+
+    # --- models and device -----------------------------------------------------
+    default_model: str | None = Field(
+        None,
+        description="Model used when a request names none. Default: `xception-imagenet` when its "
+        "weights are in the cache, else the bundled model.",
+    )
+    device: str = Field(
+        "auto", description="Torch device: `auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:N`, `mps`."
+    )
+    max_loaded_models: int = Field(
+        2, ge=1, le=16, description="Models kept loaded at once (least recently used is unloaded)."
+    )
+    preload_default_model: bool = Field(
+        True, description="Load the default model at start-up (`/readyz` answers 503 until it is loaded)."
+    )
+    predict_mixed_precision: bool = Field(
+        True,
+        description="On CUDA, predict under float16 autocast. An image whose six best logits lie closer "
+        "than `mixed_precision_margin` is recomputed in float32, so the top-5 equals the float32 top-5.",
+    )
+    mixed_precision_margin: float = Field(
+        0.05, ge=0, le=10, description="Logit gap under which a mixed-precision prediction is redone in float32."
+    )
+    attribution_precision: Literal["fp32", "mixed"] = Field(
+        "fp32",
+        description="Default precision of attributions (`mixed` = float16 autocast, CUDA only); "
+        "a request can override it with `precision`.",
+    )
+    torch_threads: int | None = Field(
+        None, ge=1, le=256, description="torch intra-op threads (default: torch's choice)."
+    )
+
+    # --- work scheduling -------------------------------------------------------
+    inference_workers: int = Field(
+        2, ge=1, le=64, description="Threads for decoding, predictions, activations and decompositions."
+    )
+    attribution_workers: int = Field(
+        1, ge=1, le=64, description="Threads for attributions (a separate pool: slow work never blocks predictions)."
+    )
+    max_pending_jobs: int = Field(
+        64, ge=1, le=100_000, description="Jobs queued per pool before new requests get 503 (Retry-After)."
+    )
+    batch_max_size: int = Field(16, ge=1, le=512, description="Largest micro-batch of concurrent predictions.")
+    batch_max_wait_ms: float = Field(
+        5.0, ge=0, le=1000, description="How long the first prediction of a micro-batch waits for company."
+    )
+    predict_timeout_s: float = Field(30.0, gt=0, le=3600, description="Deadline of a prediction request (504 after).")
+    activations_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="Deadline of an activations request (504 after)."
+    )
+    decomposition_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="Deadline of a decomposition request (504 after)."
+    )
+    attribution_timeout_s: float = Field(
+        180.0, gt=0, le=3600, description="Deadline of an attribution request (504 after; the work is aborted)."
+    )
+
+    # --- limits ----------------------------------------------------------------
+    max_upload_bytes: int = Field(
+        10 * MiB, ge=1024, le=1024 * MiB, description="Largest request body of single-image endpoints (413 beyond)."
+    )
+    max_batch_upload_bytes: int = Field(
+        32 * MiB, ge=1024, le=4096 * MiB, description="Largest request body of `/v1/predict/batch` (413 beyond)."
+    )
+    max_image_pixels: int = Field(
+        40_000_000, ge=1024, le=500_000_000, description="Largest width x height decoded (413 beyond, read from the header)."
+    )
+    max_batch_images: int = Field(16, ge=1, le=256, description="Most images in one `/v1/predict/batch` request.")
+    max_top_k: int = Field(100, ge=1, le=10_000, description="Largest `top_k` of predictions.")
+    max_channels: int = Field(
+        64, ge=1, le=4096, description="Most channels (or decomposition terms) returned by one request."
+    )
+    max_tile_px: int = Field(256, ge=16, le=2048, description="Largest PNG tile side (`tile_px`).")
+    max_attribution_steps: int = Field(
+        256, ge=1, le=100_000, description="Upper bound of `n_steps` (also capped by the method's own maximum)."
+    )
+    max_attribution_samples: int = Field(
+        64, ge=1, le=100_000, description="Upper bound of sample counts (`nt_samples`, `n_samples`, `n_perturb_samples`)."
+    )
+
+    # --- cache -----------------------------------------------------------------
+    cache_max_bytes: int = Field(
+        512 * MiB,
+        ge=0,
+        le=1024 * 1024 * MiB,
+        description="Bytes of preprocessed inputs, logits and captured layers kept (LRU); 0 disables the cache.",
+    )
+    cache_activation_dtype: Literal["float32", "float16"] = Field(
+        "float32",
+        description="dtype of cached layer maps; `float16` halves their memory at ~1e-3 relative precision "
+        "(decompositions then sum to the pointwise output within that precision).",
+    )
+
+    # --- security --------------------------------------------------------------
+    api_key: SecretStr | None = Field(
+        None, description="When set, every `/v1` request must send it in the `X-API-Key` header (401 otherwise)."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins allowed by CORS, comma-separated (`*` for any). Empty (the default): CORS closed.",
+    )
+
+    # --- observability ---------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_json: bool = Field(True, description="Structured JSON logs (one object per line) instead of plain text.")
+    access_log: bool = Field(True, description="Log one line per request (method, route, status, duration, request id).")
+    metrics_enabled: bool = Field(True, description="Serve Prometheus metrics at `/metrics`.")
+    docs_enabled: bool = Field(True, description="Serve the OpenAPI schema and its docs (`/docs`, `/openapi.json`).")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not _DEVICE.fullmatch(value):
+            raise ValueError("device must be auto, cpu, mps, cuda or cuda:N")
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Settings":
+        if self.max_batch_upload_bytes < self.max_upload_bytes:
+            raise ValueError("max_batch_upload_bytes must be at least max_upload_bytes")
+        return self
