@@ -48,7 +48,7 @@ import math
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -910,6 +910,12 @@ def _sync(device: torch.device) -> None:
 class Attributor:
     """Runs catalogue methods on one model; thread-safe (see the module notes on locking).
 
+    Methods marked ``hooks`` in :data:`METHODS` run under
+    ``model_lock(model).exclusive()``, the others under ``.shared()``; do not
+    call :meth:`attribute` while holding that lock yourself (it is not
+    reentrant). Other forwards of the same model that may run concurrently
+    (prediction, activation capture) should hold ``model_lock(model).shared()``.
+
     The model should be in eval mode. A model whose parameters are not float32
     is copied once into a float32 twin used for every attribution (attributions
     run in full precision).
@@ -958,6 +964,8 @@ class Attributor:
         return getattr(sep, part)
 
     def _check_target(self, target: Any, num_classes: int) -> int:
+        if isinstance(target, str) and target.strip().lstrip("-").isdigit():
+            target = int(target.strip())
         if isinstance(target, (bool, np.bool_)) or not isinstance(target, (int, np.integer)):
             raise ParamError(f"target must be an integer class index, got {target!r}", "target")
         if not 0 <= int(target) < num_classes:

@@ -147,8 +147,9 @@ def upsample_to(attribution: ArrayLike, shape: tuple[int, int]) -> ArrayLike:
 
     Uses ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``,
     the resize Captum applies to layer attributions.  Returns the same kind
-    of object it was given (numpy array or tensor), always 2-D ``shape``;
-    maps already at ``shape`` are returned unchanged.
+    of object it was given (numpy array -- float32 -- or tensor, on its
+    device), always 2-D ``shape``; maps already at ``shape`` are only squeezed,
+    not resampled.
     """
     import torch as _torch
     import torch.nn.functional as F

@@ -399,7 +399,7 @@ def _render(rng: np.random.Generator, label: int, size: int) -> tuple[np.ndarray
 
     bg = _background(rng, size)
     bg += np.float32(0.5)  # round on the truncating cast
-    canvas = Image.fromarray(bg.astype(np.uint8), mode="RGB")
+    canvas = Image.fromarray(bg.astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
     layer = Image.new("L", (size, size), 0)  # 1 = distractor, 2 = object
     draw_layer = ImageDraw.Draw(layer)
@@ -623,7 +623,7 @@ def write_folder(out_dir: str | os.PathLike, n: int, seed: int, size: int = 128,
     for i in range(start, start + int(n)):
         img, label, mask = make_sample(i, seed, size)
         key = f"{folder_name(label)}/{i:06d}"
-        Image.fromarray(img, mode="RGB").save(out / f"{key}.png", optimize=False, compress_level=1)
+        Image.fromarray(img).save(out / f"{key}.png", optimize=False, compress_level=1)
         masks[key] = mask
     np.savez_compressed(out / MASKS_FILE, **masks)
     manifest = {

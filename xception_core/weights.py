@@ -847,34 +847,37 @@ def export_bundled(
     preprocess: PreprocessConfig | None = None,
     extra: Mapping[str, Any] | None = None,
     directory: str | os.PathLike[str] | None = None,
+    model_id: str = BUNDLED_ID,
 ) -> ModelCard:
-    """Write ``<id>.safetensors`` + ``<id>.json`` for the bundled model (used by its build script).
+    """Write ``<id>.safetensors`` + ``<id>.json`` (weights and card with their sha256).
 
+    The bundled model's build (``xception-demo train``) writes it this way;
     ``directory`` defaults to :func:`bundled_dir` (must be a real directory).
     """
+    model_id = validate_model_id(model_id)
     out = Path(str(directory if directory is not None else bundled_dir()))
     out.mkdir(parents=True, exist_ok=True)
     cfg = model.config
     state = _verified_state(model.state_dict(), cfg, "bundled model")
     names = _class_names_for(list(class_names), cfg.num_classes, "bundled model")
-    weights = out / f"{BUNDLED_ID}.safetensors"
+    weights = out / f"{model_id}.safetensors"
     staged, digest = _stage_safetensors(
         state, weights, {"format": "pt", "xception_config": json.dumps(cfg.to_dict())}
     )
     os.replace(staged, weights)
     card = ModelCard(
-        id=BUNDLED_ID,
+        id=model_id,
         description=description,
         config=cfg,
         class_names=names,
         preprocess=preprocess or PreprocessConfig(),
-        source="bundled",
+        source="bundled" if model_id == BUNDLED_ID else "trained by xception-demo train",
         weights_path=weights,
         sha256=digest,
         status="available",
         extra=dict(extra or {}),
     )
-    _write_text_atomic(out / f"{BUNDLED_ID}.json", card.to_json())
+    _write_text_atomic(out / f"{model_id}.json", card.to_json())
     return card
 
 

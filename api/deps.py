@@ -1,0 +1,175 @@
+"""FastAPI dependencies: the service, deadlines, uploads, the API key."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import unicodedata
+from collections.abc import Callable
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from .errors import ApiError
+from .service import Service, Upload
+from .settings import Settings
+from .workers import Deadline
+
+API_KEY_HEADER = "X-API-Key"
+_api_key_scheme = APIKeyHeader(
+    name=API_KEY_HEADER,
+    auto_error=False,
+    description="Required on every /v1 request when the service is configured with XCEPTION_API_KEY.",
+)
+
+
+def get_service(request: Request) -> Service:
+    return request.app.state.service
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def api_key_valid(settings: Settings, presented: str | None) -> bool:
+    if settings.api_key is None:
+        return True
+    if not presented:
+        return False
+    return hmac.compare_digest(presented.encode("utf-8", "replace"), settings.api_key.get_secret_value().encode("utf-8"))
+
+
+def unauthorized(presented: str | None) -> ApiError:
+    what = "is missing" if not presented else "is not valid"
+    return ApiError(
+        401,
+        "unauthorized",
+        f"the {API_KEY_HEADER} header {what}; send the service's API key in {API_KEY_HEADER}",
+        headers={"WWW-Authenticate": f'APIKey header="{API_KEY_HEADER}"'},
+    )
+
+
+async def require_api_key(request: Request, key: str | None = Security(_api_key_scheme)) -> None:
+    """Checked again here (the middleware already refused bad keys) so OpenAPI documents it."""
+    settings = get_settings(request)
+    if not api_key_valid(settings, key):
+        raise unauthorized(key)
+
+
+def deadline(kind: str) -> Callable[[Request], Deadline]:
+    attribute = {
+        "predict": "predict_timeout_s",
+        "activations": "activations_timeout_s",
+        "decomposition": "decomposition_timeout_s",
+        "attribution": "attribution_timeout_s",
+    }[kind]
+
+    def dependency(request: Request) -> Deadline:
+        return Deadline(getattr(get_settings(request), attribute), kind)
+
+    return dependency
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._ ()+-]")
+
+
+def safe_filename(name: str | None) -> str | None:
+    """A client-supplied file name reduced to a harmless base name (for echoing only; never a path)."""
+    if not name:
+        return None
+    name = unicodedata.normalize("NFKC", str(name)).replace("\\", "/")
+    base = os.path.basename(name).strip()
+    base = _UNSAFE.sub("_", base).lstrip(".")[:128]
+    return base or None
+
+
+async def _read(upload: UploadFile, limit: int) -> bytes:
+    data = await upload.read(limit + 1)
+    return data
+
+
+async def _hash(data: bytes) -> str:
+    if len(data) < 256 * 1024:
+        return hashlib.sha256(data).hexdigest()
+    return await run_in_threadpool(lambda: hashlib.sha256(data).hexdigest())
+
+
+def _check_form(form, allowed: str) -> None:
+    extra = sorted({k for k in form.keys() if k != allowed})
+    if extra:
+        raise ApiError(
+            422,
+            "unexpected-form-field",
+            f"unexpected form field(s) {', '.join(repr(e) for e in extra)}: the body carries only the image "
+            f"(field '{allowed}'); every other parameter goes in the query string",
+            parameter=extra[0],
+        )
+
+
+def _require_multipart(request: Request, field: str) -> None:
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        shown = content_type.split(";")[0].strip() or "no content type"
+        raise ApiError(
+            415,
+            "multipart-required",
+            f"the body must be multipart/form-data with the image in field '{field}' (got {shown}); "
+            f"e.g. curl -F {field}=@photo.jpg; every other parameter goes in the query string",
+        )
+
+
+async def read_image(request: Request) -> Upload:
+    """The single ``image`` part of the multipart body, hashed (the route declares it for OpenAPI)."""
+    settings = get_settings(request)
+    _require_multipart(request, "image")
+    form = await request.form()
+    _check_form(form, "image")
+    parts = form.getlist("image")
+    if len(parts) != 1:
+        raise ApiError(422, "one-image-expected", f"send exactly one 'image' field (got {len(parts)}); use /v1/predict/batch for several")
+    part = parts[0]
+    if not isinstance(part, UploadFile):
+        raise ApiError(422, "image-not-a-file", "form field 'image' must be a file upload (curl -F image=@photo.jpg), not a text value")
+    data = await _read(part, settings.max_upload_bytes)
+    if len(data) > settings.max_upload_bytes:
+        raise ApiError(413, "upload-too-large", f"the image is over the limit of {settings.max_upload_bytes} bytes; send a smaller image")
+    if not data:
+        raise ApiError(422, "empty-upload", "the uploaded image is empty (0 bytes); send an image file")
+    return Upload(data, await _hash(data))
+
+
+async def read_images(request: Request) -> list[tuple[Upload | ApiError, str | None]]:
+    settings = get_settings(request)
+    _require_multipart(request, "images")
+    form = await request.form()
+    _check_form(form, "images")
+    parts = form.getlist("images")
+    if not 1 <= len(parts) <= settings.max_batch_images:
+        raise ApiError(
+            422,
+            "batch-size-out-of-range",
+            f"send between 1 and {settings.max_batch_images} 'images' fields (got {len(parts)})",
+            parameter="images",
+            allowed_range=[1, settings.max_batch_images],
+        )
+    out: list[tuple[Upload | ApiError, str | None]] = []
+    for part in parts:
+        if not isinstance(part, UploadFile):
+            out.append((ApiError(422, "image-not-a-file", "this 'images' field is a text value, not a file upload"), None))
+            continue
+        name = safe_filename(part.filename)
+        data = await _read(part, settings.max_upload_bytes)
+        if len(data) > settings.max_upload_bytes:
+            out.append((ApiError(413, "upload-too-large", f"this image is over the limit of {settings.max_upload_bytes} bytes"), name))
+        elif not data:
+            out.append((ApiError(422, "empty-upload", "this image is empty (0 bytes)"), name))
+        else:
+            out.append((Upload(data, await _hash(data)), name))
+    return out
+
+
+ServiceDep = Depends(get_service)

@@ -1,0 +1,176 @@
+"""The application factory and the server entry point.
+
+``create_app(settings=None, registry=None)`` builds the FastAPI app;
+``run(host, port)`` serves it with uvicorn (``xception-demo serve`` calls it).
+Tests pass a :class:`~api.registry.ModelRegistry` of in-memory models::
+
+    app = create_app(Settings(), registry=ModelRegistry.from_models([InMemoryModel("tiny", model, names, cfg)]))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from typing import Any
+
+import torch
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+
+from . import errors, logs
+from .deps import require_api_key
+from .limits import BodyLimitMiddleware
+from .metrics import Metrics
+from .middleware import REQUEST_ID_HEADER, ApiKeyMiddleware, RequestContextMiddleware
+from .registry import ModelRegistry
+from .routers import activations, attributions, health, models, predict
+from .service import Service
+from .settings import Settings
+
+log = logging.getLogger("api.main")
+
+VERSION = "0.1.0"
+DESCRIPTION = """
+Look inside Xception (Chollet, CVPR 2017): classify an image, see the depthwise (spatial, per-channel)
+and pointwise (cross-channel) maps of every separable convolution, how each pointwise channel is built
+from depthwise channels, and Captum attributions of the prediction.
+
+* Analysis endpoints take the image as the multipart field `image` (the body carries only the image);
+  every other parameter, including `model`, goes in the query string.
+* `image_id` is the sha256 of the uploaded bytes; the server caches by it, so repeated calls on one image are cheap.
+* Errors are `application/problem+json` (`type`, `title`, `status`, `detail`), with a `detail` that says what to fix.
+* Every response carries `X-Request-ID` (a sane client-supplied one is kept).
+"""
+
+
+def default_registry(settings: Settings) -> ModelRegistry:
+    return ModelRegistry(
+        home=settings.home,
+        device=settings.device,
+        max_loaded=settings.max_loaded_models,
+        default_model=settings.default_model,
+        mixed_precision=settings.predict_mixed_precision,
+        max_replicas=settings.attribution_workers + settings.inference_workers,
+    )
+
+
+def _problem_responses(schema: dict[str, Any]) -> dict[str, Any]:
+    """Error responses are application/problem+json with the Problem schema."""
+    ref = {"$ref": "#/components/schemas/Problem"}
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            if not isinstance(operation, dict):
+                continue
+            for code, response in operation.get("responses", {}).items():
+                if code[:1] in ("4", "5"):
+                    response["content"] = {"application/problem+json": {"schema": ref}}
+                    response.setdefault("headers", {})
+                if code == "200" or code[:1] in ("4", "5"):
+                    response.setdefault("headers", {})[REQUEST_ID_HEADER] = {
+                        "description": "The request id (the client's X-Request-ID when sane, else a new one).",
+                        "schema": {"type": "string"},
+                    }
+    return schema
+
+
+def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None) -> FastAPI:
+    settings = settings or Settings()
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    registry = registry or default_registry(settings)
+    metrics = Metrics()
+    service = Service(settings, registry, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        task = None
+        if settings.preload_default_model:
+            task = asyncio.create_task(_preload(app, service))
+        try:
+            yield
+        finally:
+            if task is not None and not task.done():
+                task.cancel()
+            await service.close()
+
+    app = FastAPI(
+        title="Xception Explorer API",
+        version=VERSION,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs" if settings.docs_enabled else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
+    )
+    app.state.settings = settings
+    app.state.service = service
+    app.state.metrics = metrics
+    app.state.registry = registry
+    app.state.load_error = None
+    errors.install(app)
+
+    app.include_router(health.build(settings))
+    secured = [Depends(require_api_key)]
+    for module in (models, predict, activations, attributions):
+        app.include_router(module.build(settings), dependencies=secured)
+
+    # add_middleware: the last added runs first (outermost).
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_upload_bytes,
+        path_limits={"/v1/predict/batch": settings.max_batch_upload_bytes},
+    )
+    app.add_middleware(ApiKeyMiddleware, settings=settings)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["X-API-Key", "X-Request-ID", "Content-Type"],
+            expose_headers=[REQUEST_ID_HEADER, "X-Image-Id", "X-Channels", "X-Shape", "X-Target", "X-Attribution-Ms"],
+            allow_credentials=False,
+        )
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, access=settings.access_log)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            app.openapi_schema = _problem_responses(schema)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+async def _preload(app: FastAPI, service: Service) -> None:
+    try:
+        entry = await service.model(None, None)
+        log.info("default model %s ready on %s", entry.id, service.device)
+    except errors.ApiError as exc:
+        app.state.load_error = exc.detail
+        log.warning("default model not loaded: %s", exc.detail)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - readiness reports it
+        app.state.load_error = str(exc)
+        log.exception("default model not loaded")
+
+
+def run(host: str | None = None, port: int | None = None, settings: Settings | None = None) -> None:
+    """Serve the API with uvicorn (structured logs, settings from the environment)."""
+    import uvicorn
+
+    settings = settings or Settings()
+    logs.configure(settings.log_level, settings.log_json)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=host or settings.host,
+        port=port or settings.port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )

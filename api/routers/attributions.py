@@ -1,0 +1,173 @@
+"""POST /v1/attributions and GET /v1/methods (the catalogue of xception_core.attributions)."""
+
+
+import inspect
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, File, Query, UploadFile
+
+from xception_core import attributions as core_attr
+from xception_core import render
+
+from ..deps import deadline, get_service, read_image
+from ..schemas import AttributionResponse, MethodList
+from ..service import Service, Upload
+from ..settings import Settings
+from ..workers import Deadline
+from .common import ANALYSIS_ERRORS, IMAGE_DESCRIPTION, ModelQuery, binary, binary_content, problems
+
+Method = Enum("Method", {name: name for name in core_attr.METHODS}, type=str)  # type: ignore[misc]
+OverlayColormap = Enum("OverlayColormap", {name: name for name in render.COLORMAPS}, type=str)  # type: ignore[misc]
+
+_STEP_PARAMS = {"n_steps"}
+_SAMPLE_PARAMS = {"nt_samples", "n_samples"}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def param_bounds(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Every method parameter: kind, union of ranges (capped by the settings), per-method notes."""
+    out: dict[str, dict[str, Any]] = {}
+    for spec in core_attr.METHODS.values():
+        for p in spec.params:
+            info = out.setdefault(p.name, {"kind": p.kind, "min": p.minimum, "max": p.maximum, "choices": set(p.choices or ()), "methods": [], "description": p.description})
+            if p.minimum is not None:
+                info["min"] = p.minimum if info["min"] is None else min(info["min"], p.minimum)
+            if p.maximum is not None:
+                info["max"] = p.maximum if info["max"] is None else max(info["max"], p.maximum)
+            info["methods"].append((spec.name, p))
+    for name, info in out.items():
+        cap = settings.max_attribution_steps if name in _STEP_PARAMS else settings.max_attribution_samples if name in _SAMPLE_PARAMS else None
+        if cap is not None and info["max"] is not None:
+            info["max"] = min(info["max"], cap)
+    return out
+
+
+def method_params_dependency(settings: Settings):
+    """A dependency whose signature lists every method parameter as an optional query parameter
+    (so OpenAPI documents each with its range), returning the ones the client set."""
+    bounds = param_bounds(settings)
+    common = {p.name for p in core_attr.COMMON_PARAMS}
+    parameters = []
+    for name, info in bounds.items():
+        kind = info["kind"]
+        if kind == "int":
+            base: Any = int
+        elif kind == "float":
+            base = float
+        elif kind == "bool":
+            base = bool
+        else:
+            base = Literal[tuple(sorted(info["choices"]))]  # type: ignore[misc]
+        if name in common:
+            where = "all methods"
+            p0 = info["methods"][0][1]
+            notes = f"default {_fmt(p0.default)}"
+        else:
+            where = ", ".join(m for m, _ in info["methods"])
+            notes = "; ".join(
+                f"{m}: default {_fmt(p.default)}" + (f", {_fmt(p.minimum)}..{_fmt(p.maximum)}" if p.minimum is not None else "")
+                for m, p in info["methods"]
+            )
+        rng = ""
+        if info["min"] is not None or info["max"] is not None:
+            rng = f" Range {_fmt(info['min'])}..{_fmt(info['max'])}."
+        description = f"{info['description'][:1].upper()}{info['description'][1:]}. For {where} ({notes}).{rng}"
+        query = Query(
+            ge=info["min"] if kind in ("int", "float") else None,
+            le=info["max"] if kind in ("int", "float") else None,
+            description=description,
+        )
+        parameters.append(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[base | None, query])
+        )
+
+    def dependency(**values: Any) -> dict[str, Any]:
+        return {k: (v.value if isinstance(v, Enum) else v) for k, v in values.items() if v is not None}
+
+    dependency.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    return dependency
+
+
+def build(settings: Settings) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["attributions"])
+    method_params = method_params_dependency(settings)
+
+    @router.get("/methods", response_model=MethodList, summary="Attribution methods", responses=problems(401))
+    async def methods() -> dict[str, Any]:
+        """Every attribution method with its parameters (kinds, defaults, ranges)."""
+        bounds = param_bounds(settings)
+        out = []
+        for spec in core_attr.METHODS.values():
+            params = []
+            for p in spec.params:
+                d = p.to_dict()
+                cap = bounds[p.name]["max"]
+                if p.maximum is not None and cap is not None and cap < p.maximum:
+                    d["maximum"] = cap
+                params.append(d)
+            out.append({"name": spec.name, "description": spec.description, "layer_method": spec.layer_method, "costly": spec.costly, "params": params})
+        return {"methods": out}
+
+    @router.post(
+        "/attributions",
+        response_model=AttributionResponse,
+        summary="Attribution map (Captum)",
+        responses={200: {"content": binary_content(None, "image/png", "application/x-npy"), "description": "JSON, overlay PNG or NPY array (per `format`)."}, **ANALYSIS_ERRORS},
+    )
+    async def attribute(
+        image: Annotated[UploadFile, File(description=IMAGE_DESCRIPTION)],
+        upload: Upload = Depends(read_image),
+        model: ModelQuery = None,
+        method: Annotated[Method, Query(description="Attribution method (GET /v1/methods lists them with their parameters).")] = Method("integrated_gradients"),
+        target: Annotated[int | None, Query(ge=0, description="Class index to explain, 0..classes-1; default: the predicted class.")] = None,
+        layer: Annotated[str | None, Query(max_length=100, description="Separable layer for layer methods (layer_gradcam, guided_gradcam, channel_importance).")] = None,
+        part: Annotated[Literal["depthwise", "pointwise"] | None, Query(description="Part of `layer` for layer methods.")] = None,
+        format: Annotated[
+            Literal["json", "png", "npy"],
+            Query(description="`json`: figures and a base64 overlay; `png`: the overlay PNG; `npy`: the raw float32 array (see `array`)."),
+        ] = "json",
+        array: Annotated[
+            Literal["attribution", "heatmap"],
+            Query(description="For format=npy: `attribution` (Captum's raw output: [3, H, W], [1, h, w] or [C]) or `heatmap` ([H, W] at input resolution)."),
+        ] = "attribution",
+        sign: Annotated[Literal["positive", "negative", "absolute", "all"], Query(description="Which evidence the overlay shows.")] = "positive",
+        opacity: Annotated[float, Query(ge=0, le=1, description="Overlay opacity at the strongest attribution, 0..1.")] = 0.5,
+        colormap: Annotated[OverlayColormap | None, Query(description="Overlay colour map (default: jet, or RdBu_r for sign=all).")] = None,
+        precision: Annotated[
+            Literal["fp32", "mixed"] | None,
+            Query(description="`fp32` (the default, unless the service sets attribution_precision) or `mixed` (float16 autocast; CUDA only, float32 on the CPU)."),
+        ] = None,
+        params: dict[str, Any] = Depends(method_params),
+        service: Service = Depends(get_service),
+        limit: Deadline = Depends(deadline("attribution")),
+    ) -> Any:
+        """Explains the target class's logit with a Captum method. Method parameters go in the query
+        string next to `method`; a parameter that does not belong to the method is refused (422).
+        Each answer carries the method's quality figures: the convergence delta (integrated gradients,
+        DeepLift), deletion and insertion AUC (Petsiuk et al.; `auc_steps=0` skips them) and, on request,
+        Captum's infidelity and sensitivity_max."""
+        result = await service.attribution(
+            model,
+            upload,
+            method=method.value,
+            target=target,
+            layer=layer,
+            part=part,
+            params=params,
+            fmt=format,
+            array=array,
+            sign=sign,
+            opacity=opacity,
+            colormap=colormap.value if colormap is not None else None,
+            precision=precision,
+            deadline=limit,
+        )
+        return result if isinstance(result, dict) else binary(result)
+
+    return router

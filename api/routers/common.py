@@ -1,0 +1,56 @@
+"""Pieces shared by the routers: error responses for OpenAPI, model parameter, binary answers."""
+
+
+from typing import Annotated, Any
+
+from fastapi import Query
+from fastapi.responses import Response
+
+from ..schemas import Problem
+from ..service import BinaryResult
+
+_DESCRIPTIONS = {
+    400: "Malformed request (e.g. a Content-Length that is not a number).",
+    401: "Missing or wrong X-API-Key (only when the service has an API key).",
+    404: "Unknown model (the detail lists the valid ids).",
+    409: "The model is known but its weights are not installed (the detail says how to get them).",
+    413: "Upload over the size limit, or an image with more pixels than allowed.",
+    415: "Not an accepted image format (JPEG, PNG, WEBP, BMP, GIF, TIFF), or a body that is not multipart/form-data.",
+    422: "A parameter is invalid or out of range, or the image is damaged or of unusable geometry; the detail says which and what is allowed.",
+    503: "Busy (queue full), out of memory, or the model cannot be loaded; retry after Retry-After.",
+    504: "The request ran past its deadline.",
+}
+
+
+def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": Problem, "description": _DESCRIPTIONS.get(code, "Error.")} for code in codes}
+
+
+ANALYSIS_ERRORS = problems(400, 401, 404, 409, 413, 415, 422, 503, 504)
+
+ModelQuery = Annotated[
+    str | None,
+    Query(
+        max_length=200,
+        description="Model id (see GET /v1/models); default: the service's default model.",
+        examples=["xception-mini-synthetic"],
+    ),
+]
+
+IMAGE_DESCRIPTION = (
+    "The image file (JPEG, PNG, WEBP, BMP, GIF or TIFF; at most the configured upload size and pixel count). "
+    "The content type the client claims is ignored: the bytes decide."
+)
+
+
+def binary(result: BinaryResult) -> Response:
+    return Response(content=result.body, media_type=result.media_type, headers=result.headers)
+
+
+def binary_content(json_model: type | None = None, *media_types: str) -> dict[str, Any]:
+    content: dict[str, Any] = {}
+    if json_model is not None:
+        content["application/json"] = {"schema": {"$ref": f"#/components/schemas/{json_model.__name__}"}}
+    for media in media_types:
+        content[media] = {"schema": {"type": "string", "format": "binary"}}
+    return content

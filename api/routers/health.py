@@ -1,0 +1,52 @@
+"""GET /healthz, GET /readyz, GET /metrics."""
+
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from ..deps import get_service
+from ..errors import ApiError
+from ..schemas import Health, Readiness
+from ..service import Service
+from ..settings import Settings
+from .common import problems
+
+
+def build(settings: Settings) -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz", response_model=Health, summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        """200 while the process serves requests."""
+        return {"status": "ok"}
+
+    @router.get("/readyz", response_model=Readiness, summary="Readiness", responses=problems(503))
+    async def readyz(request: Request, service: Service = Depends(get_service)) -> dict[str, Any]:
+        """200 once the default model is loaded; 503 (with the reason) until then."""
+        default = service.default_model()
+        if not service.registry.is_loaded(default):
+            error = getattr(request.app.state, "load_error", None)
+            detail = f"the default model {default!r} is not loaded yet"
+            if error:
+                detail = f"the default model {default!r} could not be loaded: {error}"
+            raise ApiError(503, "not-ready", detail, headers={"Retry-After": "5"})
+        return {"status": "ready", "default_model": default, "device": service.device, "loaded_models": service.registry.loaded_ids()}
+
+    if settings.metrics_enabled:
+
+        @router.get(
+            "/metrics",
+            summary="Prometheus metrics",
+            response_class=Response,
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format."}},
+        )
+        async def metrics(request: Request) -> Response:
+            """Requests and latency by route and status, requests in flight, inference time by device
+            and model, attribution time by device and method, micro-batch sizes, cache hits / misses /
+            bytes, queue depths, rejections, deadlines exceeded, out-of-memory events."""
+            m = request.app.state.metrics
+            return Response(m.render(), media_type=m.content_type)
+
+    return router

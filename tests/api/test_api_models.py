@@ -1,0 +1,191 @@
+"""Health, readiness, the model endpoints, metrics, request ids, CORS and the API key."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from apihelpers import CLASS_NAMES, INPUT_SIZE, MODEL_ID, assert_problem, files, make_app, make_client
+from xception_core.profile import profile_model
+
+
+def test_healthz(client):
+    r = client.get("/healthz")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+def test_readyz_turns_ready_once_the_default_model_is_loaded(tiny_model):
+    app = make_app(tiny_model, preload_default_model=False)
+    with TestClient(app) as c:
+        assert_problem(c.get("/readyz"), 503, "not loaded")
+        assert c.post("/v1/predict", files=files(_png(tiny_model))).status_code == 200
+        r = c.get("/readyz")
+        assert r.status_code == 200
+        assert r.json()["default_model"] == MODEL_ID and r.json()["loaded_models"] == [MODEL_ID]
+
+
+def test_readyz_preloads_at_start_up(tiny_model):
+    with make_client(tiny_model) as c:
+        for _ in range(100):
+            if c.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.05)
+        assert c.get("/readyz").status_code == 200
+
+
+def test_readyz_explains_a_default_model_without_weights(tmp_path):
+    from api.main import create_app
+    from api.registry import ModelRegistry
+    from apihelpers import make_settings
+
+    registry = ModelRegistry(home=tmp_path, device="cpu", default_model="xception-imagenet")
+    with TestClient(create_app(make_settings(), registry=registry)) as c:
+        for _ in range(100):
+            body = c.get("/readyz").json()
+            if "could not be loaded" in body["detail"]:
+                break
+            time.sleep(0.05)
+        body = assert_problem(c.get("/readyz"), 503, "xception-imagenet", "weights download")
+        # the model list still shows it, as missing; analysis on it is a 409 that says how to fix it
+        models = {m["id"]: m for m in c.get("/v1/models").json()["models"]}
+        assert models["xception-imagenet"]["status"] == "missing"
+        assert_problem(c.post("/v1/predict?model=xception-imagenet", files=files(b"x")), 409, "weights download")
+
+
+def _png(model) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray((np.arange(100 * 100 * 3) % 251).astype("uint8").reshape(100, 100, 3)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_models_list(client):
+    body = client.get("/v1/models").json()
+    assert body["default_model"] == MODEL_ID
+    (m,) = body["models"]
+    assert m["id"] == MODEL_ID and m["status"] == "available" and m["num_classes"] == len(CLASS_NAMES)
+    assert m["input_size"] == INPUT_SIZE and m["default"] is True
+
+
+def test_model_detail(client, small_config):
+    body = client.get(f"/v1/models/{MODEL_ID}").json()
+    profile = profile_model(small_config, INPUT_SIZE)
+    assert body["total_params"] == profile.total_params
+    assert body["separable_layers"] == [s.name for s in profile.separable]
+    assert body["preprocess"]["input_size"] == INPUT_SIZE
+    assert body["config"]["entry_channels"] == list(small_config.entry_channels)
+
+
+def test_layer_table_matches_the_profile(client, small_config):
+    body = client.get(f"/v1/models/{MODEL_ID}/layers").json()
+    profile = profile_model(small_config, INPUT_SIZE)
+    assert [row["name"] for row in body["layers"]] == [r.name for r in profile.layers]
+    assert body["separable_layers"] == [s.to_dict() for s in profile.separable]
+    first = body["layers"][0]
+    assert set(first) == {"name", "flow", "kind", "in_channels", "out_channels", "output_size", "params", "macs"}
+
+
+def test_classes(client):
+    body = client.get(f"/v1/models/{MODEL_ID}/classes").json()
+    assert body["num_classes"] == len(CLASS_NAMES)
+    assert [c["label"] for c in body["classes"]] == CLASS_NAMES
+    assert [c["index"] for c in body["classes"]] == list(range(len(CLASS_NAMES)))
+
+
+@pytest.mark.parametrize("path", ["/v1/models/nope", "/v1/models/nope/layers", "/v1/models/nope/classes", "/v1/models/..%2F..%2Fetc"])
+def test_unknown_model_is_404_naming_the_valid_ids(client, path):
+    body = assert_problem(client.get(path), 404)
+    if "nope" in path:
+        assert MODEL_ID in body["detail"] and body["valid_choices"] == [MODEL_ID]
+
+
+def test_methods_and_colormaps(client):
+    from xception_core.attributions import METHODS
+    from xception_core.render import COLORMAPS
+
+    methods = client.get("/v1/methods").json()["methods"]
+    assert [m["name"] for m in methods] == list(METHODS)
+    ig = next(m for m in methods if m["name"] == "integrated_gradients")
+    steps = next(p for p in ig["params"] if p["name"] == "n_steps")
+    assert steps["minimum"] == 1 and steps["maximum"] == 256
+    assert client.get("/v1/colormaps").json()["colormaps"] == list(COLORMAPS)
+
+
+def test_metrics_count_requests_by_route_and_status(client, png):
+    client.get("/v1/models")
+    client.get("/v1/models/nope")
+    client.post("/v1/predict", files=files(png))
+    text = client.get("/metrics").text
+    assert 'xception_http_requests_total{method="GET",route="/v1/models",status="200"}' in text
+    assert 'xception_http_requests_total{method="GET",route="/v1/models/{model_id}",status="404"}' in text
+    assert "xception_http_request_duration_seconds_bucket" in text
+    assert "xception_http_requests_in_flight" in text
+    assert 'xception_inference_seconds_count{device="cpu",kind="predict",model="tiny"}' in text
+    assert "xception_batch_size_bucket" in text
+    assert "xception_cache_misses_total" in text
+
+
+def test_request_id_is_returned_and_a_sane_client_id_is_kept(client):
+    r = client.get("/healthz")
+    assert len(r.headers["x-request-id"]) == 32
+    r = client.get("/healthz", headers={"X-Request-ID": "client-42.abc"})
+    assert r.headers["x-request-id"] == "client-42.abc"
+    for insane in ("has space", "x" * 500, "new\\nline", "<script>"):
+        r = client.get("/healthz", headers={"X-Request-ID": insane})
+        assert r.headers["x-request-id"] != insane and len(r.headers["x-request-id"]) == 32
+    body = client.get("/v1/models/nope", headers={"X-Request-ID": "trace-1"}).json()
+    assert body["request_id"] == "trace-1"
+
+
+def test_json_logs_carry_the_request_id():
+    import json
+    import logging
+
+    from api.context import request_id_var
+    from api.logs import JsonFormatter
+
+    token = request_id_var.set("rid-7")
+    try:
+        record = logging.LogRecord("api.access", logging.INFO, __file__, 1, "GET %s %d", ("/healthz", 200), None)
+        record.status = 200
+        line = json.loads(JsonFormatter().format(record))
+    finally:
+        request_id_var.reset(token)
+    assert line["request_id"] == "rid-7" and line["message"] == "GET /healthz 200" and line["status"] == 200
+    assert line["level"] == "INFO" and "ts" in line
+
+
+def test_api_key(tiny_model, png):
+    with make_client(tiny_model, api_key="s3cret") as c:
+        assert c.get("/healthz").status_code == 200  # probes stay open
+        assert_problem(c.get("/v1/models"), 401, "X-API-Key")
+        assert_problem(c.get("/v1/models", headers={"X-API-Key": "wrong"}), 401, "not valid")
+        assert_problem(c.post("/v1/predict", files=files(png)), 401)
+        assert c.get("/v1/models", headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert c.post("/v1/predict", files=files(png), headers={"X-API-Key": "s3cret"}).status_code == 200
+        schema = c.get("/openapi.json").json()
+        assert "APIKeyHeader" in schema["components"]["securitySchemes"]
+
+
+def test_cors_is_closed_by_default_and_configurable(client, tiny_model):
+    preflight = {"Origin": "https://ui.example", "Access-Control-Request-Method": "POST"}
+    r = client.options("/v1/predict", headers=preflight)
+    assert "access-control-allow-origin" not in r.headers
+    assert "access-control-allow-origin" not in client.get("/v1/models", headers={"Origin": "https://ui.example"}).headers
+    with make_client(tiny_model, cors_origins="https://ui.example") as c:
+        r = c.options("/v1/predict", headers=preflight)
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://ui.example"
+        r = c.get("/v1/models", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in r.headers
+
+
+def test_unknown_route_and_wrong_method_are_problems(client):
+    assert_problem(client.get("/v2/predict"), 404, "/v1")
+    body = assert_problem(client.get("/v1/predict"), 405, "POST")
+    assert body["type"] == "about:blank"

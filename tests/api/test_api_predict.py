@@ -1,0 +1,87 @@
+"""POST /v1/predict and /v1/predict/batch: results, caching, image ids."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+
+from apihelpers import CLASS_NAMES, MODEL_ID, assert_problem, files, preprocess
+
+
+def direct_probabilities(model, data: bytes) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.softmax(model(preprocess(data)).float(), dim=1)[0]
+
+
+def test_predict_matches_the_model(client, entry, png):
+    r = client.post("/v1/predict", files=files(png))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["image_id"] == hashlib.sha256(png).hexdigest()
+    assert body["model"] == MODEL_ID and body["device"] == "cpu" and body["precision"] == "fp32"
+    assert isinstance(body["timing_ms"], float)
+    probs = direct_probabilities(entry.model, png)
+    top = torch.topk(probs, 5)
+    assert [p["index"] for p in body["predictions"]] == top.indices.tolist()
+    assert [p["label"] for p in body["predictions"]] == [CLASS_NAMES[i] for i in top.indices.tolist()]
+    torch.testing.assert_close(torch.tensor([p["probability"] for p in body["predictions"]]), top.values, rtol=1e-5, atol=1e-6)
+
+
+def test_predictions_depend_on_the_image(client, png_images):
+    tops = {tuple(p["index"] for p in client.post("/v1/predict?top_k=3", files=files(d)).json()["predictions"]) for d in png_images}
+    assert len(tops) > 1
+
+
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_top_k(client, png, k):
+    preds = client.post(f"/v1/predict?top_k={k}", files=files(png)).json()["predictions"]
+    assert len(preds) == k
+    probs = [p["probability"] for p in preds]
+    assert probs == sorted(probs, reverse=True)
+    if k == len(CLASS_NAMES):
+        assert sum(probs) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_top_k_beyond_the_class_count_names_the_range(client, png):
+    body = assert_problem(client.post("/v1/predict?top_k=8", files=files(png)), 422, "top_k", "1..7")
+    assert body["allowed_range"] == [1, 7]
+
+
+def test_second_request_hits_the_cache(client, jpeg_images):
+    data = jpeg_images[3] + b""  # a fresh image for this test
+    first = client.post("/v1/predict", files=files(data, "a.jpg", "image/jpeg")).json()
+    second = client.post("/v1/predict", files=files(data, "b.jpg", "image/jpeg")).json()
+    assert first["cached"] is False and second["cached"] is True
+    assert first["predictions"] == second["predictions"]
+    metrics = client.get("/metrics").text
+    assert 'xception_cache_hits_total{kind="logits"}' in metrics
+
+
+def test_jpeg_and_model_parameter(client, jpeg_images):
+    r = client.post(f"/v1/predict?model={MODEL_ID}", files=files(jpeg_images[0], "x.jpg", "image/jpeg"))
+    assert r.status_code == 200 and r.json()["model"] == MODEL_ID
+
+
+def test_batch(client, entry, png_images):
+    parts = [("images", (f"img{i}.png", d, "image/png")) for i, d in enumerate(png_images)]
+    parts.append(("images", ("../../etc/passwd", b"not an image", "image/png")))
+    r = client.post("/v1/predict/batch?top_k=2", files=parts)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["count"] == 5 and body["model"] == MODEL_ID
+    for i, (item, data) in enumerate(zip(body["results"], png_images)):
+        assert item["ok"] and item["position"] == i and item["filename"] == f"img{i}.png"
+        assert item["image_id"] == hashlib.sha256(data).hexdigest()
+        probs = direct_probabilities(entry.model, data)
+        assert [p["index"] for p in item["predictions"]] == torch.topk(probs, 2).indices.tolist()
+    bad = body["results"][4]
+    assert bad["ok"] is False and bad["filename"] == "passwd"
+    assert bad["error"]["status"] == 415 and "text" in bad["error"]["detail"]
+
+
+def test_batch_count_is_bounded(client, png):
+    body = assert_problem(client.post("/v1/predict/batch", files=[("images", ("a.png", png, "image/png"))] * 17), 422, "between 1 and 16")
+    assert body["allowed_range"] == [1, 16]
+    assert_problem(client.post("/v1/predict/batch", files={"other": ("a.png", png, "image/png")}), 422, "other")

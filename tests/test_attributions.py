@@ -1,0 +1,506 @@
+"""Attributions: every method equals a direct Captum call; validation; locking; quality; rendering."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from captum.attr import (
+    DeepLift,
+    GradientShap,
+    GuidedBackprop,
+    GuidedGradCam,
+    InputXGradient,
+    IntegratedGradients,
+    LayerAttribution,
+    LayerGradCam,
+    LayerGradientXActivation,
+    NoiseTunnel,
+    Occlusion,
+    Saliency,
+)
+from PIL import Image
+from torch import nn
+
+from conftest import calibrate_batchnorm, photo_batch
+from xception_core.attributions import (
+    METHODS,
+    AttributionError,
+    Attributor,
+    InputError,
+    ParamError,
+    UnknownMethodError,
+    deletion_insertion_auc,
+    model_lock,
+    occlusion_positions,
+)
+from xception_core.introspect import UnknownLayerError
+from xception_core.model import Xception
+from xception_core.render import (
+    RenderError,
+    colormap_names,
+    heatmap_png,
+    montage_png,
+    overlay_png,
+    to_png,
+)
+
+SIZE = 72
+LAYER = "middle.block5.sep2"
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def model(small_config, photos):
+    torch.manual_seed(0)
+    m = Xception(small_config)
+    calibrate_batchnorm(m, photo_batch(photos, SIZE))
+    return m
+
+
+@pytest.fixture(scope="module")
+def attributor(model):
+    return Attributor(model)
+
+
+@pytest.fixture(scope="module")
+def x(photos):
+    return photo_batch(photos[1:2], SIZE)
+
+
+def close(a, b, atol=1e-5, rtol=1e-4):
+    torch.testing.assert_close(a.float().cpu(), b.float().cpu(), atol=atol, rtol=rtol)
+
+
+def seeded(seed):
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+# --- every input method equals Captum called directly -----------------------
+
+TARGET = 3
+
+
+def _ig(m, x):
+    return IntegratedGradients(m).attribute(
+        x, baselines=torch.full_like(x, -1.0), target=TARGET, n_steps=6, internal_batch_size=3,
+        return_convergence_delta=True,
+    )
+
+
+def _smooth(m, x):
+    seeded(3)
+    return NoiseTunnel(Saliency(m)).attribute(
+        x, nt_type="smoothgrad", nt_samples=4, nt_samples_batch_size=16, stdevs=0.2, target=TARGET, abs=True
+    )
+
+
+def _shap(m, x):
+    seeded(5)
+    return GradientShap(m).attribute(x, baselines=torch.zeros_like(x), n_samples=4, stdevs=0.09, target=TARGET)
+
+
+def _occ(m, x):
+    return Occlusion(m).attribute(
+        x, sliding_window_shapes=(3, 32, 32), strides=(3, 16, 16), baselines=-1.0, target=TARGET,
+        perturbations_per_eval=8,
+    )
+
+
+CASES = {
+    "integrated_gradients": (dict(n_steps=6, internal_batch_size=3, baseline="black"), _ig),
+    "saliency": (dict(absolute=False), lambda m, x: Saliency(m).attribute(x, target=TARGET, abs=False)),
+    "smoothgrad": (dict(nt_samples=4, stdev=0.2, seed=3), _smooth),
+    "gradient_shap": (dict(n_samples=4, seed=5), _shap),
+    "deeplift": (
+        dict(),
+        lambda m, x: DeepLift(m).attribute(x, torch.zeros_like(x), target=TARGET, return_convergence_delta=True),
+    ),
+    "guided_backprop": (dict(), lambda m, x: GuidedBackprop(m).attribute(x, target=TARGET)),
+    "input_x_gradient": (dict(), lambda m, x: InputXGradient(m).attribute(x, target=TARGET)),
+    "occlusion": (dict(window=32, stride=16, baseline="black", internal_batch_size=8), _occ),
+}
+
+
+@pytest.mark.parametrize("method", list(CASES))
+def test_input_method_equals_direct_captum(model, attributor, x, method):
+    params, direct = CASES[method]
+    result = attributor.attribute(x, method, target=TARGET, auc_steps=0, **params)
+    expected = direct(model, x.clone())
+    delta = None
+    if isinstance(expected, tuple):
+        expected, delta = expected
+    assert result.attribution.shape == (3, SIZE, SIZE) and result.attribution.dtype == torch.float32
+    close(result.attribution, expected[0])
+    close(result.heatmap, expected[0].sum(0))
+    assert result.heatmap.shape == (SIZE, SIZE)
+    assert result.target == TARGET and result.method == method
+    if delta is not None:
+        assert result.quality["convergence_delta"] == pytest.approx(delta.abs().item(), abs=1e-5, rel=1e-3)
+    else:
+        assert "convergence_delta" not in result.quality
+    for name, value in params.items():
+        assert result.params[name] == value
+
+
+def test_gradient_shap_chunks_many_samples(attributor, x):
+    r = attributor.attribute(x, "gradient_shap", target=1, n_samples=3, internal_batch_size=2, auc_steps=0)
+    assert r.attribution.shape == (3, SIZE, SIZE) and torch.isfinite(r.attribution).all()
+    assert r.attribution.abs().sum() > 0
+
+
+# --- layer methods ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("part,relu", [("depthwise", True), ("pointwise", True), ("pointwise", False)])
+def test_layer_gradcam_equals_captum_on_the_part_module(model, attributor, x, part, relu):
+    module = getattr(model.separable_layers()[LAYER], part)
+    r = attributor.attribute(x, "layer_gradcam", target=2, layer=LAYER, part=part, relu_attributions=relu, auc_steps=0)
+    expected = LayerGradCam(model, module).attribute(x.clone(), target=2, relu_attributions=relu)
+    assert r.attribution.shape == expected.shape[1:] and r.attribution.shape[0] == 1
+    close(r.attribution, expected[0])
+    close(r.heatmap, LayerAttribution.interpolate(expected, (SIZE, SIZE), interpolate_mode="bilinear")[0, 0])
+    assert (r.layer, r.part) == (LAYER, part)
+
+
+def test_guided_gradcam_equals_captum(model, attributor, x):
+    module = model.separable_layers()["exit.block8.sep1"].pointwise
+    r = attributor.attribute(x, "guided_gradcam", target=4, layer="exit.block8.sep1", part="pointwise", auc_steps=0)
+    expected = GuidedGradCam(model, module).attribute(x.clone(), target=4, interpolate_mode="bilinear")
+    close(r.attribution, expected[0])
+    close(r.heatmap, expected[0].sum(0))
+
+
+def test_channel_importance_equals_gradient_x_activation(model, attributor, x, part="depthwise"):
+    layer = model.separable_layers()["entry.block3.sep1"]
+    r = attributor.attribute(x, "channel_importance", target=0, layer="entry.block3.sep1", part=part, auc_steps=0)
+    gxa = LayerGradientXActivation(model, getattr(layer, part)).attribute(x.clone(), target=0)
+    close(r.attribution, gxa[0].sum(dim=(1, 2)), atol=1e-5, rtol=1e-4)
+    assert r.attribution.shape == (gxa.shape[1],)
+    scores = [s for _, s in r.channel_ranking]
+    assert scores == sorted(scores, reverse=True)
+    assert sorted(c for c, _ in r.channel_ranking) == list(range(gxa.shape[1]))
+    assert r.heatmap.shape == (SIZE, SIZE)
+
+
+def test_default_target_is_the_prediction(model, attributor, x):
+    with torch.no_grad():
+        logits = model(x)
+    r = attributor.attribute(x, "saliency", auc_steps=0)
+    assert r.target == r.predicted == int(logits.argmax())
+    assert r.probability == pytest.approx(torch.softmax(logits, 1)[0, r.target].item(), rel=1e-5)
+
+
+def test_inference_mode_input_and_caller(model, attributor, x):
+    reference = attributor.attribute(x, "saliency", target=1, auc_steps=0)
+    with torch.inference_mode():
+        xi = x.clone()
+        r = attributor.attribute(xi, "saliency", target=1, auc_steps=0)
+    close(r.attribution, reference.attribution)
+    with torch.no_grad():
+        r2 = attributor.attribute(x, "input_x_gradient", target=1, auc_steps=0)
+    assert r2.attribution.abs().sum() > 0
+
+
+# --- random methods: reproducible, and the caller's RNG is untouched ----------
+
+
+def test_seeded_methods_are_reproducible_and_leave_global_rng_alone(attributor, x):
+    torch_state, np_state = torch.get_rng_state(), np.random.get_state()
+    a = attributor.attribute(x, "smoothgrad", target=1, nt_samples=2, auc_steps=0, seed=7)
+    b = attributor.attribute(x, "smoothgrad", target=1, nt_samples=2, auc_steps=0, seed=7)
+    c = attributor.attribute(x, "smoothgrad", target=1, nt_samples=2, auc_steps=0, seed=8)
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    after = np.random.get_state()
+    assert np.array_equal(after[1], np_state[1]) and after[2] == np_state[2]
+    assert torch.equal(a.attribution, b.attribution)
+    assert not torch.equal(a.attribution, c.attribution)
+
+
+# --- validation ---------------------------------------------------------------
+
+VALIDATION = [
+    (dict(method="lime"), UnknownMethodError, "integrated_gradients"),
+    (dict(method="saliency", n_steps=4), ParamError, "allowed: absolute"),
+    (dict(method="integrated_gradients", n_steps=1000), ParamError, "n_steps must be between 1 and 256, got 1000"),
+    (dict(method="integrated_gradients", n_steps=0), ParamError, "between 1 and 256"),
+    (dict(method="integrated_gradients", internal_batch_size=65), ParamError, "between 1 and 64"),
+    (dict(method="smoothgrad", stdev=1.5), ParamError, "stdev must be between 0 and 1, got 1.5"),
+    (dict(method="smoothgrad", nt_samples=65), ParamError, "nt_samples must be between 1 and 64"),
+    (dict(method="gradient_shap", n_samples=0), ParamError, "n_samples"),
+    (dict(method="integrated_gradients", n_steps=2.5), ParamError, "n_steps must be an integer"),
+    (dict(method="integrated_gradients", n_steps=True), ParamError, "must be an integer"),
+    (dict(method="integrated_gradients", n_steps="many"), ParamError, "must be an integer"),
+    (dict(method="smoothgrad", stdev="x"), ParamError, "must be a number"),
+    (dict(method="smoothgrad", stdev=float("nan")), ParamError, "finite"),
+    (dict(method="saliency", absolute="maybe"), ParamError, "true or false"),
+    (dict(method="integrated_gradients", baseline="blur"), ParamError, "baseline must be one of zero, black"),
+    (dict(method="saliency", target=7), ParamError, "target must be in 0..6"),
+    (dict(method="saliency", target=-1), ParamError, "target must be in 0..6"),
+    (dict(method="saliency", target=1.0), ParamError, "target"),
+    (dict(method="layer_gradcam"), ParamError, "needs layer and part"),
+    (dict(method="layer_gradcam", layer=LAYER), ParamError, "needs layer and part"),
+    (dict(method="layer_gradcam", layer=LAYER, part="both"), ParamError, "part must be one of depthwise, pointwise"),
+    (dict(method="saliency", layer=LAYER, part="depthwise"), ParamError, "only for layer methods"),
+    (dict(method="integrated_gradients", part="depthwise"), ParamError, "only for layer methods"),
+    (dict(method="occlusion", window=128), ParamError, "window must be at most the input size"),
+    (dict(method="occlusion", window=8, stride=16), ParamError, "stride must be at most window"),
+    (dict(method="occlusion", window=4, stride=2), ParamError, "limit is 1024"),
+    (dict(method="occlusion", window=200), ParamError, "window must be between 4 and 128"),
+    (dict(method="saliency", seed=-1), ParamError, "seed"),
+    (dict(method="saliency", auc_steps=65), ParamError, "auc_steps must be between 0 and 64"),
+]
+
+
+@pytest.mark.parametrize("kwargs,exc,match", VALIDATION, ids=[str(i) for i in range(len(VALIDATION))])
+def test_validation_errors(attributor, x, kwargs, exc, match):
+    with pytest.raises(exc, match=match) as info:
+        attributor.attribute(x, **kwargs)
+    assert isinstance(info.value, AttributionError) and isinstance(info.value, ValueError)
+    if exc is ParamError:
+        assert info.value.param is not None
+
+
+def test_unknown_layer_is_introspects_error(attributor, x):
+    with pytest.raises(UnknownLayerError, match="separable layers are"):
+        attributor.attribute(x, "layer_gradcam", layer="middle.block99.sep1", part="depthwise")
+
+
+@pytest.mark.parametrize(
+    "bad", [torch.zeros(2, 3, SIZE, SIZE), torch.zeros(1, 1, SIZE, SIZE), torch.zeros(1, 3, SIZE, SIZE, dtype=torch.long)]
+)
+def test_bad_inputs(attributor, bad):
+    with pytest.raises(InputError):
+        attributor.attribute(bad, "saliency")
+    nan = torch.full((1, 3, SIZE, SIZE), float("nan"))
+    with pytest.raises(InputError, match="NaN"):
+        attributor.attribute(nan, "saliency")
+
+
+def test_string_params_are_coerced(attributor, x):
+    r = attributor.attribute(x, "integrated_gradients", target=0, n_steps="2", baseline="zero", auc_steps="0", infidelity="false")
+    assert r.params["n_steps"] == 2 and r.params["infidelity"] is False and r.params["auc_steps"] == 0
+
+
+def test_catalogue_is_documented_data():
+    expected = {
+        "integrated_gradients", "saliency", "smoothgrad", "gradient_shap", "deeplift", "guided_backprop",
+        "input_x_gradient", "occlusion", "layer_gradcam", "guided_gradcam", "channel_importance",
+    }
+    assert set(METHODS) == expected
+    assert {n for n, s in METHODS.items() if s.layer_method} == {"layer_gradcam", "guided_gradcam", "channel_importance"}
+    assert {n for n, s in METHODS.items() if s.hooks} == {
+        "deeplift", "guided_backprop", "layer_gradcam", "guided_gradcam", "channel_importance"
+    }
+    ig = METHODS["integrated_gradients"]
+    assert (ig.param("n_steps").default, ig.param("n_steps").minimum, ig.param("n_steps").maximum) == (32, 1, 256)
+    assert METHODS["occlusion"].param("window").maximum == 128
+    for spec in METHODS.values():
+        assert spec.resolve({}) == spec.defaults()  # every default is valid
+        assert {"seed", "auc_steps", "infidelity", "sensitivity"} <= set(spec.param_names)
+        json.dumps(spec.to_dict())
+    assert "captum#1276" in METHODS["deeplift"].description
+    assert occlusion_positions(299, 299, 32, 16) == 18 * 18
+
+
+# --- quality figures ------------------------------------------------------------
+
+
+def test_quality_figures(attributor, x):
+    r = attributor.attribute(x, "saliency", target=2, auc_steps=4)
+    assert set(r.quality) == {"deletion_auc", "insertion_auc"}
+    assert all(0.0 <= r.quality[k] <= 1.0 for k in ("deletion_auc", "insertion_auc"))
+    assert len(r.curves["deletion"]) == len(r.curves["insertion"]) == 5
+    assert r.curves["fractions"][0] == 0 and r.curves["fractions"][-1] == 1
+    assert r.curves["deletion"][0] == pytest.approx(r.probability, rel=1e-4)  # nothing deleted yet
+    r = attributor.attribute(
+        x, "layer_gradcam", target=2, layer=LAYER, part="pointwise", auc_steps=0, infidelity=True, sensitivity=True
+    )
+    assert set(r.quality) == {"infidelity", "sensitivity_max"}
+    assert all(np.isfinite(v) and v >= 0 for v in r.quality.values())
+    json.dumps(r.summary())
+
+
+class _MaskModel(nn.Module):
+    """Two classes; logit 0 = k * (mean of the left half - 0.5): only the left half matters."""
+
+    def __init__(self, size: int, k: float = 40.0) -> None:
+        super().__init__()
+        mask = torch.zeros(1, 3, size, size)
+        mask[..., : size // 2] = 1
+        self.register_buffer("mask", mask)
+        self.k = k
+
+    def forward(self, x):
+        s = (x * self.mask).sum(dim=(1, 2, 3)) / self.mask.sum()
+        return torch.stack([self.k * (s - 0.5), torch.zeros_like(s)], dim=1)
+
+
+def test_deletion_insertion_auc_on_a_known_case():
+    size = 32
+    m = _MaskModel(size).eval()
+    x = torch.ones(1, 3, size, size)
+    good = m.mask[0, 0].clone()  # the left half ranked first
+    bad = 1 - good
+    kw = dict(steps=16, baseline=0.0, insertion_start="baseline")
+    g = deletion_insertion_auc(m, x, good, 0, **kw)
+    b = deletion_insertion_auc(m, x, bad, 0, **kw)
+    # good: the probability collapses once a quarter of the pixels (half the left side) are gone
+    assert g.deletion_auc == pytest.approx(0.25, abs=0.02)
+    assert b.deletion_auc == pytest.approx(0.75, abs=0.02)
+    assert g.insertion_auc == pytest.approx(0.75, abs=0.02)
+    assert b.insertion_auc == pytest.approx(0.25, abs=0.02)
+    rnd = deletion_insertion_auc(m, x, torch.rand(size, size, generator=torch.Generator().manual_seed(0)), 0, **kw)
+    assert g.deletion_auc < rnd.deletion_auc < b.deletion_auc
+    assert g.insertion_auc > rnd.insertion_auc > b.insertion_auc
+    blur = deletion_insertion_auc(m, x, good, 0, steps=4)
+    for v in (blur.deletion_auc, blur.insertion_auc):
+        assert 0.0 <= v <= 1.0
+    with pytest.raises(ValueError):
+        deletion_insertion_auc(m, x, torch.zeros(8, 8), 0)
+
+
+# --- concurrency ------------------------------------------------------------------
+
+
+def _run_threads(fns):
+    barrier = threading.Barrier(len(fns))
+    out, errors = [None] * len(fns), []
+
+    def work(i):
+        try:
+            barrier.wait()
+            out[i] = fns[i]()
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(fns))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    return out
+
+
+def test_concurrent_layer_gradcam_matches_sequential(model, attributor, x):
+    layers = ["entry.block2.sep1", "entry.block3.sep2", "middle.block5.sep1", "exit.block8.sep2"]
+    parts = ["depthwise", "pointwise", "pointwise", "depthwise"]
+
+    def call(i):
+        return attributor.attribute(x, "layer_gradcam", target=i, layer=layers[i], part=parts[i], auc_steps=0)
+
+    sequential = [call(i) for i in range(4)]
+    other = Attributor(model)  # a second Attributor on the same model shares its lock
+    assert other.lock is attributor.lock is model_lock(model)
+    for _ in range(2):
+        concurrent = _run_threads([lambda i=i: (attributor if i % 2 else other).attribute(
+            x, "layer_gradcam", target=i, layer=layers[i], part=parts[i], auc_steps=0) for i in range(4)])
+        for s, c in zip(sequential, concurrent):
+            assert torch.equal(s.attribution, c.attribution)
+
+
+def test_hook_methods_do_not_leak_into_concurrent_gradient_methods(attributor, x):
+    """GuidedBackprop hooks every ReLU; a concurrent saliency must still see plain gradients."""
+    plain = attributor.attribute(x, "saliency", target=1, absolute=False, auc_steps=0).attribution
+    guided = attributor.attribute(x, "guided_backprop", target=1, auc_steps=0).attribution
+    fns = []
+    for i in range(4):
+        if i % 2:
+            fns.append(lambda: ("g", attributor.attribute(x, "guided_backprop", target=1, auc_steps=0).attribution))
+        else:
+            fns.append(lambda: ("s", attributor.attribute(x, "saliency", target=1, absolute=False, auc_steps=0).attribution))
+    for kind, value in _run_threads(fns):
+        assert torch.equal(value, plain if kind == "s" else guided)
+
+
+# --- rendering ----------------------------------------------------------------------
+
+
+def _png(data: bytes) -> Image.Image:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+def test_to_png_and_heatmap_png():
+    a = np.linspace(-1, 1, 30 * 20, dtype=np.float32).reshape(20, 30)
+    img = _png(to_png(a, "magma"))
+    assert img.size == (30, 20) and img.mode == "RGB"
+    assert to_png(a, "magma") == to_png(torch.from_numpy(a), "magma")  # deterministic, tensors accepted
+    _png(to_png(np.zeros((5, 5)), "gray"))  # constant map
+    _png(to_png(a, "viridis", vmin=0, vmax=0.5))
+    for cmap in colormap_names():
+        assert _png(to_png(a, cmap)).size == (30, 20)
+    for sign in ("positive", "negative", "absolute", "all"):
+        assert _png(heatmap_png(a, sign=sign)).size == (30, 20)
+    with pytest.raises(RenderError, match="colormap"):
+        to_png(a, "hsv")
+    with pytest.raises(RenderError):
+        to_png(np.zeros((2, 3, 4)))
+    assert set(colormap_names()) == {
+        "viridis", "magma", "inferno", "plasma", "cividis", "gray", "jet", "turbo", "RdBu_r", "seismic", "coolwarm"
+    }
+
+
+@pytest.mark.parametrize("sign", ["positive", "negative", "absolute", "all"])
+def test_overlay_png_sign_modes(photos, sign):
+    image = photos[1][:60, :90]
+    heat = torch.zeros(20, 30)
+    heat[2:8, 2:8] = 1.0
+    heat[12:18, 20:28] = -2.0
+    out = _png(overlay_png(image, heat, sign=sign, opacity=0.6))
+    assert out.size == (90, 60)
+    arr = np.asarray(out)
+    # far from both blobs nothing is painted; inside the selected blob something is
+    assert np.array_equal(arr[30:33, 45:48], image[30:33, 45:48])
+    pos_changed = not np.array_equal(arr[10:20, 10:20], image[10:20, 10:20])
+    neg_changed = not np.array_equal(arr[42:50, 66:80], image[42:50, 66:80])
+    assert pos_changed == (sign in ("positive", "absolute", "all"))
+    assert neg_changed == (sign in ("negative", "absolute", "all"))
+    assert overlay_png(Image.fromarray(image), heat, sign=sign, opacity=0.6) == overlay_png(image, heat, sign=sign, opacity=0.6)
+    unchanged = np.asarray(_png(overlay_png(image, heat, sign=sign, opacity=0.0)))
+    assert np.array_equal(unchanged, image)
+
+
+def test_overlay_png_rejects_bad_arguments(photos):
+    with pytest.raises(RenderError):
+        overlay_png(photos[0], np.zeros((4, 4)), sign="sideways")
+    with pytest.raises(RenderError):
+        overlay_png(photos[0], np.zeros((4, 4)), opacity=2)
+    with pytest.raises(RenderError):
+        overlay_png(photos[0].astype(np.float32), np.zeros((4, 4)))
+
+
+def test_montage_png():
+    rng = np.random.default_rng(0)
+    maps = rng.normal(size=(5, 6, 6)).astype(np.float32) * np.arange(1, 6)[:, None, None]
+    plain = _png(montage_png(maps, colormap="viridis", tile_px=16, columns=3))
+    assert plain.size == (3 * 18 + 2, 2 * 18 + 2)
+    labelled = _png(montage_png(maps, [f"ch {i} with a long label" for i in range(5)], tile_px=16, columns=3))
+    assert labelled.size[0] == 56 and labelled.size[1] > 38
+    by_layer = montage_png(maps, tile_px=16, normalize="layer")
+    assert by_layer != montage_png(maps, tile_px=16, normalize="channel")
+    assert montage_png(maps, tile_px=16) == montage_png(torch.from_numpy(maps), tile_px=16)
+    with pytest.raises(RenderError):
+        montage_png(maps, ["a"], tile_px=16)
+    with pytest.raises(RenderError):
+        montage_png(maps, tile_px=4)
+    with pytest.raises(RenderError):
+        montage_png(maps, normalize="global")
+
+
+def test_attribution_overlay_end_to_end(attributor, x):
+    r = attributor.attribute(x, "layer_gradcam", layer=LAYER, part="depthwise", auc_steps=0)
+    image = ((x[0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _png(overlay_png(image, r.heatmap)).size == (SIZE, SIZE)
