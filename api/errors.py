@@ -247,6 +247,12 @@ async def _http_handler(request: Request, exc: StarletteHTTPException) -> JSONRe
     slug: str | None = getattr(exc, "slug", None)
     if status == 404 and detail == "Not Found":
         detail = f"no route {request.url.path}; the API lives under /v1 (see /docs or /openapi.json)"
+    elif status == 400 and ("multipart" in detail.lower() or "parsing the body" in detail.lower()):
+        detail = (
+            f"the request body could not be parsed ({detail.rstrip('.')}); send the image as a "
+            f"multipart/form-data file field (curl -F image=@photo.jpg)"
+        )
+        slug = slug or "malformed-body"
     elif status == 405 and detail == "Method Not Allowed":
         allowed = (exc.headers or {}).get("Allow") or (exc.headers or {}).get("allow")
         detail = f"method {request.method} is not allowed on {request.url.path}" + (f"; use {allowed}" if allowed else "")

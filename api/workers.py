@@ -83,7 +83,7 @@ class WorkPool:
         self.workers = int(workers)
         self.max_pending = int(max_pending)
         self.metrics = metrics
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix=f"xception-{name}")
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._pending = 0
         self._lock = threading.Lock()
 
@@ -139,7 +139,7 @@ class WorkPool:
             self._set_gauge()
         ctx = contextvars.copy_context()
         try:
-            cfut = self._executor.submit(ctx.run, self._call, fn, args, kwargs, device)
+            cfut = self._get_executor().submit(ctx.run, self._call, fn, args, kwargs, device)
         except RuntimeError:  # executor shut down
             self._done(None)  # type: ignore[arg-type]
             raise ApiError(503, "shutting-down", "the service is shutting down; retry shortly", headers={"Retry-After": "5"}) from None
@@ -163,8 +163,18 @@ class WorkPool:
             cfut.cancel()
             raise
 
+    def _get_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        # Created on first use (and again after a shutdown: an app's lifespan can run more than once).
+        with self._lock:
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix=f"xception-{self.name}")
+            return self._executor
+
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _consume(fut: asyncio.Future) -> None:

@@ -47,7 +47,6 @@ import copy
 import math
 import threading
 import time
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -75,6 +74,7 @@ from captum.metrics import sensitivity_max as captum_sensitivity_max
 from torch import nn
 
 from .introspect import PARTS, UnknownLayerError, resolve_layer
+from .locks import ModelLock, model_lock
 
 __all__ = [
     "AttributionError",
@@ -508,65 +508,9 @@ def occlusion_positions(height: int, width: int, window: int, stride: int) -> in
 # locks
 
 
-class ModelLock:
-    """A readers-writer lock, writer-preferring and not reentrant.
-
-    ``shared()`` for anything that only runs the model (many at once),
-    ``exclusive()`` for anything that registers hooks on it.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._readers = 0
-        self._writer = False
-        self._writers_waiting = 0
-
-    @contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer or self._writers_waiting:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if self._readers == 0:
-                    self._cond.notify_all()
-
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._cond:
-            self._writers_waiting += 1
-            try:
-                while self._writer or self._readers:
-                    self._cond.wait()
-            finally:
-                self._writers_waiting -= 1
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
-
-
-_LOCKS: weakref.WeakKeyDictionary[nn.Module, ModelLock] = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
 # Captum draws from the global torch / NumPy generators; seeding them is only
 # reproducible if no other seeded section runs at the same time.
 _RNG_LOCK = threading.Lock()
-
-
-def model_lock(model: nn.Module) -> ModelLock:
-    """The per-model lock (created on first use, dropped with the model)."""
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(model)
-        if lock is None:
-            lock = _LOCKS[model] = ModelLock()
-        return lock
 
 
 @contextmanager

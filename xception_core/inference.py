@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from .locks import model_lock
 from .preprocess import ALLOWED_FORMATS, PreprocessConfig, eval_transform, decode_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -28,9 +29,13 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 def classify(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """Softmax probabilities ``[N, classes]`` (float32, on the CPU) for a preprocessed batch."""
+    """Softmax probabilities ``[N, classes]`` (float32, on the CPU) for a preprocessed batch.
+
+    Holds the model's shared lock: a hook-based attribution running at the same
+    time (exclusive) would otherwise see this forward pass.
+    """
     device = model_device(model)
-    with torch.inference_mode():
+    with model_lock(model).shared(), torch.inference_mode():
         logits = model(batch.to(device).contiguous(memory_format=torch.channels_last))
         return torch.softmax(logits.float(), dim=1).cpu()
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .locks import model_lock
 from .model import CaptureRequest, SeparableConv2d, Xception, _capture
 
 PARTS = ("depthwise", "pointwise")
@@ -77,8 +78,12 @@ def forward_with_capture(
     layers: Iterable[str],
     parts: Iterable[str] = PARTS,
 ) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
-    """Logits and ``{layer: {part: [N, C, H, W]}}`` for the requested layers, in one pass."""
-    with capture(model, layers, parts) as kept:
+    """Logits and ``{layer: {part: [N, C, H, W]}}`` for the requested layers, in one pass.
+
+    Holds the model's shared lock so that a hook-based attribution running at
+    the same time (exclusive) neither sees nor disturbs this pass.
+    """
+    with model_lock(model).shared(), capture(model, layers, parts) as kept:
         logits = model(x)
     return logits, kept
 

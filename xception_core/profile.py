@@ -13,7 +13,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from .model import MIN_INPUT_SIZE, SeparableConv2d, Xception, XceptionConfig
+from .model import MIN_INPUT_SIZE, Xception, XceptionConfig
 
 
 @dataclass(frozen=True)

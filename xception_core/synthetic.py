@@ -52,12 +52,24 @@ vertical stripes); rotations of more than ~20 degrees blur that distinction;
 crops may cut the object away (it is never cut by the image border here);
 heavy colour jitter / hue shifts / greyscale conversion destroy the colour cue.
 
+Measured figures (128 px; tests/test_synthetic.py, benchmarks/bench_synthetic.py)
+--------------------------------------------------------------------------------
+Chance is 1/20.  Trained on 1200 images, tested on 600 fresh ones (best of
+logistic regression and nearest centroid): mean RGB 7 %, mean + std RGB 12 %,
+a 64-bin RGB histogram 16 % (it finds the scheme 89 % of the time, the
+pattern at chance); greyscale luma + gradient-orientation histograms 17 %
+(pattern 68 %, scheme at chance).  Generation: about 700-1000 images per
+second on one core of the 2-core development machine.
+
 Determinism
 -----------
 Sample ``i`` of seed ``s`` depends only on ``(s, i)`` (its random generator is
 ``numpy.random.default_rng(SeedSequence([s, i]))``); its label is
 ``i % NUM_CLASSES`` so any contiguous range of indices is balanced.  Use
-different seeds for training and test data.
+different seeds for training and test data.  Bit-exact images across machines
+assume the same numpy and Pillow versions (shapes are rasterised by Pillow,
+float32 ``sin`` may differ by an ulp between CPU kernels); the class content
+of an index never changes.
 
 Folder layout written by :func:`write_folder`
 ---------------------------------------------
@@ -108,6 +120,9 @@ __all__ = [
     "list_image_folder",
     "read_folder_masks",
     "to_tensor",
+    "iter_samples",
+    "MASKS_FILE",
+    "MANIFEST_FILE",
 ]
 
 # --------------------------------------------------------------------------
@@ -456,8 +471,9 @@ def _render(rng: np.random.Generator, label: int, size: int) -> tuple[np.ndarray
     colours = _PALETTE[2 * scheme : 2 * scheme + 2] + rng.normal(0.0, 6.0, (2, 3)).astype(np.float32)
     if rng.random() < 0.5:  # which colour plays "foreground" (dots; stripe phase)
         colours = colours[::-1]
-    mask = ids == 2
     y0, y1, x0, x1 = box
+    mask = np.zeros((size, size), dtype=bool)  # exactly the pixels the pattern is painted on
+    mask[y0:y1, x0:x1] = ids[y0:y1, x0:x1] == 2
     _fill_pattern(img, mask[y0:y1, x0:x1], box, alpha, colours[0], colours[1])
 
     # mild noise: a random crop of a fixed normal field, random sign/flip, sigma 2-6

@@ -1,0 +1,290 @@
+"""HTTP client of the Xception Explorer API -- the only module of the UI that talks to the network.
+
+Every method maps one endpoint (parameter names as the API spells them) and
+returns the decoded JSON (``dict``) or, for binary formats, the raw bytes.
+Every failure -- an error answer (``application/problem+json``), an unreachable
+service, a timeout, an answer that is not what the API sends -- is raised as
+:class:`ApiError`, whose :attr:`~ApiError.message` is fit to show to a person.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import httpx
+
+__all__ = ["ApiClient", "ApiError", "Part", "SortKey", "Normalization", "Sign"]
+
+Part = Literal["depthwise", "pointwise", "input"]
+SortKey = Literal["mean", "max", "attribution"]
+Normalization = Literal["channel", "layer"]
+Sign = Literal["positive", "negative", "absolute", "all"]
+
+#: Attributions of a 299-px image on a CPU can take a minute; everything else is quick.
+DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=300.0, write=60.0, pool=10.0)
+UNREACHABLE = 0  # ApiError.status when no HTTP answer came back
+
+
+class ApiError(Exception):
+    """A failed API call, with the problem details (RFC 9457) the service sent."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        *,
+        type: str = "about:blank",
+        request_id: str | None = None,
+        problem: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(f"{status} {title}: {detail}")
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.type = type
+        self.request_id = request_id
+        self.problem = problem or {}
+
+    @property
+    def slug(self) -> str:
+        """The last part of the problem type (``unknown-layer``, ``weights-missing``...)."""
+        return self.type.rsplit(":", 1)[-1] if self.type.startswith("urn:") else ""
+
+    @property
+    def message(self) -> str:
+        """One readable sentence or two: what went wrong and, where the API says it, how to fix it."""
+        if self.status == UNREACHABLE:
+            return f"{self.title}: {self.detail}"
+        return f"{self.title} (HTTP {self.status}): {self.detail}"
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> "ApiError":
+        request_id = response.headers.get("x-request-id")
+        try:
+            body = response.json()
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        if isinstance(body, dict) and isinstance(body.get("detail"), str):
+            return cls(
+                int(body.get("status") or response.status_code),
+                str(body.get("title") or response.reason_phrase or "Error"),
+                body["detail"],
+                type=str(body.get("type") or "about:blank"),
+                request_id=str(body.get("request_id") or request_id or "") or None,
+                problem=body,
+            )
+        text = " ".join(response.text.split())[:300] if response.content else ""
+        detail = text or "the service gave no explanation"
+        return cls(response.status_code, response.reason_phrase or "Error", detail, request_id=request_id)
+
+
+def _query(params: dict[str, Any]) -> dict[str, Any]:
+    """Drop unset parameters; booleans as the API reads them."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if value is None:
+            continue
+        out[key] = ("true" if value else "false") if isinstance(value, bool) else value
+    return out
+
+
+class ApiClient:
+    """Typed access to the REST API (``/v1``) at ``base_url``.
+
+    ``api_key`` is sent as ``X-API-Key`` when the service requires one. ``transport``
+    lets tests hand in an in-process transport.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        headers = {"Accept": "application/json, application/problem+json, */*", "User-Agent": "xception-explorer-ui"}
+        if api_key:
+            headers["X-API-Key"] = api_key
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "ApiClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ transport
+
+    def _request(
+        self, method: str, path: str, *, params: dict[str, Any] | None = None, image: bytes | None = None, image_name: str = "image"
+    ) -> httpx.Response:
+        files = {"image": (image_name, image, "application/octet-stream")} if image is not None else None
+        try:
+            response = self._http.request(method, path, params=_query(params or {}), files=files)
+        except httpx.TimeoutException:
+            raise ApiError(
+                504, "Timed out", f"the API at {self.base_url} did not answer {method} {path} in time; try again, or ask for less work (fewer steps or samples)"
+            ) from None
+        except httpx.TransportError as exc:
+            raise ApiError(
+                UNREACHABLE,
+                "API unreachable",
+                f"cannot reach the API at {self.base_url} ({type(exc).__name__}: {exc or 'no answer'}). "
+                "Is it running? Start it with `xception-demo serve`, or API and UI together with `xception-demo up`.",
+            ) from None
+        if response.status_code >= 400:
+            raise ApiError.from_response(response)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = self._request(method, path, **kwargs)
+        try:
+            body = response.json()
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(502, "Unexpected answer", f"{method} {path} did not answer with JSON (is {self.base_url} the Xception Explorer API?)") from None
+        if not isinstance(body, dict):
+            raise ApiError(502, "Unexpected answer", f"{method} {path} answered with JSON that is not an object")
+        return body
+
+    def _analysis(self, path: str, image: bytes, params: dict[str, Any], fmt: str) -> dict[str, Any] | bytes:
+        if fmt == "json":
+            return self._json("POST", path, params=params, image=image)
+        return self._request("POST", path, params=params, image=image).content
+
+    # ------------------------------------------------------------------ service
+
+    def health(self) -> dict[str, Any]:
+        return self._json("GET", "/healthz")
+
+    def ready(self) -> dict[str, Any]:
+        """``{"status": "ready", "default_model", "device", "loaded_models"}``; ApiError 503 until ready."""
+        return self._json("GET", "/readyz")
+
+    def openapi(self) -> dict[str, Any]:
+        return self._json("GET", "/openapi.json")
+
+    # ------------------------------------------------------------------ models
+
+    def models(self) -> dict[str, Any]:
+        """``{"default_model", "device", "models": [{"id", "status", "source", "num_classes", ...}]}``."""
+        return self._json("GET", "/v1/models")
+
+    def model(self, model_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/models/{model_id}")
+
+    def layers(self, model_id: str) -> dict[str, Any]:
+        """``{"layers": [...], "separable_layers": [...], "total_params", "total_macs", "input_size"}``."""
+        return self._json("GET", f"/v1/models/{model_id}/layers")
+
+    def classes(self, model_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/models/{model_id}/classes")
+
+    def methods(self) -> dict[str, Any]:
+        """The attribution methods with their parameters (kinds, defaults, ranges)."""
+        return self._json("GET", "/v1/methods")
+
+    def colormaps(self) -> list[str]:
+        return list(self._json("GET", "/v1/colormaps").get("colormaps", []))
+
+    # ------------------------------------------------------------------ analysis
+
+    def predict(self, image: bytes, *, model: str | None = None, top_k: int = 5) -> dict[str, Any]:
+        """``{"image_id", "model", "device", "predictions": [{"index", "label", "probability"}], "timing_ms", ...}``."""
+        return self._json("POST", "/v1/predict", params={"model": model, "top_k": top_k}, image=image)
+
+    def activations(
+        self,
+        image: bytes,
+        *,
+        layer: str,
+        part: Part = "depthwise",
+        model: str | None = None,
+        channels: list[int] | None = None,
+        top: int = 16,
+        sort: SortKey = "mean",
+        target: int | None = None,
+        format: Literal["json", "png", "npy"] = "json",
+        normalize: Normalization = "channel",
+        colormap: str = "viridis",
+        tile_px: int = 64,
+        columns: int | None = None,
+    ) -> dict[str, Any] | bytes:
+        """Maps of one part of a separable layer: JSON (statistics and PNG tiles), a PNG montage or an NPY array."""
+        params = {
+            "model": model,
+            "layer": layer,
+            "part": part,
+            "channels": ",".join(str(int(c)) for c in channels) if channels else None,
+            "top": None if channels else top,
+            "sort": None if channels else sort,
+            "target": target if sort == "attribution" and not channels else None,
+            "format": format,
+            "normalize": normalize,
+            "colormap": colormap,
+            "tile_px": tile_px,
+            "columns": columns,
+        }
+        return self._analysis("/v1/activations", image, params, format)
+
+    def decomposition(
+        self,
+        image: bytes,
+        *,
+        layer: str,
+        channel: int,
+        model: str | None = None,
+        top: int = 8,
+        format: Literal["json", "png", "npz"] = "json",
+        colormap: str = "RdBu_r",
+        tile_px: int = 64,
+    ) -> dict[str, Any] | bytes:
+        """How pointwise channel ``channel`` is built from the depthwise channels (1x1 weights, contributions, sum)."""
+        params = {"model": model, "layer": layer, "channel": channel, "top": top, "format": format, "colormap": colormap, "tile_px": tile_px}
+        return self._analysis("/v1/decomposition", image, params, format)
+
+    def attributions(
+        self,
+        image: bytes,
+        *,
+        method: str,
+        model: str | None = None,
+        target: int | None = None,
+        layer: str | None = None,
+        part: Literal["depthwise", "pointwise"] | None = None,
+        params: dict[str, Any] | None = None,
+        format: Literal["json", "png", "npy"] = "json",
+        array: Literal["attribution", "heatmap"] = "attribution",
+        sign: Sign = "positive",
+        opacity: float = 0.5,
+        colormap: str | None = None,
+    ) -> dict[str, Any] | bytes:
+        """An attribution map for ``target`` (default: the predicted class) with its quality figures."""
+        query: dict[str, Any] = {
+            "model": model,
+            "method": method,
+            "target": target,
+            "layer": layer,
+            "part": part,
+            "format": format,
+            "array": array if format == "npy" else None,
+            "sign": sign,
+            "opacity": opacity,
+            "colormap": colormap,
+        }
+        for key, value in (params or {}).items():
+            if key in query:
+                raise ValueError(f"method parameter {key!r} clashes with a request parameter")
+            query[key] = value
+        return self._analysis("/v1/attributions", image, query, format)
+
+
+def problem_json(error: ApiError) -> str:
+    """The problem details as pretty JSON (for a 'details' expander)."""
+    return json.dumps(error.problem or {"status": error.status, "title": error.title, "detail": error.detail}, indent=2)

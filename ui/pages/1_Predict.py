@@ -1,0 +1,168 @@
+"""Predict: choose an image (upload, sample photo, generated sample) and see what Xception predicts."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from ui import samples, session, widgets
+from ui.client import ApiError
+
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif"]
+SOURCES = ("Upload", "Sample photo", "Generated sample")
+SOURCE_KEY = "predict_source"
+
+st.title("Predict")
+st.caption(
+    "Upload an image or pick a sample. The API classifies it; the other pages look inside: "
+    "the architecture, the depthwise and pointwise maps of every separable convolution, and attributions."
+)
+
+choose, result = st.columns([5, 6], gap="large")
+
+
+def _upload_picker() -> None:
+    uploaded = st.file_uploader("Image file (PNG, JPEG, WebP, BMP, GIF)", type=UPLOAD_TYPES, key="uploader")
+    if uploaded is not None and st.session_state.get("_uploaded_file_id") != uploaded.file_id:
+        st.session_state["_uploaded_file_id"] = uploaded.file_id
+        session.set_image(session.ImageInput(uploaded.getvalue(), uploaded.name, "upload"))
+
+
+def _photo_picker() -> None:
+    st.caption("Photographs that ship with scikit-image.")
+    columns = st.columns(3)
+    for i, photo in enumerate(samples.PHOTOS):
+        with columns[i % 3]:
+            data = samples.photo_bytes(photo.name)
+            st.image(widgets.preview_png(f"photo:{photo.name}", data, 200)[0], caption=photo.title, width="stretch")
+            if st.button("Use", key=f"photo_{photo.name}", width="stretch"):
+                session.set_image(session.ImageInput(data, f"{photo.name}.jpg", "photo"))
+
+
+def _generated_picker() -> None:
+    st.caption(
+        "Generated images of the bundled model's classes: a spatial pattern drawn in a pair of colours. "
+        "Telling the classes apart needs both the spatial and the cross-channel cue."
+    )
+    c1, c2 = st.columns([3, 1])
+    class_index = c1.selectbox(
+        "Class", range(samples.NUM_CLASSES), format_func=lambda i: f"{i}: {samples.CLASS_NAMES[i]}", key="generated_class"
+    )
+    variant = c2.number_input("Variant", min_value=0, max_value=9999, value=0, step=1, key="generated_variant")
+    data = samples.generated_bytes(int(class_index), int(variant))
+    st.image(data, width=160, caption=f"true class: {samples.CLASS_NAMES[class_index]}")
+    if st.button("Use this image", key="use_generated"):
+        session.set_image(
+            session.ImageInput(
+                data, f"generated-{class_index:02d}-{variant}.png", "generated",
+                true_index=int(class_index), true_label=samples.CLASS_NAMES[class_index],
+            )
+        )
+
+
+with choose:
+    source = st.radio(
+        "Image source", SOURCES, horizontal=True, key=SOURCE_KEY,
+        index=SOURCES.index(st.session_state.get("_predict_source", SOURCES[0])),
+    )
+    st.session_state["_predict_source"] = source
+    if source == SOURCES[0]:
+        _upload_picker()
+    elif source == SOURCES[1]:
+        _photo_picker()
+    else:
+        _generated_picker()
+
+
+def _chart(predictions: list[dict]) -> alt.Chart:
+    frame = pd.DataFrame(
+        {
+            "class": [f"{p['label']} · #{p['index']}" for p in predictions],
+            "probability": [p["probability"] for p in predictions],
+        }
+    )
+    bars = (
+        alt.Chart(frame)
+        .mark_bar(color="#4C78A8")
+        .encode(
+            x=alt.X("probability:Q", scale=alt.Scale(domain=[0, max(1e-6, float(frame["probability"].max()) * 1.15)]), axis=alt.Axis(format="%")),
+            y=alt.Y("class:N", sort="-x", title=None, axis=alt.Axis(labelLimit=260)),
+            tooltip=["class", alt.Tooltip("probability:Q", format=".2%")],
+        )
+    )
+    text = bars.mark_text(align="left", dx=3, color="#333").encode(text=alt.Text("probability:Q", format=".1%"))
+    return (bars + text).properties(height=max(120, 28 * len(frame)))
+
+
+def _csv(predictions: list[dict]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["rank", "index", "label", "probability"])
+    for rank, p in enumerate(predictions, 1):
+        writer.writerow([rank, p["index"], p["label"], f"{p['probability']:.6f}"])
+    return buf.getvalue().encode()
+
+
+with result:
+    image = session.current_image()
+    if image is None:
+        st.info("Choose an image on the left.", icon=":material/image:")
+        st.stop()
+    preview = widgets.preview_png(image.image_id, image.data)
+    pic, facts = st.columns([1, 1])
+    with pic:
+        if preview is not None:
+            st.image(preview[0], width="stretch")
+        else:
+            st.warning("This file cannot be previewed; it is sent to the API as it is.")
+    with facts:
+        st.markdown(f"**{image.name}**")
+        described = preview[1] if preview else "unknown format"
+        st.caption(f"{described} · {len(image.data):,} bytes  \nimage_id `{image.image_id[:16]}…`")
+        if image.true_label:
+            st.caption(f"True class: **{image.true_label}**")
+
+    model = session.current_model()
+    limits = session.limits(session.api_url())
+    num_classes = None
+    try:
+        cards = {m["id"]: m for m in session.models(session.api_url())["models"]}
+        num_classes = cards.get(model, {}).get("num_classes")
+    except ApiError:
+        pass
+    max_k = max(1, min(limits.max_top_k, num_classes or limits.max_top_k, 20))
+    top_k = st.slider("Top-k", 1, max_k, min(5, max_k), key="top_k")
+    with widgets.api_errors():
+        with st.spinner("Classifying…"):
+            answer = session.predict(image, model, top_k)
+        predictions = answer["predictions"]
+        best = predictions[0]
+        st.subheader(f"{best['label']} — {best['probability']:.1%}")
+        if image.true_index is not None:
+            if best["index"] == image.true_index:
+                st.success(f"Top-1 matches the true class ({image.true_label}).", icon=":material/check_circle:")
+            else:
+                rank = next((i + 1 for i, p in enumerate(predictions) if p["index"] == image.true_index), None)
+                where = f"rank {rank} of the top {top_k}" if rank else f"not in the top {top_k}"
+                st.warning(f"The true class ({image.true_label}) is {where}.", icon=":material/info:")
+        st.altair_chart(_chart(predictions), width="stretch")
+        m1, m2, m3, m4 = st.columns(4)
+        m1.metric("Latency (server)", f"{answer['timing_ms']:.0f} ms", help="Server time for the request; cached logits make repeats fast.")
+        m2.metric("Device", answer.get("device", "?"))
+        m3.metric("Model", answer["model"])
+        m4.metric("Precision", answer.get("precision", "fp32"), help="mixed = float16 autocast (CUDA)")
+        if answer.get("cached"):
+            st.caption("Logits came from the server's cache (same image seen before).")
+        d1, d2 = st.columns(2)
+        with d1:
+            widgets.download("Predictions (CSV)", _csv(predictions), f"predictions-{widgets.safe_name(image.name)}.csv", "text/csv", "dl_pred_csv")
+        with d2:
+            widgets.download(
+                "Predictions (JSON)", json.dumps(answer, indent=2).encode(), f"predictions-{widgets.safe_name(image.name)}.json",
+                "application/json", "dl_pred_json",
+            )

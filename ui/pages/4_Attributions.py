@@ -1,0 +1,201 @@
+"""Attributions: why the model decided as it did -- up to four Captum methods side by side,
+each overlay with its quality figures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from ui import session, widgets
+from ui.client import ApiError
+
+PREDICTED = -1
+RESULTS_KEY = "attr_results_request"
+SIGNS = {"positive": "positive evidence", "negative": "negative evidence", "absolute": "absolute value", "all": "both signs"}
+COMMON_PARAMS = ("seed", "auc_steps", "infidelity", "sensitivity")
+QUALITY = {
+    "convergence_delta": ("convergence delta", "closer to 0 is better: attributions sum to f(x) − f(baseline)"),
+    "deletion_auc": ("deletion AUC", "lower is better: deleting the most attributed pixels first should drop the score fast"),
+    "insertion_auc": ("insertion AUC", "higher is better: inserting the most attributed pixels first should raise the score fast"),
+    "infidelity": ("infidelity", "lower is better (Captum infidelity)"),
+    "sensitivity_max": ("sensitivity max", "lower is better: how much the map moves under small input perturbations"),
+}
+
+st.title("Attributions")
+st.caption(
+    "Captum attributions of the target class's logit: which pixels (or, for layer methods, which regions of a "
+    "separable layer's depthwise or pointwise maps) drove the decision. Each map comes with its quality figures."
+)
+
+table = widgets.model_table()
+image = widgets.require_image()
+model = session.current_model()
+url = session.api_url()
+try:
+    catalogue = session.methods(url)
+    class_names = session.classes(url, model)
+    colormap_names = session.colormaps(url)
+except ApiError as error:
+    widgets.show_error(error)
+    st.stop()
+specs = {m["name"]: m for m in catalogue}
+prediction = session.prediction_or_none(image, model)
+
+# ---------------------------------------------------------------- choices
+pick, overlay = st.columns([3, 2], gap="large")
+with pick:
+    default_methods = [m for m in ("saliency", "layer_gradcam") if m in specs] or list(specs)[:2]
+    chosen: list[str] = st.multiselect(
+        "Methods (2–4 side by side)", list(specs), default=default_methods, max_selections=4, key="attr_methods",
+        format_func=lambda m: f"{m} (slow)" if specs[m]["costly"] else m,
+    )
+    predicted = f"predicted: {prediction['predictions'][0]['label']}" if prediction else "predicted class"
+    target_choice = st.selectbox(
+        "Target class", [PREDICTED, *range(len(class_names))], key="attr_target",
+        format_func=lambda i: predicted if i == PREDICTED else f"{i}: {class_names[i]}",
+    )
+    layer_methods = [m for m in chosen if specs[m]["layer_method"]]
+    layer = part = None
+    if layer_methods:
+        names = [s["name"] for s in table["separable_layers"]]
+        l1, l2 = st.columns([3, 2])
+        layer = l1.selectbox(f"Layer (for {', '.join(layer_methods)})", names, index=len(names) - 1, key="attr_layer")
+        part = l2.radio("Part", ["pointwise", "depthwise"], horizontal=True, key="attr_part")
+with overlay:
+    sign = st.radio("Sign", list(SIGNS), format_func=SIGNS.get, horizontal=True, key="attr_sign")
+    opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="attr_opacity")
+    colormap = st.selectbox("Colormap", ["default", *colormap_names], key="attr_cmap",
+                            help="default: jet, or RdBu_r when both signs are shown")
+
+
+def _param_widget(method: str, p: dict[str, Any]) -> Any:
+    key = f"attr_{method}_{p['name']}"
+    label = p["name"]
+    help_text = p.get("description") or None
+    if p["kind"] == "bool":
+        return st.checkbox(label, value=bool(p["default"]), key=key, help=help_text)
+    if p["kind"] == "choice":
+        choices = list(p.get("choices") or [])
+        return st.selectbox(label, choices, index=choices.index(p["default"]) if p["default"] in choices else 0, key=key, help=help_text)
+    if p["kind"] == "int":
+        lo = int(p["minimum"]) if p.get("minimum") is not None else None
+        hi = int(p["maximum"]) if p.get("maximum") is not None else None
+        return int(st.number_input(label, min_value=lo, max_value=hi, value=int(p["default"]), step=1, key=key, help=help_text))
+    lo = float(p["minimum"]) if p.get("minimum") is not None else None
+    hi = float(p["maximum"]) if p.get("maximum") is not None else None
+    return float(st.number_input(label, min_value=lo, max_value=hi, value=float(p["default"]), step=0.01, key=key, help=help_text))
+
+
+method_params: dict[str, dict[str, Any]] = {}
+with st.expander("Method parameters (within the API's limits)", expanded=False):
+    columns = st.columns(max(1, len(chosen) + 1))
+    for column, method in zip(columns, chosen):
+        with column:
+            st.markdown(f"**{method}**")
+            own = [p for p in specs[method]["params"] if p["name"] not in COMMON_PARAMS]
+            if not own:
+                st.caption("no parameters of its own")
+            method_params[method] = {p["name"]: _param_widget(method, p) for p in own}
+    with columns[-1]:
+        st.markdown("**Quality figures (all methods)**")
+        common_spec = {p["name"]: p for m in chosen for p in specs[m]["params"] if p["name"] in COMMON_PARAMS}
+        common = {name: _param_widget("common", common_spec[name]) for name in COMMON_PARAMS if name in common_spec}
+
+if not chosen:
+    st.info("Choose one to four methods.")
+    st.stop()
+
+target = None if target_choice == PREDICTED else int(target_choice)
+requests = [
+    {
+        "method": method,
+        "target": target,
+        "layer": layer if specs[method]["layer_method"] else None,
+        "part": part if specs[method]["layer_method"] else None,
+        "params": {**common, **method_params.get(method, {})},
+        "sign": sign,
+        "opacity": float(opacity),
+        "colormap": None if colormap == "default" else colormap,
+    }
+    for method in chosen
+]
+current = {"image_id": image.image_id, "model": model, "requests": requests}
+slow = [m for m in chosen if specs[m]["costly"]]
+if st.button("Compute attributions", type="primary", icon=":material/play_arrow:", key="attr_run"):
+    st.session_state[RESULTS_KEY] = current
+shown = st.session_state.get(RESULTS_KEY)
+if shown is None or shown["image_id"] != image.image_id or shown["model"] != model:
+    note = f" {', '.join(slow)} can take a while on a CPU." if slow else ""
+    st.info(f"Press **Compute attributions** to run {', '.join(chosen)}.{note}", icon=":material/play_arrow:")
+    st.stop()
+if shown != current:
+    st.caption("The settings changed since these maps were computed: press **Compute attributions** to update them.")
+
+
+def _quality_table(quality: dict[str, Any]) -> pd.DataFrame:
+    rows = []
+    for key, value in quality.items():
+        name, meaning = QUALITY.get(key, (key, ""))
+        rows.append({"figure": name, "value": None if value is None else float(value), "meaning": meaning})
+    return pd.DataFrame(rows)
+
+
+def _curves(curves: dict[str, list]) -> alt.Chart | None:
+    if not curves or "fractions" not in curves:
+        return None
+    frame = pd.DataFrame(curves).melt(id_vars=["fractions"], var_name="curve", value_name="probability")
+    return (
+        alt.Chart(frame)
+        .mark_line(point=False)
+        .encode(
+            x=alt.X("fractions:Q", title="fraction of pixels", axis=alt.Axis(format="%")),
+            y=alt.Y("probability:Q", title="target probability"),
+            color=alt.Color("curve:N", legend=alt.Legend(orient="top", title=None)),
+        )
+        .properties(height=160)
+    )
+
+
+results = st.columns(len(shown["requests"]), gap="medium")
+progress = st.progress(0.0, text="Computing attributions…")
+for n, (column, request) in enumerate(zip(results, shown["requests"]), 1):
+    with column:
+        st.subheader(request["method"])
+        with widgets.api_errors():
+            progress.progress((n - 1) / len(shown["requests"]), text=f"Computing {request['method']} ({n}/{len(shown['requests'])})…")
+            with st.spinner(f"Computing {request['method']}…"):
+                answer = session.attribution(image, model, **request)
+            st.image(widgets.b64(answer["overlay_png"]), width="stretch")
+            where = f" at {answer['layer']} ({answer['part']})" if answer.get("layer") else ""
+            probability = f", p = {answer['probability']:.1%}" if answer.get("probability") is not None else ""
+            st.caption(f"target **{answer['target_label']}** ({answer['target_source']}{probability}){where}")
+            st.dataframe(_quality_table(answer["quality"]), hide_index=True, width="stretch",
+                         column_config={"value": st.column_config.NumberColumn(format="%.4f")})
+            st.caption(f"{answer['attribution_ms']:.0f} ms attribution + {answer['quality_ms']:.0f} ms quality figures · {answer['device']}")
+            chart = _curves(answer.get("curves") or {})
+            if chart is not None:
+                st.altair_chart(chart, width="stretch")
+            if answer.get("channel_ranking"):
+                ranking = pd.DataFrame(answer["channel_ranking"][:16])
+                st.altair_chart(
+                    alt.Chart(ranking).mark_bar().encode(
+                        x=alt.X("channel:N", sort=None), y=alt.Y("score:Q"),
+                        color=alt.condition("datum.score > 0", alt.value("#d62728"), alt.value("#1f77b4")),
+                    ).properties(height=160, title="channels by contribution"),
+                    width="stretch",
+                )
+            base = f"{request['method']}-{image.image_id[:8]}"
+            widgets.download("Overlay (PNG)", widgets.b64(answer["overlay_png"]), f"{base}-overlay.png", "image/png", f"dl_attr_png_{n}")
+            raw = {k: v for k, v in request.items()}
+            widgets.download(
+                "Heatmap (npy)", lambda r=raw: session.attribution(image, model, format="npy", array="heatmap", **r),
+                f"{base}-heatmap.npy", "application/x-npy", f"dl_attr_heat_{n}",
+            )
+            widgets.download(
+                "Attribution (npy)", lambda r=raw: session.attribution(image, model, format="npy", array="attribution", **r),
+                f"{base}-attribution.npy", "application/x-npy", f"dl_attr_raw_{n}",
+            )
+progress.empty()

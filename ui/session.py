@@ -1,0 +1,209 @@
+"""Shared state of the app and cached API calls.
+
+State (``st.session_state``, shared by every page):
+
+* ``image``: the :class:`ImageInput` being analysed (bytes, name, sha256 = the API's ``image_id``);
+* ``model_id``: the model picked in the sidebar (``None``: the service's default).
+
+API answers are cached with ``st.cache_data`` by everything that determines them
+(API URL, model, image sha256, parameters), so moving between pages or widgets
+does not ask the API twice; errors are never cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import streamlit as st
+
+from . import API_KEY_ENV, API_URL_ENV, DEFAULT_API_URL
+from .client import ApiClient, ApiError
+
+IMAGE_KEY = "image"
+MODEL_KEY = "model_id"
+
+
+def api_url() -> str:
+    """The API base URL (``$XCEPTION_UI_API_URL``, default ``http://127.0.0.1:8000``)."""
+    return (os.environ.get(API_URL_ENV) or "").strip().rstrip("/") or DEFAULT_API_URL
+
+
+@st.cache_resource(show_spinner=False)
+def _client(url: str, api_key: str | None) -> ApiClient:
+    return ApiClient(url, api_key=api_key)
+
+
+def client(url: str | None = None) -> ApiClient:
+    return _client(url or api_url(), (os.environ.get(API_KEY_ENV) or "").strip() or None)
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """The image every page analyses: its bytes as the user gave them (the API decodes them)."""
+
+    data: bytes = field(repr=False)
+    name: str
+    source: str  # "upload", "photo" or "generated"
+    true_index: int | None = None  # generated samples know their class
+    true_label: str | None = None
+    image_id: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "image_id", hashlib.sha256(self.data).hexdigest())
+
+
+def current_image() -> ImageInput | None:
+    image = st.session_state.get(IMAGE_KEY)
+    return image if isinstance(image, ImageInput) else None
+
+
+def set_image(image: ImageInput) -> None:
+    st.session_state[IMAGE_KEY] = image
+
+
+def current_model() -> str | None:
+    return st.session_state.get(MODEL_KEY)
+
+
+# --------------------------------------------------------------------------- catalogue (cached)
+
+
+@st.cache_data(ttl=10, show_spinner=False)
+def models(url: str) -> dict[str, Any]:
+    """GET /v1/models (short-lived: weights may be downloaded meanwhile)."""
+    return client(url).models()
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def readiness(url: str) -> dict[str, Any]:
+    return client(url).ready()
+
+
+@st.cache_data(ttl=3600, show_spinner=False)
+def layers(url: str, model: str) -> dict[str, Any]:
+    return client(url).layers(model)
+
+
+@st.cache_data(ttl=3600, show_spinner=False)
+def classes(url: str, model: str) -> list[str]:
+    return [c["label"] for c in client(url).classes(model)["classes"]]
+
+
+@st.cache_data(ttl=3600, show_spinner=False)
+def methods(url: str) -> list[dict[str, Any]]:
+    return list(client(url).methods()["methods"])
+
+
+@st.cache_data(ttl=3600, show_spinner=False)
+def colormaps(url: str) -> list[str]:
+    return client(url).colormaps()
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds of request parameters, as the service documents them (its OpenAPI schema)."""
+
+    max_top_k: int = 100
+    max_channels: int = 64
+    max_tile_px: int = 256
+    max_decomposition_top: int = 64
+
+
+def _maximum(schema: dict[str, Any], path: str, name: str, default: int) -> int:
+    try:
+        for p in schema["paths"][path]["post"]["parameters"]:
+            if p.get("name") == name:
+                s = p.get("schema", {})
+                for option in [s, *s.get("anyOf", [])]:
+                    if "maximum" in option:
+                        return int(option["maximum"])
+    except (KeyError, TypeError, ValueError):
+        pass
+    return default
+
+
+@st.cache_data(ttl=3600, show_spinner=False)
+def limits(url: str) -> Limits:
+    try:
+        schema = client(url).openapi()
+    except ApiError:
+        return Limits()  # the service may hide its schema (docs_enabled=false): the defaults
+    d = Limits()
+    return Limits(
+        max_top_k=_maximum(schema, "/v1/predict", "top_k", d.max_top_k),
+        max_channels=_maximum(schema, "/v1/activations", "top", d.max_channels),
+        max_tile_px=_maximum(schema, "/v1/activations", "tile_px", d.max_tile_px),
+        max_decomposition_top=_maximum(schema, "/v1/decomposition", "top", d.max_decomposition_top),
+    )
+
+
+# --------------------------------------------------------------------------- analysis (cached)
+
+
+def _freeze(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """Parameters as a hashable, order-independent key."""
+    out = []
+    for key, value in sorted(params.items()):
+        if isinstance(value, dict):
+            value = ("__dict__", tuple(sorted(value.items())))
+        elif isinstance(value, list):
+            value = tuple(value)
+        out.append((key, value))
+    return tuple(out)
+
+
+def _thaw(params: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in params:
+        if isinstance(value, tuple) and value[:1] == ("__dict__",):
+            value = dict(value[1])
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[key] = value
+    return out
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _analysis(url: str, endpoint: str, image_id: str, _image: bytes, params: tuple[tuple[str, Any], ...]) -> Any:
+    # image_id (sha256 of _image) stands for the bytes in the cache key
+    return getattr(client(url), endpoint)(_image, **_thaw(params))
+
+
+def _call(endpoint: str, image: ImageInput, **params: Any) -> Any:
+    url = api_url()
+    if params.get("format", "json") != "json":
+        # files (PNG montages, arrays) are fetched when a download button is pressed, outside
+        # the script run: straight from the API, not through the cache
+        return getattr(client(url), endpoint)(image.data, **params)
+    return _analysis(url, endpoint, image.image_id, image.data, _freeze(params))
+
+
+def predict(image: ImageInput, model: str | None, top_k: int = 5) -> dict[str, Any]:
+    return _call("predict", image, model=model, top_k=top_k)
+
+
+def activations(image: ImageInput, model: str | None, **params: Any) -> Any:
+    """POST /v1/activations (``params`` as :meth:`ApiClient.activations` takes them)."""
+    return _call("activations", image, model=model, **params)
+
+
+def decomposition(image: ImageInput, model: str | None, **params: Any) -> Any:
+    return _call("decomposition", image, model=model, **params)
+
+
+def attribution(image: ImageInput, model: str | None, **params: Any) -> Any:
+    return _call("attributions", image, model=model, **params)
+
+
+def prediction_or_none(image: ImageInput, model: str | None) -> dict[str, Any] | None:
+    """The top-5 prediction, or ``None`` when the API cannot give one (pages still render)."""
+    try:
+        return predict(image, model, 5)
+    except ApiError:
+        return None

@@ -1,0 +1,204 @@
+"""Pieces every page uses: the sidebar (API status, model picker, current image), error
+messages, the image guard, tile grids, download buttons, layer grouping."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import streamlit as st
+from PIL import Image
+
+from . import session
+from .client import ApiError, problem_json
+
+IMAGENET_ID = "xception-imagenet"
+IMAGENET_COMMAND = f"xception-demo weights download {IMAGENET_ID}"
+FLOW_TITLES = {"entry": "Entry flow", "middle": "Middle flow", "exit": "Exit flow", "head": "Head"}
+PREDICT_PAGE = "pages/1_Predict.py"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def show_error(error: ApiError, where: Any = st) -> None:
+    """An API error as a readable message (never a traceback); the problem details on demand."""
+    where.error(error.message, icon=":material/error:")
+    if error.problem:
+        with where.expander("Problem details"):
+            st.code(problem_json(error), language="json")
+
+
+@contextmanager
+def api_errors(where: Any = st) -> Iterator[None]:
+    """Run a block; an :class:`ApiError` inside it is shown as a message and the block ends there."""
+    try:
+        yield
+    except ApiError as error:
+        show_error(error, where)
+
+
+# --------------------------------------------------------------------------- numbers and images
+
+
+def human(n: float, unit: str = "") -> str:
+    """1234567 -> '1.23 M'."""
+    for suffix in ("", " K", " M", " G", " T"):
+        if abs(n) < 1000 or suffix == " T":
+            text = f"{n:,.0f}" if suffix == "" else f"{n:.3g}"
+            return f"{text}{suffix}{unit}"
+        n /= 1000
+    return str(n)
+
+
+def b64(png: str) -> bytes:
+    return base64.b64decode(png)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def preview_png(image_id: str, _data: bytes, max_side: int = 640) -> tuple[bytes, str] | None:
+    """A PNG preview of the uploaded bytes and a description (format, size), or ``None`` when
+    Pillow cannot read them (the API then says what is wrong)."""
+    try:
+        with Image.open(io.BytesIO(_data)) as img:
+            fmt, (w, h), mode = img.format or "?", img.size, img.mode
+            if w * h > 80_000_000:
+                return None
+            img.seek(0)
+            frame = img.convert("RGBA" if "A" in mode or mode == "P" else "RGB")
+        frame.thumbnail((max_side, max_side))
+        buf = io.BytesIO()
+        frame.save(buf, format="PNG")
+        return buf.getvalue(), f"{fmt} {w}x{h} {mode}"
+    except Exception:  # noqa: BLE001 - any undecodable upload: no preview
+        return None
+
+
+def tile_grid(images: list[bytes], captions: list[str], width: int) -> None:
+    if images:
+        st.image(images, caption=captions, width=width)
+
+
+def download(label: str, data: Callable[[], bytes] | bytes, file_name: str, mime: str, key: str) -> None:
+    """A download button; ``data`` may be a callable, called only when the button is pressed."""
+    st.download_button(label, data=data, file_name=file_name, mime=mime, key=key, on_click="ignore", icon=":material/download:")
+
+
+def safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)[:80]
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def separable_by_flow(table: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The separable layers of a layer table, grouped by flow in forward order."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in table["separable_layers"]:
+        groups.setdefault(row["flow"], []).append(row)
+    return groups
+
+
+def layer_label(row: dict[str, Any]) -> str:
+    h, w = row["output_size"]
+    short = row["name"].split(".", 1)[-1]
+    return f"{short}  ({row['in_channels']}→{row['out_channels']} ch, {h}×{w})"
+
+
+# --------------------------------------------------------------------------- guards
+
+
+def require_image() -> session.ImageInput:
+    """The current image; without one, a way to get one, and the page stops here."""
+    image = session.current_image()
+    if image is not None:
+        return image
+    st.info("No image yet: upload one or pick a sample on the **Predict** page.", icon=":material/image:")
+    if st.button("Use a sample photo (Chelsea the cat)", key="use_default_sample"):
+        from . import samples
+
+        session.set_image(session.ImageInput(samples.photo_bytes("chelsea"), "chelsea.jpg", "photo"))
+        st.rerun()
+    st.page_link(PREDICT_PAGE, label="Go to Predict", icon=":material/arrow_forward:")
+    st.stop()
+    raise AssertionError("unreachable")
+
+
+def model_table() -> dict[str, Any]:
+    """The layer table of the current model (stops the page with a message when unavailable)."""
+    model = session.current_model()
+    if model is None:
+        st.warning("No model: the API's model list is not available (see the sidebar).")
+        st.stop()
+    try:
+        return session.layers(session.api_url(), model)
+    except ApiError as error:
+        show_error(error)
+        st.stop()
+        raise
+
+
+# --------------------------------------------------------------------------- sidebar
+
+
+def sidebar() -> None:
+    url = session.api_url()
+    with st.sidebar:
+        st.markdown("### Xception Explorer")
+        st.caption(
+            "Depthwise (spatial) and pointwise (cross-channel) convolutions laid open — "
+            "[Chollet, CVPR 2017](https://arxiv.org/abs/1610.02357)."
+        )
+        _model_picker(url)
+        image = session.current_image()
+        if image is not None:
+            st.divider()
+            preview = preview_png(image.image_id, image.data, 256)
+            if preview is not None:
+                st.image(preview[0], width=160)
+            label = f" · true class: {image.true_label}" if image.true_label else ""
+            st.caption(f"**{image.name}**{label}  \n`{image.image_id[:12]}`")
+        st.divider()
+        _api_status(url)
+
+
+def _api_status(url: str) -> None:
+    try:
+        ready = session.readiness(url)
+        st.caption(f"API {url} · ready on {ready['device']}")
+    except ApiError as error:
+        if error.status == 503:
+            st.caption(f"API {url} · {error.detail}")
+        else:
+            st.caption(f"API {url} · unreachable")
+
+
+def _model_picker(url: str) -> None:
+    try:
+        catalogue = session.models(url)
+    except ApiError as error:
+        show_error(error)
+        st.session_state.pop(session.MODEL_KEY, None)
+        return
+    cards = {m["id"]: m for m in catalogue["models"]}
+    if st.session_state.get(session.MODEL_KEY) not in cards:
+        st.session_state[session.MODEL_KEY] = catalogue["default_model"]
+
+    def label(model_id: str) -> str:
+        card = cards[model_id]
+        status = "✓ weights installed" if card["status"] == "available" else "✗ weights missing"
+        return f"{model_id} — {status}"
+
+    st.selectbox("Model", list(cards), key=session.MODEL_KEY, format_func=label, help="Models the API can host (GET /v1/models).")
+    chosen = cards[st.session_state[session.MODEL_KEY]]
+    st.caption(f"{chosen['num_classes']} classes · {chosen['input_size']} px input · {chosen['source'][:60]}")
+    if chosen["status"] != "available":
+        how = f"`{IMAGENET_COMMAND}`" if chosen["id"] == IMAGENET_ID else "see `xception-demo models`"
+        st.warning(f"The weights of **{chosen['id']}** are not installed: {how}.", icon=":material/warning:")
+    imagenet = cards.get(IMAGENET_ID)
+    if imagenet is not None and imagenet["status"] != "available" and chosen["id"] != IMAGENET_ID:
+        st.info("ImageNet weights are not installed. To classify photos with the paper's model, run:", icon=":material/download:")
+        st.code(IMAGENET_COMMAND, language="bash")
