@@ -43,6 +43,7 @@ class MicroBatcher(Generic[In, Out]):
         max_wait_s: float = 0.005,
         on_batch: Callable[[int], None] | None = None,
         name: str = "batcher",
+        idle_exit_s: float = 60.0,
     ) -> None:
         self.run_batch = run_batch
         self.execute = execute
@@ -50,6 +51,7 @@ class MicroBatcher(Generic[In, Out]):
         self.max_wait_s = max(0.0, float(max_wait_s))
         self.on_batch = on_batch
         self.name = name
+        self.idle_exit_s = idle_exit_s
         self._queue: asyncio.Queue[tuple[In, asyncio.Future]] | None = None
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -58,11 +60,12 @@ class MicroBatcher(Generic[In, Out]):
 
     def _ensure_worker(self) -> asyncio.Queue:
         loop = asyncio.get_running_loop()
-        if self._loop is not loop or self._task is None or self._task.done():
+        if self._loop is not loop or self._queue is None:
             self._loop = loop
             self._queue = asyncio.Queue()
+            self._task = None
+        if self._task is None or self._task.done():
             self._task = loop.create_task(self._worker(self._queue), name=f"microbatcher-{self.name}")
-        assert self._queue is not None
         return self._queue
 
     async def submit(self, item: In) -> Out:
@@ -71,8 +74,14 @@ class MicroBatcher(Generic[In, Out]):
         await queue.put((item, fut))
         return await fut
 
-    async def _collect(self, queue: asyncio.Queue) -> list[tuple[In, asyncio.Future]]:
-        batch = [await queue.get()]
+    async def _collect(self, queue: asyncio.Queue) -> list[tuple[In, asyncio.Future]] | None:
+        """The next batch; None when nothing came for ``idle_exit_s`` (the worker then ends,
+        releasing what it holds; the next ``submit`` starts a new one)."""
+        try:
+            first = await asyncio.wait_for(queue.get(), self.idle_exit_s)
+        except (TimeoutError, asyncio.TimeoutError):
+            return None if queue.empty() else []
+        batch = [first]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait_s
         while len(batch) < self.max_size:
@@ -93,6 +102,8 @@ class MicroBatcher(Generic[In, Out]):
     async def _worker(self, queue: asyncio.Queue) -> None:
         while True:
             batch = await self._collect(queue)
+            if batch is None:
+                return
             live = [(item, fut) for item, fut in batch if not fut.done()]
             if not live:
                 continue

@@ -14,10 +14,14 @@ amount of data. :class:`BodyLimitMiddleware`
   from this middleware when the exception reaches it before a response began).
 
 The limit depends on the path (``/v1/predict/batch`` takes several images).
+
+A client that stops sending in the middle of its body gets 408 once no byte arrived
+for ``idle_timeout`` seconds, instead of holding a connection (and a request slot) forever.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 from starlette.exceptions import HTTPException
@@ -42,11 +46,27 @@ class BodyTooLarge(HTTPException):
         self.extra = {"limit_bytes": limit}
 
 
+class BodyTimeout(HTTPException):
+    """No body bytes arrived for ``idle_timeout`` seconds (raised from ``receive``)."""
+
+    slug = "body-timeout"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            status_code=408,
+            detail=f"no part of the request body arrived for {seconds:g} s; send the whole body without pausing",
+        )
+        self.extra = {"idle_timeout_s": seconds}
+
+
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int, path_limits: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, path_limits: Mapping[str, int] | None = None, idle_timeout: float | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = int(max_bytes)
         self.path_limits = dict(path_limits or {})
+        self.idle_timeout = idle_timeout
 
     def limit_for(self, path: str) -> int:
         return self.path_limits.get(path.rstrip("/") or "/", self.max_bytes)
@@ -77,12 +97,21 @@ class BodyLimitMiddleware:
 
         received = 0
         started = False
+        body_done = False
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done or self.idle_timeout is None:
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), self.idle_timeout)
+                except (TimeoutError, asyncio.TimeoutError):
+                    raise BodyTimeout(self.idle_timeout) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    body_done = True
                 if received > limit:
                     raise BodyTooLarge(limit)
             return message
@@ -95,10 +124,10 @@ class BodyLimitMiddleware:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge as exc:
+        except (BodyTooLarge, BodyTimeout) as exc:
             if started:
                 raise
             response = problem_response(
-                413, exc.slug, str(exc.detail), instance=scope.get("path"), headers={"Connection": "close"}, extra=exc.extra
+                exc.status_code, exc.slug, str(exc.detail), instance=scope.get("path"), headers={"Connection": "close"}, extra=exc.extra
             )
             await response(scope, receive, send)

@@ -58,11 +58,16 @@ def default_registry(settings: Settings) -> ModelRegistry:
 
 def _problem_responses(schema: dict[str, Any]) -> dict[str, Any]:
     """Error responses are application/problem+json with the Problem schema."""
+    from .examples import code_samples
+
     ref = {"$ref": "#/components/schemas/Problem"}
-    for path_item in schema.get("paths", {}).values():
-        for operation in path_item.values():
+    samples = code_samples()
+    for path, path_item in schema.get("paths", {}).items():
+        for method, operation in path_item.items():
             if not isinstance(operation, dict):
                 continue
+            if (method, path) in samples:
+                operation["x-codeSamples"] = samples[(method, path)]
             for code, response in operation.get("responses", {}).items():
                 if code[:1] in ("4", "5"):
                     response["content"] = {"application/problem+json": {"schema": ref}}
@@ -80,6 +85,9 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     registry = registry or default_registry(settings)
+    if registry.max_replicas is None:
+        # attributions (and sort=attribution) borrow a private replica: one per thread that can ask
+        registry.max_replicas = settings.attribution_workers + settings.inference_workers
     metrics = Metrics()
     service = Service(settings, registry, metrics)
 
@@ -121,6 +129,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         BodyLimitMiddleware,
         max_bytes=settings.max_upload_bytes,
         path_limits={"/v1/predict/batch": settings.max_batch_upload_bytes},
+        idle_timeout=settings.body_timeout_s,
     )
     app.add_middleware(ApiKeyMiddleware, settings=settings)
     if settings.cors_origins:

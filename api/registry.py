@@ -167,19 +167,20 @@ class ModelRegistry:
         include_weights: bool = True,
         default_model: str | None = None,
         mixed_precision: bool = True,
-        max_replicas: int = 1,
+        max_replicas: int | None = None,
     ) -> None:
         self.home = home
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.max_loaded = max(1, int(max_loaded))
         self.include_weights = include_weights
         self.mixed_precision = mixed_precision
-        self.max_replicas = max_replicas
+        self.max_replicas = max_replicas  # None: as many as the app has threads that use them
         self._memory: dict[str, InMemoryModel] = {}
         for m in models:
             m.card()  # validate now
             self._memory[m.id] = m
         self._default = default_model
+        self._default_cached: str | None = None
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._loading: dict[str, threading.Lock] = {}
         self._lock = threading.RLock()
@@ -226,11 +227,17 @@ class ModelRegistry:
         )
 
     def default_id(self) -> str:
+        """The explicit default, else the first injected model, else ``weights.default_model_id``
+        (``xception-imagenet`` when its weights are cached, else the bundled model), decided on
+        first use and kept for the life of the process (readiness never flips back)."""
         if self._default:
             return self._default
         if self._memory:
             return next(iter(self._memory))
-        return weights.default_model_id(self.home)
+        with self._lock:
+            if self._default_cached is None:
+                self._default_cached = weights.default_model_id(self.home)
+            return self._default_cached
 
     # ------------------------------------------------------------------ loading
 
@@ -281,7 +288,7 @@ class ModelRegistry:
             card = source.card()
         else:
             model, card = weights.load_model(card.id, self.device, home=self.home)
-        entry = LoadedModel(card, model, self.device, mixed_precision=self.mixed_precision, max_replicas=self.max_replicas)
+        entry = LoadedModel(card, model, self.device, mixed_precision=self.mixed_precision, max_replicas=self.max_replicas or 1)
         log.info(
             "loaded model %s on %s in %.0f ms", card.id, self.device, (time.perf_counter() - started) * 1000,
             extra={"model": card.id, "device": str(self.device)},

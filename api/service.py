@@ -126,6 +126,7 @@ class Service:
         self.inference_pool = WorkPool("inference", settings.inference_workers, settings.max_pending_jobs, metrics)
         self.attribution_pool = WorkPool("attribution", settings.attribution_workers, settings.max_pending_jobs, metrics)
         self._batchers: dict[str, MicroBatcher] = {}
+        self._batcher_entries: dict[str, LoadedModel] = {}
         self.cache_dtype = torch.float16 if settings.cache_activation_dtype == "float16" else torch.float32
         registry.on_change = lambda n: metrics.models_loaded.set(n)
 
@@ -135,6 +136,7 @@ class Service:
         for batcher in list(self._batchers.values()):
             await batcher.close()
         self._batchers.clear()
+        self._batcher_entries.clear()
         self.inference_pool.shutdown()
         self.attribution_pool.shutdown()
 
@@ -152,7 +154,9 @@ class Service:
         model_id = model_id or self.registry.default_id()
         if self.registry.is_loaded(model_id):
             return self.registry.get(model_id)
-        self.registry.card(model_id)  # 404 before queueing
+        from starlette.concurrency import run_in_threadpool
+
+        await run_in_threadpool(self.registry.card, model_id)  # 404 before queueing (reads model cards)
         return await self.inference_pool.run(self.registry.get, model_id, deadline=deadline, device=self.device)
 
     # ------------------------------------------------------------------ shared steps (worker threads)
@@ -224,6 +228,10 @@ class Service:
 
     def _batcher(self, entry: LoadedModel) -> MicroBatcher:
         batcher = self._batchers.get(entry.key)
+        if batcher is not None and self._batcher_entries.get(entry.key) is not entry:
+            # The model was unloaded and loaded again: a new batcher for the new copy. The old one
+            # finishes what it holds and its worker ends when idle, releasing the old copy.
+            batcher = None
         if batcher is None:
             s = self.settings
             batcher = MicroBatcher(
@@ -235,6 +243,7 @@ class Service:
                 name=entry.id,
             )
             self._batchers[entry.key] = batcher
+            self._batcher_entries[entry.key] = entry
         return batcher
 
     def _predict_prepare(self, entry: LoadedModel, upload: Upload) -> tuple[tuple[torch.Tensor, str] | None, torch.Tensor | None]:
@@ -260,12 +269,12 @@ class Service:
         return logits, False, precision
 
     def _top(self, entry: LoadedModel, logits: torch.Tensor, k: int) -> list[dict[str, Any]]:
-        probs = torch.softmax(logits.float(), dim=0)
-        values, indices = torch.topk(probs, k)
-        return [
-            {"index": int(i), "label": entry.class_names[int(i)], "probability": float(p)}
-            for p, i in zip(values.tolist(), indices.tolist())
-        ]
+        # NumPy on a CPU tensor's memory (no torch kernel on the event loop); <= a few thousand values.
+        z = logits.numpy().astype(np.float64)
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        order = np.argsort(-p, kind="stable")[:k]
+        return [{"index": int(i), "label": entry.class_names[int(i)], "probability": float(p[i])} for i in order]
 
     def _check_top_k(self, entry: LoadedModel, top_k: int) -> None:
         if top_k > entry.num_classes:

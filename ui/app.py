@@ -19,11 +19,13 @@ from ui import widgets  # noqa: E402
 
 st.set_page_config(page_title="Xception Explorer", page_icon=":material/biotech:", layout="wide")
 
+# The pages live in views/, not pages/: a pages/ folder beside the entry script switches
+# Streamlit to its older multipage mode for some runs, which skips this script (and its sidebar).
 PAGES = [
-    st.Page("pages/1_Predict.py", title="Predict", icon=":material/image_search:", default=True),
-    st.Page("pages/2_Architecture.py", title="Architecture", icon=":material/account_tree:"),
-    st.Page("pages/3_Layer_explorer.py", title="Layer explorer", icon=":material/grid_view:"),
-    st.Page("pages/4_Attributions.py", title="Attributions", icon=":material/center_focus_strong:"),
+    st.Page("views/predict.py", title="Predict", icon=":material/image_search:", default=True),
+    st.Page("views/architecture.py", title="Architecture", icon=":material/account_tree:"),
+    st.Page("views/layer_explorer.py", title="Layer explorer", icon=":material/grid_view:"),
+    st.Page("views/attributions.py", title="Attributions", icon=":material/center_focus_strong:"),
 ]
 
 page = st.navigation(PAGES)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from . import API_URL_ENV, DEFAULT_API_URL
+from .config import API_URL_ENV, DEFAULT_API_URL
 
 APP_PATH = Path(__file__).resolve().parent / "app.py"
 #: The directory holding the ``ui`` and ``api`` packages (a checkout's root).
@@ -108,15 +108,19 @@ def _on_sigterm(_signum: int, _frame: object) -> None:
 
 
 class _Signals:
-    """SIGTERM raises _Stop while inside (and the previous handler comes back after)."""
+    """Inside: SIGTERM raises _Stop and SIGINT KeyboardInterrupt -- even where the parent made this
+    process ignore SIGINT (a background job of a script); the previous handlers come back after."""
 
     def __enter__(self) -> "_Signals":
-        self.previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+        self.previous = {}
+        if _main_thread():
+            self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _on_sigterm)
+            self.previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
 
 def _main_thread() -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 
 import streamlit as st
 
-from . import API_KEY_ENV, API_URL_ENV, DEFAULT_API_URL
+from .config import API_KEY_ENV, API_URL_ENV, DEFAULT_API_URL
 from .client import ApiClient, ApiError
 
 IMAGE_KEY = "image"

@@ -18,7 +18,7 @@ from .client import ApiError, problem_json
 IMAGENET_ID = "xception-imagenet"
 IMAGENET_COMMAND = f"xception-demo weights download {IMAGENET_ID}"
 FLOW_TITLES = {"entry": "Entry flow", "middle": "Middle flow", "exit": "Exit flow", "head": "Head"}
-PREDICT_PAGE = "pages/1_Predict.py"
+PREDICT_PAGE = "views/predict.py"
 
 
 # --------------------------------------------------------------------------- errors
@@ -79,7 +79,7 @@ def preview_png(image_id: str, _data: bytes, max_side: int = 640) -> tuple[bytes
 
 def tile_grid(images: list[bytes], captions: list[str], width: int) -> None:
     if images:
-        st.image(images, caption=captions, width=width)
+        st.image(images, caption=captions, width=width, output_format="PNG")
 
 
 def download(label: str, data: Callable[[], bytes] | bytes, file_name: str, mime: str, key: str) -> None:
@@ -200,5 +200,4 @@ def _model_picker(url: str) -> None:
         st.warning(f"The weights of **{chosen['id']}** are not installed: {how}.", icon=":material/warning:")
     imagenet = cards.get(IMAGENET_ID)
     if imagenet is not None and imagenet["status"] != "available" and chosen["id"] != IMAGENET_ID:
-        st.info("ImageNet weights are not installed. To classify photos with the paper's model, run:", icon=":material/download:")
-        st.code(IMAGENET_COMMAND, language="bash")
+        st.info(f"ImageNet weights are not installed; to classify photos with the paper's model run `{IMAGENET_COMMAND}`.", icon=":material/download:")

@@ -11,9 +11,6 @@ import torch
 from .locks import model_lock
 from .preprocess import ALLOWED_FORMATS, PreprocessConfig, eval_transform, decode_image
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
-
 @dataclass(frozen=True)
 class Prediction:
     index: int
@@ -58,23 +55,20 @@ def load_image_tensor(data: bytes, cfg: PreprocessConfig, max_pixels: int | None
 def list_class_folder(root: str | Path) -> tuple[list[str], list[tuple[Path, int]]]:
     """Class names (sorted sub-folder names) and ``(image, class index)`` pairs.
 
-    Files ending in ``.mask.png`` (object masks written by the synthetic
-    generator) are not samples and are skipped.
+    The layout is the generator's (:func:`synthetic.list_image_folder`): hidden
+    files, object masks and top-level files are not samples.
     """
+    from .synthetic import list_image_folder
+
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder; expected one sub-folder per class")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise FileNotFoundError(f"{root} has no class sub-folders")
-    samples = [
-        (path, index)
-        for index, name in enumerate(classes)
-        for path in sorted((root / name).iterdir())
-        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.endswith(".mask.png")
-    ]
+    samples = list_image_folder(root)
     if not samples:
-        raise FileNotFoundError(f"{root} has class folders but no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise FileNotFoundError(f"{root} has class folders but no images")
     return classes, samples
 
 

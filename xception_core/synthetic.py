@@ -615,7 +615,7 @@ class SyntheticDataset(_TorchDataset):
 # Folders
 # --------------------------------------------------------------------------
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp", ".tif", ".tiff", ".gif")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 MASKS_FILE = "masks.npz"
 MANIFEST_FILE = "manifest.json"
 

@@ -136,5 +136,104 @@ def add_ablate(sub) -> None:
     p.set_defaults(func=cmd_ablate)
 
 
-REGISTER = [add_synthetic, add_train, add_ablate]
+# ----------------------------------------------------------------------------- services
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from api.main import run
+
+    run(host=args.host, port=args.port)
+    return 0
+
+
+def add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="the REST API (settings: XCEPTION_* environment variables)")
+    p.add_argument("--host", help="default: XCEPTION_HOST or 127.0.0.1")
+    p.add_argument("--port", type=int, help="default: XCEPTION_PORT or 8000")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from ui.launch import run_ui
+
+    return run_ui(api_url=args.api_url, port=args.port, host=args.host)
+
+
+def add_ui(sub) -> None:
+    p = sub.add_parser("ui", help="the Streamlit app (talks to the API over HTTP)")
+    p.add_argument("--api-url", default="http://127.0.0.1:8000")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8501)
+    p.set_defaults(func=cmd_ui)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from ui.launch import run_up
+
+    return run_up(host=args.host, api_port=args.api_port, ui_port=args.ui_port)
+
+
+def add_up(sub) -> None:
+    for name, help_text in (
+        ("up", "API and UI together, for a person at a browser"),
+        ("demo", "the demo: API and UI on the bundled offline model (what `make demo` runs)"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--api-port", type=int, default=8000)
+        p.add_argument("--ui-port", type=int, default=8501)
+        p.set_defaults(func=cmd_up)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from xception_core.export import ExportError, export_onnx
+
+    from .cli import CommandError
+
+    if args.opset < 13:
+        raise CommandError("--opset must be at least 13")
+    try:
+        result = export_onnx(args.model, args.out, opset=args.opset, check=not args.no_check, atol=args.atol)
+    except ExportError as exc:
+        raise CommandError(str(exc)) from None
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    s = result.input_size
+    print(
+        f"wrote {result.path}: model {result.model_id}, input [batch, 3, {s}, {s}] "
+        f"-> logits [batch, {result.num_classes}], opset {result.opset}"
+    )
+    if result.max_abs_diff is None:
+        print("not checked (--no-check)")
+    else:
+        batches = " and ".join(str(n) for n in result.checked_batches)
+        print(f"onnxruntime matches PyTorch on batches of {batches}: max |logit difference| {result.max_abs_diff:.2g}")
+    print(f"feed it preprocessed {s}x{s} RGB images (the preprocessing and class names are in the file's metadata)")
+    return 0
+
+
+def add_export(sub) -> None:
+    from xception_core.export import DEFAULT_ATOL, DEFAULT_OPSET
+
+    formats = sub.add_parser("export", help="export a model for other runtimes (ONNX)").add_subparsers(
+        dest="export_format", required=True, metavar="FORMAT"
+    )
+    p = formats.add_parser(
+        "onnx",
+        help="ONNX graph of the classifier, dynamic batch dimension, checked against PyTorch with onnxruntime",
+    )
+    p.add_argument("--model", help="model id (default: the default model)")
+    p.add_argument("--out", required=True, help="output file, e.g. xception.onnx")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help="largest logit difference accepted by the check")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export_onnx)
+
+
+REGISTER = [add_synthetic, add_train, add_ablate, add_serve, add_ui, add_up, add_export]
 __all__ = ["REGISTER"]

@@ -2,11 +2,9 @@
 
 
 import re
-from enum import Enum
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Query, UploadFile
-from fastapi.responses import Response
 
 from xception_core import render
 
@@ -18,7 +16,7 @@ from ..settings import Settings
 from ..workers import Deadline
 from .common import ANALYSIS_ERRORS, IMAGE_DESCRIPTION, ModelQuery, binary, binary_content, problems
 
-Colormap = Enum("Colormap", {name: name for name in render.COLORMAPS}, type=str)  # type: ignore[misc]
+Colormap = Literal[render.COLORMAPS]  # type: ignore[valid-type]
 _CHANNELS = re.compile(r"\s*\d{1,6}\s*(,\s*\d{1,6}\s*)*")
 
 
@@ -104,7 +102,7 @@ def build(settings: Settings) -> APIRouter:
             Literal["channel", "layer"],
             Query(description="`channel`: each map on its own min..max; `layer`: one scale for all returned maps (so they compare)."),
         ] = "channel",
-        colormap: ColormapQ = Colormap("viridis"),
+        colormap: ColormapQ = "viridis",
         tile_px: TilePx = 64,
         columns: Annotated[int | None, Query(ge=1, le=64, description="Montage columns (format=png), 1..64; default ceil(sqrt(k)).")] = None,
         service: Service = Depends(get_service),
@@ -124,7 +122,7 @@ def build(settings: Settings) -> APIRouter:
             target=target,
             fmt=format,
             normalize=normalize,
-            colormap=colormap.value,
+            colormap=colormap,
             tile_px=tile_px,
             columns=columns,
             deadline=limit,
@@ -149,7 +147,7 @@ def build(settings: Settings) -> APIRouter:
             Query(description="`json`: weights, contribution tiles and the check; `png`: a montage (contributions, rest, sum, pointwise); "
                   "`npz`: arrays weights, order, energy, contributions `[top, H, W]`, rest, total, pointwise."),
         ] = "json",
-        colormap: ColormapQ = Colormap("RdBu_r"),
+        colormap: ColormapQ = "RdBu_r",
         tile_px: TilePx = 64,
         service: Service = Depends(get_service),
         limit: Deadline = Depends(deadline("decomposition")),
@@ -159,7 +157,7 @@ def build(settings: Settings) -> APIRouter:
         contributions `W[channel, i] * depthwise_i` by energy, the rest, their sum, and the pointwise
         output itself: `max_abs_error` shows the sum equals it."""
         result = await service.decomposition(
-            model, upload, layer=layer, channel=channel, top=top, fmt=format, colormap=colormap.value, tile_px=tile_px, deadline=limit
+            model, upload, layer=layer, channel=channel, top=top, fmt=format, colormap=colormap, tile_px=tile_px, deadline=limit
         )
         return result if isinstance(result, dict) else binary(result)
 

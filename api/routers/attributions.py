@@ -17,8 +17,8 @@ from ..settings import Settings
 from ..workers import Deadline
 from .common import ANALYSIS_ERRORS, IMAGE_DESCRIPTION, ModelQuery, binary, binary_content, problems
 
-Method = Enum("Method", {name: name for name in core_attr.METHODS}, type=str)  # type: ignore[misc]
-OverlayColormap = Enum("OverlayColormap", {name: name for name in render.COLORMAPS}, type=str)  # type: ignore[misc]
+Method = Literal[tuple(core_attr.METHODS)]  # type: ignore[valid-type]
+OverlayColormap = Literal[render.COLORMAPS]  # type: ignore[valid-type]
 
 _STEP_PARAMS = {"n_steps"}
 _SAMPLE_PARAMS = {"nt_samples", "n_samples"}
@@ -124,7 +124,7 @@ def build(settings: Settings) -> APIRouter:
         image: Annotated[UploadFile, File(description=IMAGE_DESCRIPTION)],
         upload: Upload = Depends(read_image),
         model: ModelQuery = None,
-        method: Annotated[Method, Query(description="Attribution method (GET /v1/methods lists them with their parameters).")] = Method("integrated_gradients"),
+        method: Annotated[Method, Query(description="Attribution method (GET /v1/methods lists them with their parameters).")] = "integrated_gradients",
         target: Annotated[int | None, Query(ge=0, description="Class index to explain, 0..classes-1; default: the predicted class.")] = None,
         layer: Annotated[str | None, Query(max_length=100, description="Separable layer for layer methods (layer_gradcam, guided_gradcam, channel_importance).")] = None,
         part: Annotated[Literal["depthwise", "pointwise"] | None, Query(description="Part of `layer` for layer methods.")] = None,
@@ -155,7 +155,7 @@ def build(settings: Settings) -> APIRouter:
         result = await service.attribution(
             model,
             upload,
-            method=method.value,
+            method=method,
             target=target,
             layer=layer,
             part=part,
@@ -164,7 +164,7 @@ def build(settings: Settings) -> APIRouter:
             array=array,
             sign=sign,
             opacity=opacity,
-            colormap=colormap.value if colormap is not None else None,
+            colormap=colormap,
             precision=precision,
             deadline=limit,
         )

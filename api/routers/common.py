@@ -13,6 +13,7 @@ _DESCRIPTIONS = {
     400: "Malformed request (e.g. a Content-Length that is not a number).",
     401: "Missing or wrong X-API-Key (only when the service has an API key).",
     404: "Unknown model (the detail lists the valid ids).",
+    408: "The request body stalled (no bytes for body_timeout_s seconds).",
     409: "The model is known but its weights are not installed (the detail says how to get them).",
     413: "Upload over the size limit, or an image with more pixels than allowed.",
     415: "Not an accepted image format (JPEG, PNG, WEBP, BMP, GIF, TIFF), or a body that is not multipart/form-data.",
@@ -26,7 +27,7 @@ def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": Problem, "description": _DESCRIPTIONS.get(code, "Error.")} for code in codes}
 
 
-ANALYSIS_ERRORS = problems(400, 401, 404, 409, 413, 415, 422, 503, 504)
+ANALYSIS_ERRORS = problems(400, 401, 404, 408, 409, 413, 415, 422, 503, 504)
 
 ModelQuery = Annotated[
     str | None,

@@ -10,7 +10,7 @@ from xception_core.profile import profile_model
 from xception_core.weights import ModelCard
 
 from ..deps import get_service
-from ..schemas import ClassList, LayerTable, ModelDetail, ModelList, ModelSummary
+from ..schemas import ClassList, LayerTable, ModelDetail, ModelList
 from ..service import Service
 from ..settings import Settings
 from .common import problems

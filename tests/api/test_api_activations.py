@@ -13,6 +13,7 @@ from PIL import Image
 from apihelpers import INPUT_SIZE, assert_problem, files, load_npy, preprocess
 from xception_core.introspect import forward_with_capture
 from xception_core.profile import profile_model
+from apifixtures import *  # noqa: F401,F403 -- the shared fixtures
 
 LAYER = "middle.block5.sep2"
 
@@ -27,9 +28,9 @@ def png_size(b64: str) -> tuple[int, int]:
     return Image.open(io.BytesIO(base64.b64decode(b64))).size
 
 
-def test_npy_shapes_match_the_layer_table_for_every_layer_and_part(client, small_config, png):
+def test_npy_shapes_match_the_layer_table_for_every_layer_and_part(client, tiny_model, png):
     table = {s["name"]: s for s in client.get("/v1/models/tiny/layers").json()["separable_layers"]}
-    profile = profile_model(small_config, INPUT_SIZE)
+    profile = profile_model(tiny_model.config, INPUT_SIZE)
     assert list(table) == [s.name for s in profile.separable]
     for name, row in table.items():
         h, w = row["output_size"]
@@ -160,4 +161,4 @@ def test_decomposition_json_and_png(client, png):
 def test_decomposition_errors(client, png):
     assert_problem(client.post(f"/v1/decomposition?layer={LAYER}&channel=32", files=files(png)), 422, "0..31")
     assert_problem(client.post(f"/v1/decomposition?layer={LAYER}", files=files(png)), 422, "channel")
-    assert_problem(client.post(f"/v1/decomposition?layer=nope&channel=0", files=files(png)), 422, "valid choices")
+    assert_problem(client.post("/v1/decomposition?layer=nope&channel=0", files=files(png)), 422, "valid choices")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import base64
 import io
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from apihelpers import INPUT_SIZE, assert_problem, files, load_npy, preprocess
 from xception_core.attributions import METHODS, Attributor
+from apifixtures import *  # noqa: F401,F403 -- the shared fixtures
 
 LAYER = "exit.block8.sep1"
 # Cheap settings for every method (and the values a direct call gets).

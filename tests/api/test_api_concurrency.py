@@ -11,6 +11,7 @@ from PIL import Image, ImageEnhance
 
 from apihelpers import encode, files, load_npy, make_app, preprocess
 from xception_core.attributions import Attributor
+from apifixtures import *  # noqa: F401,F403 -- the shared fixtures
 
 
 @pytest.fixture(scope="module")

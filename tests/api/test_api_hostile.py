@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from apihelpers import assert_problem, encode, files, make_client
+from apifixtures import *  # noqa: F401,F403 -- the shared fixtures
 
 LIMIT = 256 * 1024
 

@@ -9,18 +9,20 @@ import time
 
 import pytest
 import torch
-from fastapi.testclient import TestClient
 
 from api.cache import ByteLRU
 from api.limits import BodyLimitMiddleware
 from apihelpers import assert_problem, files, make_app, make_client
+from apifixtures import *  # noqa: F401,F403 -- the shared fixtures
 
 LIMIT = 64 * 1024
 CHUNK = 16 * 1024
 
 
-def run_asgi(app, path: str, chunks: list[bytes], headers: list[tuple[bytes, bytes]]):
-    """Call the ASGI app directly; return (status, headers, body, number of body messages read)."""
+def run_asgi(app, path: str, chunks: list[bytes], headers: list[tuple[bytes, bytes]], stall: bool = False):
+    """Call the ASGI app directly; return (status, headers, body, number of body messages read).
+
+    After the chunks the client goes silent; ``stall`` marks the last chunk as not the end."""
     reads = 0
     sent: list[dict] = []
 
@@ -28,7 +30,7 @@ def run_asgi(app, path: str, chunks: list[bytes], headers: list[tuple[bytes, byt
         nonlocal reads
         if reads < len(chunks):
             reads += 1
-            return {"type": "http.request", "body": chunks[reads - 1], "more_body": reads < len(chunks)}
+            return {"type": "http.request", "body": chunks[reads - 1], "more_body": stall or reads < len(chunks)}
         await asyncio.sleep(3600)  # a client that never sends more
         return {"type": "http.disconnect"}
 
@@ -202,3 +204,12 @@ def test_float16_activation_cache(tiny_model, png):
         torch.testing.assert_close(torch.from_numpy(a16), torch.from_numpy(a32), rtol=2e-3, atol=2e-3)
         body = c16.post("/v1/decomposition?layer=middle.block6.sep1&channel=3", files=files(png)).json()
         assert body["max_abs_error"] < 1e-2
+
+
+def test_a_stalled_body_gets_408_instead_of_hanging(tiny_model):
+    app = make_app(tiny_model, body_timeout_s=0.2)
+    chunks, ctype = multipart_stream(2 * CHUNK)  # then the client stops sending (receive sleeps)
+    started = time.perf_counter()
+    status, _, body, reads = run_asgi(app, "/v1/predict", chunks[:2], [(b"content-type", ctype)], stall=True)
+    assert status == 408 and "without pausing" in json.loads(body)["detail"]
+    assert time.perf_counter() - started < 10

@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from apihelpers import CLASS_NAMES, INPUT_SIZE, MODEL_ID, assert_problem, files, make_app, make_client
 from xception_core.profile import profile_model
+from apifixtures import *  # noqa: F401,F403 -- the shared fixtures
 
 
 def test_healthz(client):
@@ -73,18 +74,18 @@ def test_models_list(client):
     assert m["input_size"] == INPUT_SIZE and m["default"] is True
 
 
-def test_model_detail(client, small_config):
+def test_model_detail(client, tiny_model):
     body = client.get(f"/v1/models/{MODEL_ID}").json()
-    profile = profile_model(small_config, INPUT_SIZE)
+    profile = profile_model(tiny_model.config, INPUT_SIZE)
     assert body["total_params"] == profile.total_params
     assert body["separable_layers"] == [s.name for s in profile.separable]
     assert body["preprocess"]["input_size"] == INPUT_SIZE
-    assert body["config"]["entry_channels"] == list(small_config.entry_channels)
+    assert body["config"]["entry_channels"] == list(tiny_model.config.entry_channels)
 
 
-def test_layer_table_matches_the_profile(client, small_config):
+def test_layer_table_matches_the_profile(client, tiny_model):
     body = client.get(f"/v1/models/{MODEL_ID}/layers").json()
-    profile = profile_model(small_config, INPUT_SIZE)
+    profile = profile_model(tiny_model.config, INPUT_SIZE)
     assert [row["name"] for row in body["layers"]] == [r.name for r in profile.layers]
     assert body["separable_layers"] == [s.to_dict() for s in profile.separable]
     first = body["layers"][0]
@@ -117,10 +118,14 @@ def test_methods_and_colormaps(client):
     assert client.get("/v1/colormaps").json()["colormaps"] == list(COLORMAPS)
 
 
-def test_metrics_count_requests_by_route_and_status(client, png):
+def test_metrics_count_requests_by_route_and_status(client, photo_images):
+    from apihelpers import encode
+    from PIL import Image
+
+    fresh = encode(photo_images[0].transpose(Image.Transpose.FLIP_TOP_BOTTOM))  # not cached by other tests
     client.get("/v1/models")
     client.get("/v1/models/nope")
-    client.post("/v1/predict", files=files(png))
+    client.post("/v1/predict", files=files(fresh))
     text = client.get("/metrics").text
     assert 'xception_http_requests_total{method="GET",route="/v1/models",status="200"}' in text
     assert 'xception_http_requests_total{method="GET",route="/v1/models/{model_id}",status="404"}' in text
@@ -189,3 +194,32 @@ def test_unknown_route_and_wrong_method_are_problems(client):
     assert_problem(client.get("/v2/predict"), 404, "/v1")
     body = assert_problem(client.get("/v1/predict"), 405, "POST")
     assert body["type"] == "about:blank"
+
+
+def test_an_imported_model_is_hosted_from_the_cache(tiny_model, tmp_path, png):
+    """A model imported into the weights cache is listed, loaded lazily on first use and served;
+    its id is looked up in the registry, never used as a path."""
+    import torch
+
+    from api.main import create_app
+    from api.registry import ModelRegistry
+    from apihelpers import PREPROCESS, make_settings
+    from xception_core import weights
+
+    ckpt = tmp_path / "tiny.pth"
+    torch.save(tiny_model.state_dict(), ckpt)
+    home = tmp_path / "home"
+    weights.import_weights(ckpt, "my-tiny", labels=list(CLASS_NAMES), home=home, preprocess=PREPROCESS, config=tiny_model.config)
+    registry = ModelRegistry(home=home, device="cpu", default_model="my-tiny")
+    with TestClient(create_app(make_settings(preload_default_model=False), registry=registry)) as c:
+        models = {m["id"]: m for m in c.get("/v1/models").json()["models"]}
+        assert models["my-tiny"]["status"] == "available" and models["my-tiny"]["loaded"] is False
+        assert {"xception-mini-synthetic", "xception-imagenet"} <= set(models)
+        body = c.post("/v1/predict?model=my-tiny&top_k=7", files=files(png)).json()
+        with torch.no_grad():
+            from apihelpers import preprocess
+
+            ref = torch.softmax(tiny_model(preprocess(png)), dim=1)[0]
+        assert [p["index"] for p in body["predictions"]] == torch.argsort(ref, descending=True).tolist()
+        assert c.get("/v1/models/my-tiny").json()["loaded"] is True
+        assert_problem(c.post("/v1/predict?model=my-tiny%2F..%2F..", files=files(png)), 404, "valid ids")

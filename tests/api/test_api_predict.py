@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from apihelpers import CLASS_NAMES, MODEL_ID, assert_problem, files, preprocess
+from apifixtures import *  # noqa: F401,F403 -- the shared fixtures
 
 
 def direct_probabilities(model, data: bytes) -> torch.Tensor:
@@ -85,3 +86,26 @@ def test_batch_count_is_bounded(client, png):
     body = assert_problem(client.post("/v1/predict/batch", files=[("images", ("a.png", png, "image/png"))] * 17), 422, "between 1 and 16")
     assert body["allowed_range"] == [1, 16]
     assert_problem(client.post("/v1/predict/batch", files={"other": ("a.png", png, "image/png")}), 422, "other")
+
+
+@pytest.mark.parametrize("margin, expected", [(0.05, None), (10.0, "fp32")])
+def test_mixed_precision_guard_keeps_the_top5(tiny_model, png_images, margin, expected):
+    """The CUDA float16 path, exercised on the CPU (autocast float16 works there too): near-ties
+    (gap < margin among the six best logits) are recomputed in float32."""
+    from apihelpers import make_app
+
+    app = make_app(tiny_model, mixed_precision_margin=margin)
+    entry = app.state.registry.get(MODEL_ID)
+    entry.mixed_precision = True
+    service = app.state.service
+    xs = [preprocess(d)[0] for d in png_images]
+    mixed = service._run_predict_batch(entry, xs)
+    entry.mixed_precision = False
+    exact = service._run_predict_batch(entry, xs)
+    for (lm, pm), (le, pe) in zip(mixed, exact):
+        assert pe == "fp32" and (expected is None or pm == expected)
+        assert torch.equal(torch.topk(lm, 5).indices, torch.topk(le, 5).indices)
+        if pm == "fp32":
+            torch.testing.assert_close(lm, le)
+        else:
+            torch.testing.assert_close(lm, le, rtol=1e-2, atol=1e-2)

@@ -24,10 +24,11 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from apifixtures import *  # noqa: F401,F403 -- the shared fixtures
+from apifixtures import SMALL
 from apihelpers import encode, make_app
-from xception_core.model import Xception, XceptionConfig
+from xception_core.model import Xception
 
-SMALL = XceptionConfig(num_classes=7, stem_channels=(8, 16), entry_channels=(16, 24, 32), middle_repeats=2, exit_channels=(40, 48, 56))
 torch.manual_seed(0)
 _app = make_app(Xception(SMALL), attribution_timeout_s=120.0)
 _LAYERS = list(_app.state.registry.get("tiny").separable)  # loaded: /readyz answers 200
@@ -74,11 +75,6 @@ def map_case(context, case):
 
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance, response_schema_conformance]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
 
 
 @schema.parametrize()

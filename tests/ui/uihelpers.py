@@ -105,7 +105,7 @@ def serve_tiny_api(model: Xception, home: Path, **settings) -> Iterator[str]:
     base.update(settings)
     app = create_app(Settings(**base), registry=registry)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on"))
     thread = threading.Thread(target=server.run, name="ui-test-api", daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"

@@ -29,7 +29,7 @@ limits = session.limits(url)
 groups = widgets.separable_by_flow(table)
 
 # ---------------------------------------------------------------- choices
-pick_flow, pick_layer = st.columns([2, 5])
+pick_flow, pick_layer = st.columns([3, 4])
 flow = pick_flow.radio("Flow", list(groups), format_func=lambda f: widgets.FLOW_TITLES.get(f, f), horizontal=True, key="lx_flow")
 by_name = {r["name"]: r for r in groups[flow]}
 layer = pick_layer.selectbox("Separable layer", list(by_name), format_func=lambda n: widgets.layer_label(by_name[n]), key=f"lx_layer_{flow}")
@@ -66,12 +66,12 @@ common = dict(layer=layer, normalize=normalize, colormap=colormap, tile_px=TILE_
 shown: dict[str, list[int]] = {}
 left, right = st.columns(2, gap="large")
 PARTS = (
-    ("depthwise", left, "Depthwise 3×3 — spatial, one map per channel", row["in_channels"]),
-    ("pointwise", right, "Pointwise 1×1 — cross-channel mixes", row["out_channels"]),
+    ("depthwise", left, "Depthwise 3×3 · spatial", "one 3×3 filter per channel: where each channel's spatial pattern occurs", row["in_channels"]),
+    ("pointwise", right, "Pointwise 1×1 · cross-channel", "each map a weighted sum over all depthwise channels at the same pixel", row["out_channels"]),
 )
-for part, column, title, channel_count in PARTS:
+for part, column, title, meaning, channel_count in PARTS:
     with column:
-        st.subheader(title)
+        st.subheader(title, help=meaning)
         with widgets.api_errors():
             with st.spinner(f"Computing {part} maps…"):
                 maps = session.activations(image, model, part=part, top=min(top, channel_count), sort=sort, target=target, **common)
@@ -124,7 +124,7 @@ terms = q2.slider("Contributions shown", 1, min(limits.max_decomposition_top, ro
 
 with widgets.api_errors():
     with st.spinner("Decomposing…"):
-        parts = session.decomposition(image, model, layer=layer, channel=int(channel), top=terms, colormap="RdBu_r", tile_px=TILE_PX)
+        parts = session.decomposition(image, model, layer=layer, channel=int(channel), top=terms, colormap="RdBu_r", tile_px=2 * TILE_PX)
     contributions = parts["contributions"]
     summary = st.columns(4)
     for column, key, title in (
@@ -133,7 +133,7 @@ with widgets.api_errors():
         (summary[2], "rest", f"rest ({row['in_channels'] - len(contributions)} weaker terms)"),
     ):
         with column:
-            st.image(widgets.b64(parts[key]["png"]), width=TILE_PX * 2)
+            st.image(widgets.b64(parts[key]["png"]), width=2 * TILE_PX, output_format="PNG")
             st.caption(f"{title}  \n{parts[key]['min']:.3g} … {parts[key]['max']:.3g}")
     summary[3].metric("max |sum − pointwise|", f"{parts['max_abs_error']:.2e}", help="The decomposition is exact up to float rounding.")
 
@@ -147,9 +147,9 @@ with widgets.api_errors():
         columns = st.columns(per_row)
         for column, term in zip(columns, contributions[start : start + per_row]):
             with column:
-                st.image(widgets.b64(depthwise_png[term["channel"]]), width=TILE_PX, caption=f"depthwise #{term['channel']}")
+                st.image(widgets.b64(depthwise_png[term["channel"]]), width=TILE_PX, caption=f"depthwise #{term['channel']}", output_format="PNG")
                 st.caption(f"× {term['weight']:+.3f}")
-                st.image(widgets.b64(term["png"]), width=TILE_PX, caption=f"energy {term['energy']:.3g}")
+                st.image(widgets.b64(term["png"]), width=TILE_PX, caption=f"energy {term['energy']:.3g}", output_format="PNG")
     st.caption(
         "The API does not expose the 3×3 depthwise kernels yet, so each term shows the depthwise map its kernel produced "
         "rather than the kernel itself."
@@ -170,7 +170,7 @@ with widgets.api_errors():
         .properties(height=200, title=f"1×1 weights of pointwise channel {channel} over the {len(weights)} depthwise channels")
     )
     st.altair_chart(chart, width="stretch")
-    request = dict(layer=layer, channel=int(channel), top=terms, colormap="RdBu_r", tile_px=TILE_PX)
+    request = dict(layer=layer, channel=int(channel), top=terms, colormap="RdBu_r", tile_px=2 * TILE_PX)
     base = f"{widgets.safe_name(layer)}-pointwise{channel}-{image.image_id[:8]}"
     d1, d2, _ = st.columns([1, 1, 2])
     with d1:

@@ -69,7 +69,8 @@ def _diagram() -> str:
             for block, layers in blocks:
                 last = layers[-1]
                 n_sep = sum(1 for r in layers if r["kind"] == "depthwise")
-                what = f"{n_sep} sep conv" if n_sep else ", ".join(sorted({r['kind'] for r in layers}))
+                kinds = sorted({r["kind"] for r in layers} - {block})
+                what = f"{n_sep} sep conv" if n_sep else ", ".join(kinds) or "layer"
                 node = f"{flow}_{block}"
                 label = f"{block}\\n{what}\\n{last['out_channels']} ch, {last['output_size'][0]}×{last['output_size'][1]}"
                 lines.append(f'{node} [label="{label}", fillcolor="{colours[flow]}"];')

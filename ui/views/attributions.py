@@ -135,12 +135,13 @@ if shown != current:
     st.caption("The settings changed since these maps were computed: press **Compute attributions** to update them.")
 
 
-def _quality_table(quality: dict[str, Any]) -> pd.DataFrame:
-    rows = []
-    for key, value in quality.items():
+def _quality_figures(quality: dict[str, Any]) -> None:
+    if not quality:
+        st.caption("No quality figures (auc_steps = 0).")
+        return
+    for column, (key, value) in zip(st.columns(len(quality)), quality.items()):
         name, meaning = QUALITY.get(key, (key, ""))
-        rows.append({"figure": name, "value": None if value is None else float(value), "meaning": meaning})
-    return pd.DataFrame(rows)
+        column.metric(name, "n/a" if value is None else f"{float(value):.4g}", help=meaning or None)
 
 
 def _curves(curves: dict[str, list]) -> alt.Chart | None:
@@ -152,7 +153,7 @@ def _curves(curves: dict[str, list]) -> alt.Chart | None:
         .mark_line(point=False)
         .encode(
             x=alt.X("fractions:Q", title="fraction of pixels", axis=alt.Axis(format="%")),
-            y=alt.Y("probability:Q", title="target probability"),
+            y=alt.Y("probability:Q", title="target probability", scale=alt.Scale(zero=False)),
             color=alt.Color("curve:N", legend=alt.Legend(orient="top", title=None)),
         )
         .properties(height=160)
@@ -168,12 +169,11 @@ for n, (column, request) in enumerate(zip(results, shown["requests"]), 1):
             progress.progress((n - 1) / len(shown["requests"]), text=f"Computing {request['method']} ({n}/{len(shown['requests'])})…")
             with st.spinner(f"Computing {request['method']}…"):
                 answer = session.attribution(image, model, **request)
-            st.image(widgets.b64(answer["overlay_png"]), width="stretch")
+            st.image(widgets.b64(answer["overlay_png"]), width="stretch", output_format="PNG")
             where = f" at {answer['layer']} ({answer['part']})" if answer.get("layer") else ""
             probability = f", p = {answer['probability']:.1%}" if answer.get("probability") is not None else ""
             st.caption(f"target **{answer['target_label']}** ({answer['target_source']}{probability}){where}")
-            st.dataframe(_quality_table(answer["quality"]), hide_index=True, width="stretch",
-                         column_config={"value": st.column_config.NumberColumn(format="%.4f")})
+            _quality_figures(answer["quality"])
             st.caption(f"{answer['attribution_ms']:.0f} ms attribution + {answer['quality_ms']:.0f} ms quality figures · {answer['device']}")
             chart = _curves(answer.get("curves") or {})
             if chart is not None:
@@ -188,14 +188,17 @@ for n, (column, request) in enumerate(zip(results, shown["requests"]), 1):
                     width="stretch",
                 )
             base = f"{request['method']}-{image.image_id[:8]}"
-            widgets.download("Overlay (PNG)", widgets.b64(answer["overlay_png"]), f"{base}-overlay.png", "image/png", f"dl_attr_png_{n}")
-            raw = {k: v for k, v in request.items()}
-            widgets.download(
-                "Heatmap (npy)", lambda r=raw: session.attribution(image, model, format="npy", array="heatmap", **r),
-                f"{base}-heatmap.npy", "application/x-npy", f"dl_attr_heat_{n}",
-            )
-            widgets.download(
-                "Attribution (npy)", lambda r=raw: session.attribution(image, model, format="npy", array="attribution", **r),
-                f"{base}-attribution.npy", "application/x-npy", f"dl_attr_raw_{n}",
-            )
+            d1, d2, d3 = st.columns(3)
+            with d1:
+                widgets.download("Overlay PNG", widgets.b64(answer["overlay_png"]), f"{base}-overlay.png", "image/png", f"dl_attr_png_{n}")
+            with d2:
+                widgets.download(
+                    "Heatmap npy", lambda r=dict(request): session.attribution(image, model, format="npy", array="heatmap", **r),
+                    f"{base}-heatmap.npy", "application/x-npy", f"dl_attr_heat_{n}",
+                )
+            with d3:
+                widgets.download(
+                    "Raw npy", lambda r=dict(request): session.attribution(image, model, format="npy", array="attribution", **r),
+                    f"{base}-attribution.npy", "application/x-npy", f"dl_attr_raw_{n}",
+                )
 progress.empty()

@@ -1,5 +1,10 @@
 """Fixtures of the API tests: a tiny in-memory model, real photographs, an app and its client.
 
+Each test module does ``from apifixtures import *``. (Not a ``conftest.py``: other test
+modules of this repository do ``from conftest import ...``, and a second module named
+``conftest`` would shadow theirs.) The expensive objects are built once per process and
+shared by every module.
+
 The model is ``Xception(SMALL)`` (random weights, BatchNorm statistics calibrated
 on real photographs so that its outputs depend on the image) at a 96-px input,
 injected with :meth:`api.registry.ModelRegistry.from_models`: nothing is read
@@ -8,6 +13,7 @@ from or written to a weights cache.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -16,8 +22,25 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from apihelpers import INPUT_SIZE, MODEL_ID, PREPROCESS, encode, make_app
-from xception_core.model import Xception
+from apihelpers import MODEL_ID, PREPROCESS, encode, make_app
+from xception_core.model import Xception, XceptionConfig
+
+__all__ = [
+    "_one_torch_thread",
+    "_clean_environment",
+    "photo_images",
+    "png_images",
+    "jpeg_images",
+    "png",
+    "tiny_model",
+    "app",
+    "client",
+    "entry",
+]
+
+SMALL = XceptionConfig(
+    num_classes=7, stem_channels=(8, 16), entry_channels=(16, 24, 32), middle_repeats=2, exit_channels=(40, 48, 56)
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -46,10 +69,17 @@ def _resize(photo: np.ndarray, width: int) -> Image.Image:
     return img.resize((width, h), Image.Resampling.BICUBIC)
 
 
+@functools.lru_cache(maxsize=1)
+def _photo_images() -> tuple[Image.Image, ...]:
+    from skimage import data
+
+    return tuple(_resize(p, 128) for p in (data.astronaut(), data.chelsea(), data.coffee(), data.rocket()))
+
+
 @pytest.fixture(scope="session")
-def photo_images(photos) -> list[Image.Image]:
-    """Four real photographs, 128 px wide."""
-    return [_resize(p, 128) for p in photos]
+def photo_images() -> list[Image.Image]:
+    """Four real photographs (scikit-image's), 128 px wide."""
+    return list(_photo_images())
 
 
 @pytest.fixture(scope="session")
@@ -78,29 +108,40 @@ def _calibrate(model: torch.nn.Module, batch: torch.Tensor) -> None:
     model.eval()
 
 
-@pytest.fixture(scope="session")
-def tiny_model(small_config, photo_images) -> Xception:
+@functools.lru_cache(maxsize=1)
+def _tiny_model() -> Xception:
     from xception_core.preprocess import eval_transform
 
     torch.manual_seed(0)
-    model = Xception(small_config)
-    batch = torch.stack([eval_transform(img.convert("RGB"), PREPROCESS) for img in photo_images])
+    model = Xception(SMALL)
+    batch = torch.stack([eval_transform(img.convert("RGB"), PREPROCESS) for img in _photo_images()])
     _calibrate(model, batch)
     return model
 
 
 @pytest.fixture(scope="session")
-def app(tiny_model):
-    return make_app(tiny_model, {"max_replicas": 4})
+def tiny_model() -> Xception:
+    return _tiny_model()
+
+
+@functools.lru_cache(maxsize=1)
+def _app():
+    return make_app(_tiny_model(), {"max_replicas": 4})
 
 
 @pytest.fixture(scope="session")
+def app():
+    """One app for every module (its cache and metrics are shared)."""
+    return _app()
+
+
+@pytest.fixture(scope="module")
 def client(app):
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def entry(app, client):
     """The loaded tiny model as the service holds it (the object the endpoints use)."""
     return app.state.registry.get(MODEL_ID)

@@ -55,7 +55,7 @@ def _generated_picker() -> None:
     )
     variant = c2.number_input("Variant", min_value=0, max_value=9999, value=0, step=1, key="generated_variant")
     data = samples.generated_bytes(int(class_index), int(variant))
-    st.image(data, width=160, caption=f"true class: {samples.CLASS_NAMES[class_index]}")
+    st.image(data, width=160, caption=f"true class: {samples.CLASS_NAMES[class_index]}", output_format="PNG")
     if st.button("Use this image", key="use_generated"):
         session.set_image(
             session.ImageInput(
@@ -91,12 +91,12 @@ def _chart(predictions: list[dict]) -> alt.Chart:
         .mark_bar(color="#4C78A8")
         .encode(
             x=alt.X("probability:Q", scale=alt.Scale(domain=[0, max(1e-6, float(frame["probability"].max()) * 1.15)]), axis=alt.Axis(format="%")),
-            y=alt.Y("class:N", sort="-x", title=None, axis=alt.Axis(labelLimit=260)),
+            y=alt.Y("class:N", sort="-x", title=None, axis=alt.Axis(labelLimit=280, labelOverlap=False)),
             tooltip=["class", alt.Tooltip("probability:Q", format=".2%")],
         )
     )
     text = bars.mark_text(align="left", dx=3, color="#333").encode(text=alt.Text("probability:Q", format=".1%"))
-    return (bars + text).properties(height=max(120, 28 * len(frame)))
+    return (bars + text).properties(height=max(120, 34 * len(frame)))
 
 
 def _csv(predictions: list[dict]) -> bytes:
@@ -152,7 +152,7 @@ with result:
                 st.warning(f"The true class ({image.true_label}) is {where}.", icon=":material/info:")
         st.altair_chart(_chart(predictions), width="stretch")
         m1, m2, m3, m4 = st.columns(4)
-        m1.metric("Latency (server)", f"{answer['timing_ms']:.0f} ms", help="Server time for the request; cached logits make repeats fast.")
+        m1.metric("Latency", f"{answer['timing_ms']:.0f} ms", help="Server time for the request; cached logits make repeats fast.")
         m2.metric("Device", answer.get("device", "?"))
         m3.metric("Model", answer["model"])
         m4.metric("Precision", answer.get("precision", "fp32"), help="mixed = float16 autocast (CUDA)")

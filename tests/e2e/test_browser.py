@@ -1,0 +1,68 @@
+"""End to end in a real browser: ``run_up`` starts the API and the app, headless Chromium (Debian's
+package, driven by Playwright) uploads a photo, waits for the predictions, opens the layer explorer
+and checks that depthwise and pointwise maps are drawn. Screenshots go to ``test-artifacts/``."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from e2ehelpers import ARTIFACTS, CHROMIUM, drawn_tiles, launch_browser, open_page, start_up, upload_and_predict, wait_until_idle
+from uihelpers import photo_png
+
+pytestmark = pytest.mark.slow
+
+
+def _port_open(url: str) -> bool:
+    host, port = url.rsplit("/", 1)[-1].split(":")
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex((host, int(port))) == 0
+
+
+@pytest.fixture(scope="module")
+def playwright():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download needed)")
+    import os
+
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        yield p
+
+
+def test_upload_predict_and_layer_maps_in_chromium(playwright, tmp_path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    photo = tmp_path / "chelsea.png"
+    photo.write_bytes(photo_png(1, 320))
+    demo = start_up(tmp_path / "home")
+    try:
+        browser = launch_browser(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(demo.ui_url)
+            upload_and_predict(page, photo)
+            wait_until_idle(page)
+            assert page.locator('[data-testid="stMetricLabel"]:has-text("Device")').count() == 1
+            assert "%" in page.locator("[data-testid=stMain] h3").first.inner_text()  # "<top class> — 12.3%"
+            page.screenshot(path=str(ARTIFACTS / "e2e-predict.png"))
+
+            open_page(page, "Layer explorer")
+            depthwise = drawn_tiles(page, "Depthwise 3×3 · spatial", 16)
+            pointwise = drawn_tiles(page, "Pointwise 1×1 · cross-channel", 16)
+            wait_until_idle(page)
+            page.screenshot(path=str(ARTIFACTS / "e2e-layer-explorer.png"))
+            assert len(depthwise) == 16, depthwise
+            assert len(pointwise) == 16, pointwise
+            errors = page.locator('[data-testid="stAlertContentError"]').all_inner_texts()
+            assert not errors, errors
+        finally:
+            browser.close()
+    finally:
+        status = demo.stop()
+        (ARTIFACTS / "e2e-up.log").write_text(demo.log())
+    assert status == 0, demo.log()
+    time.sleep(0.5)
+    assert not _port_open(demo.ui_url) and not _port_open(demo.api_url), "a server outlived run_up"

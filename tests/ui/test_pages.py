@@ -1,0 +1,164 @@
+"""Every page of the Streamlit app (AppTest) against a real API serving a tiny model over HTTP."""
+
+from __future__ import annotations
+
+import pytest
+
+from uihelpers import MODEL_ID
+
+PREDICT = "views/predict.py"
+ARCHITECTURE = "views/architecture.py"
+EXPLORER = "views/layer_explorer.py"
+ATTRIBUTIONS = "views/attributions.py"
+
+
+def texts(elements) -> list[str]:
+    return [str(e.value) for e in elements]
+
+
+def assert_clean(at) -> None:
+    """No traceback and no error message on the page."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, texts(at.error)
+
+
+def tile_captions(at) -> list[list[str]]:
+    """The caption lists of the image grids (one list per st.image call)."""
+    return [list(img.captions) for img in at.image]
+
+
+def with_photo(at, png: bytes):
+    at.run()
+    at.file_uploader(key="uploader").upload("chelsea.png", png, "image/png")
+    return at.run()
+
+
+def test_predict_page_upload_shows_predictions_and_model_status(app, cat_png):
+    at = with_photo(app, cat_png)
+    assert_clean(at)
+    assert texts(at.title) == ["Predict"]
+    # the model picker lists every model with its weights status, the tiny one chosen
+    picker = at.sidebar.selectbox(key="model_id")
+    assert picker.value == MODEL_ID
+    assert set(picker.options) >= {f"{MODEL_ID} — ✓ weights installed", "xception-imagenet — ✗ weights missing"}
+    assert any("xception-demo weights download xception-imagenet" in t for t in texts(at.sidebar.info))
+    # the prediction: its top class as heading, a bar chart, latency and device
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Device"] == "cpu" and metrics["Model"] == MODEL_ID
+    assert metrics["Latency"].endswith(" ms")
+    assert at.subheader and "%" in at.subheader[0].value
+    assert at.get("vega_lite_chart"), "no bar chart"
+    assert at.session_state["image"].name == "chelsea.png"
+    # fewer classes: the answer follows
+    at.slider(key="top_k").set_value(3).run()
+    assert_clean(at)
+
+
+def test_generated_sample_shows_its_true_class(app):
+    at = app.run()
+    at.radio(key="predict_source").set_value("Generated sample").run()
+    at.selectbox(key="generated_class").select(3).run()
+    at.button(key="use_generated").click().run()
+    assert_clean(at)
+    image = at.session_state["image"]
+    assert image.source == "generated" and image.true_index == 3
+    assert any(image.true_label in t for t in texts(at.caption))
+    verdicts = texts(at.success) + texts(at.warning)
+    assert any(image.true_label in t for t in verdicts), verdicts
+
+
+def test_architecture_page_flows_layers_and_spectrum(app, cat_png):
+    at = app.run()
+    at.switch_page(ARCHITECTURE).run()
+    assert_clean(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Separable convolutions"] == "13" and metrics["Input"] == "96×96"
+    assert at.get("graphviz_chart"), "no diagram of the flows"
+    at.radio(key="arch_flow").set_value("middle").run()
+    assert_clean(at)
+    layers = at.dataframe[0].value
+    assert set(layers["kind"]) >= {"depthwise", "pointwise"} and all(n.startswith("middle.") for n in layers["layer"])
+    separable = at.dataframe[1].value
+    assert list(separable.columns)[3:7] == ["depthwise params", "pointwise params", "depthwise MACs", "pointwise MACs"]
+    # spectrum of middle.block5.sep1 (32 -> 32 channels, 6x6): regular, k segments, separable
+    at.selectbox(key="spectrum_layer").select("middle.block5.sep1").run()
+    spectrum = at.dataframe[2].value
+    params = dict(zip(spectrum["segments"], spectrum["params"]))
+    assert params["k = 1 (regular conv)"] == 32 * 32 * 9
+    assert params["k = 4"] == 32 * 32 + 4 * 8 * 8 * 9
+    assert params["k = 32 (separable)"] == 32 * 9 + 32 * 32
+    assert dict(zip(spectrum["segments"], spectrum["MACs"]))["k = 32 (separable)"] == (32 * 9 + 32 * 32) * 36
+
+
+def test_layer_explorer_draws_depthwise_and_pointwise_maps(app, cat_png):
+    at = with_photo(app, cat_png)
+    at.switch_page(EXPLORER).run()
+    assert_clean(at)
+    assert [s.value for s in at.subheader][:2] == ["Depthwise 3×3 · spatial", "Pointwise 1×1 · cross-channel"]
+    grids = [c for c in tile_captions(at) if len(c) > 1]
+    assert len(grids) == 2 and all(len(c) == 16 for c in grids), grids  # entry.block2.sep1 has 16 channels each
+    # another layer, fewer channels, sorted by attribution, one scale per layer
+    at.radio(key="lx_flow").set_value("middle").run()
+    at.selectbox(key="lx_layer_middle").select("middle.block5.sep2").run()
+    at.slider(key="lx_top").set_value(6).run()
+    at.selectbox(key="lx_sort").select("attribution").run()
+    at.radio(key="lx_norm").set_value("layer").run()
+    assert_clean(at)
+    grids = [c for c in tile_captions(at) if len(c) == 6]
+    assert len(grids) == 2, tile_captions(at)
+    # the decomposition of a pointwise channel: its terms and the exactness check
+    at.slider(key="lx_terms").set_value(4).run()
+    assert_clean(at)
+    error = {m.label: m.value for m in at.metric}["max |sum − pointwise|"]
+    assert float(error) < 1e-3
+    depthwise_terms = [c for c in tile_captions(at) if c and c[0].startswith("depthwise #")]
+    assert len(depthwise_terms) == 4
+    assert any("does not expose the 3×3 depthwise kernels" in t for t in texts(at.caption))
+
+
+def test_attributions_page_runs_two_methods_side_by_side(app, cat_png):
+    at = with_photo(app, cat_png)
+    at.switch_page(ATTRIBUTIONS).run()
+    assert_clean(at)
+    at.multiselect(key="attr_methods").set_value(["saliency", "layer_gradcam"]).run()
+    at.selectbox(key="attr_layer").select("middle.block5.sep3").run()
+    at.radio(key="attr_part").set_value("depthwise").run()
+    at.selectbox(key="attr_target").select(4).run()
+    at.slider(key="attr_opacity").set_value(0.7).run()
+    at.button(key="attr_run").click().run()
+    assert_clean(at)
+    assert [s.value for s in at.subheader] == ["saliency", "layer_gradcam"]
+    labels = [m.label for m in at.metric]
+    assert labels.count("deletion AUC") == 2 and labels.count("insertion AUC") == 2
+    captions = texts(at.caption)
+    assert sum("target **" in c and "(requested" in c for c in captions) == 2, captions
+    assert any("middle.block5.sep3 (depthwise)" in c for c in captions)
+
+
+@pytest.mark.parametrize("page", [EXPLORER, ATTRIBUTIONS])
+def test_pages_without_an_image_offer_a_sample(app, page):
+    at = app.run()
+    at.switch_page(page).run()
+    assert_clean(at)
+    at.button(key="use_default_sample").click().run()
+    assert_clean(at)
+    assert at.session_state["image"].name == "chelsea.jpg"
+
+
+def test_api_error_is_a_readable_message(app):
+    at = app.run()
+    at.file_uploader(key="uploader").upload("notes.png", b"these are notes, not an image", "image/png").run()
+    assert not at.exception
+    messages = texts(at.error)
+    assert len(messages) == 1 and "HTTP 4" in messages[0], messages
+    assert "Traceback" not in messages[0]
+    assert any("cannot be previewed" in t for t in texts(at.warning))
+
+
+def test_unreachable_api_is_a_readable_message(app, monkeypatch):
+    from uihelpers import free_port
+
+    monkeypatch.setenv("XCEPTION_UI_API_URL", f"http://127.0.0.1:{free_port()}")
+    at = app.run()
+    assert not at.exception
+    assert any("API unreachable" in t and "xception-demo" in t for t in texts(at.sidebar.error)), texts(at.sidebar.error)
