@@ -268,7 +268,7 @@ class ModelRegistry:
             with self._lock:
                 self._loaded[model_id] = entry
                 self._loaded.move_to_end(model_id)
-                default = self._default or (next(iter(self._memory)) if self._memory else None)
+                default = self.default_id()  # never unloaded: readiness depends on it
                 while len(self._loaded) > self.max_loaded:
                     victim = next((k for k in self._loaded if k != model_id and k != default), None)
                     if victim is None:

@@ -86,8 +86,12 @@ def _load_default_model(app) -> None:
     service = app.state.service
     try:
         entry = service.registry.get(None)  # blocking: the replica is still initialising
-    except ApiError as exc:
-        raise RuntimeError(f"the default model could not be loaded: {exc.detail}") from None
+    except Exception as exc:
+        service.inference_pool.shutdown()
+        service.attribution_pool.shutdown()
+        if isinstance(exc, ApiError):
+            raise RuntimeError(f"the default model could not be loaded: {exc.detail}") from None
+        raise
     log.info("replica ready: model %s on %s", entry.id, service.device)
 
 

@@ -73,7 +73,7 @@ def test_gpu_variant_reserves_an_nvidia_gpu_and_the_cpu_variant_none(compose):
 
 def test_healthchecks_and_the_ui_waits_for_a_healthy_api(compose):
     services = compose["services"]
-    for profile, (api, ui) in VARIANTS.items():
+    for api, ui in VARIANTS.values():
         api_url, ui_url = _health_url(services[api]), _health_url(services[ui])
         assert api_url.endswith("/readyz") and f":{_container_port(services[api])}/" in api_url
         assert ui_url.endswith("/_stcore/health") and f":{_container_port(services[ui])}/" in ui_url

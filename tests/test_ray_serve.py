@@ -74,6 +74,12 @@ def test_builder_gpu_replicas_fixed_replicas_and_bad_arguments():
         serve_app.deployment_options({"min_replicas": 3, "max_replicas": 2})
 
 
+def test_a_replica_whose_model_cannot_load_fails_with_the_reason(tmp_path, monkeypatch):
+    monkeypatch.setattr("api.logs.configure", lambda *a, **k: None)  # keep this process's loggers as they are
+    with pytest.raises(RuntimeError, match="could not be loaded.*no-such-model"):
+        serve_app.build_api({"home": str(tmp_path), "default_model": "no-such-model", "device": "cpu"})
+
+
 # ----------------------------------------------------------------------------- Serve vs the plain app (slow)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from .config import API_URL_ENV, DEFAULT_API_URL
+from .config import API_KEY_ENV, API_URL_ENV, DEFAULT_API_URL
 
 APP_PATH = Path(__file__).resolve().parent / "app.py"
 #: The directory holding the ``ui`` and ``api`` packages (a checkout's root).
@@ -188,7 +188,10 @@ def run_up(host: str = "127.0.0.1", api_port: int = 8000, ui_port: int = 8501, *
         try:
             print(f"starting the API on {api_url} ...", flush=True)
             api = _spawn(api_command(host, api_port), _child_env())
-            ui = _spawn(streamlit_command(ui_port, host), _child_env(**{API_URL_ENV: api_url}))
+            ui_env = {API_URL_ENV: api_url}
+            if os.environ.get("XCEPTION_API_KEY") and not os.environ.get(API_KEY_ENV):
+                ui_env[API_KEY_ENV] = os.environ["XCEPTION_API_KEY"]  # the API wants a key: the UI sends it
+            ui = _spawn(streamlit_command(ui_port, host), _child_env(**ui_env))
             problem = _wait_ready(api_url, api, ready_timeout)
             if problem is not None:
                 print(f"error: {problem}", file=sys.stderr)

@@ -77,6 +77,18 @@ def preview_png(image_id: str, _data: bytes, max_side: int = 640) -> tuple[bytes
         return None
 
 
+@st.cache_data(max_entries=32, show_spinner=False)
+def thumbnail(key: str, _data: bytes, size: tuple[int, int] = (240, 180)) -> bytes:
+    """A centre-cropped PNG thumbnail of fixed size (a gallery of even tiles)."""
+    from PIL import ImageOps
+
+    with Image.open(io.BytesIO(_data)) as img:
+        thumb = ImageOps.fit(img.convert("RGB"), size, Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    thumb.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def tile_grid(images: list[bytes], captions: list[str], width: int) -> None:
     if images:
         st.image(images, caption=captions, width=width, output_format="PNG")
@@ -89,6 +101,13 @@ def download(label: str, data: Callable[[], bytes] | bytes, file_name: str, mime
 
 def safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)[:80]
+
+
+def forget_stale(key: str, options: list[Any]) -> None:
+    """Drop a widget's remembered value that is no longer among its options (another model
+    has other layers), so that the widget starts from its default instead of failing."""
+    if key in st.session_state and st.session_state[key] not in options:
+        del st.session_state[key]
 
 
 # --------------------------------------------------------------------------- layers
@@ -200,4 +219,4 @@ def _model_picker(url: str) -> None:
         st.warning(f"The weights of **{chosen['id']}** are not installed: {how}.", icon=":material/warning:")
     imagenet = cards.get(IMAGENET_ID)
     if imagenet is not None and imagenet["status"] != "available" and chosen["id"] != IMAGENET_ID:
-        st.info(f"ImageNet weights are not installed; to classify photos with the paper's model run `{IMAGENET_COMMAND}`.", icon=":material/download:")
+        st.info(f"ImageNet weights (the paper's model) are not installed: `{IMAGENET_COMMAND}`", icon=":material/download:")

@@ -25,7 +25,10 @@ def build(settings: Settings) -> APIRouter:
     @router.get("/readyz", response_model=Readiness, summary="Readiness", responses=problems(503))
     async def readyz(request: Request, service: Service = Depends(get_service)) -> dict[str, Any]:
         """200 once the default model is loaded; 503 (with the reason) until then."""
-        default = service.default_model()
+        try:
+            default = service.default_model()
+        except Exception as exc:  # noqa: BLE001 - readiness reports why, never a 500
+            raise ApiError(503, "not-ready", f"the default model cannot be determined: {exc}", headers={"Retry-After": "5"}) from None
         if not service.registry.is_loaded(default):
             error = getattr(request.app.state, "load_error", None)
             detail = f"the default model {default!r} is not loaded yet"

@@ -223,3 +223,31 @@ def test_an_imported_model_is_hosted_from_the_cache(tiny_model, tmp_path, png):
         assert [p["index"] for p in body["predictions"]] == torch.argsort(ref, descending=True).tolist()
         assert c.get("/v1/models/my-tiny").json()["loaded"] is True
         assert_problem(c.post("/v1/predict?model=my-tiny%2F..%2F..", files=files(png)), 404, "valid ids")
+
+
+def test_least_recently_used_model_is_unloaded_but_never_the_default(tiny_model, png):
+    import copy
+
+    from api.main import create_app
+    from api.registry import InMemoryModel, ModelRegistry
+    from apihelpers import PREPROCESS, make_settings
+
+    models = [InMemoryModel(name, copy.deepcopy(tiny_model), CLASS_NAMES, PREPROCESS) for name in ("a", "b", "c")]
+    registry = ModelRegistry.from_models(models, max_loaded=2)
+    with TestClient(create_app(make_settings(preload_default_model=False), registry=registry)) as c:
+        for name in ("a", "b", "c", "b"):
+            assert c.post(f"/v1/predict?model={name}", files=files(png)).json()["model"] == name
+        assert registry.loaded_ids() == ["a", "b"]  # c was unloaded for b; a is the default
+        assert "xception_models_loaded 2.0" in c.get("/metrics").text
+
+
+def test_readyz_reports_a_broken_registry_as_503(tiny_model, monkeypatch):
+    app = make_app(tiny_model, preload_default_model=False)
+
+    def broken():
+        raise OSError("cannot read the model cards")
+
+    monkeypatch.setattr(app.state.registry, "default_id", broken)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        assert_problem(c.get("/readyz"), 503, "cannot read the model cards")
+        assert c.get("/healthz").status_code == 200

@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import time
 
+import numpy as np
 import pytest
 
 from e2ehelpers import ARTIFACTS, CHROMIUM, drawn_tiles, launch_browser, open_page, start_up, upload_and_predict, wait_until_idle
@@ -41,7 +42,7 @@ def test_upload_predict_and_layer_maps_in_chromium(playwright, tmp_path):
     try:
         browser = launch_browser(playwright)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page = browser.new_page(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
             page.goto(demo.ui_url)
             upload_and_predict(page, photo)
             wait_until_idle(page)
@@ -58,6 +59,11 @@ def test_upload_predict_and_layer_maps_in_chromium(playwright, tmp_path):
             assert len(pointwise) == 16, pointwise
             errors = page.locator('[data-testid="stAlertContentError"]').all_inner_texts()
             assert not errors, errors
+            # what is shown can be downloaded: the depthwise maps as a [16, H, W] array
+            with page.expect_download(timeout=60_000) as download:
+                page.get_by_role("button", name="Maps (npy)").first.click()
+            maps = np.load(download.value.path(), allow_pickle=False)
+            assert maps.shape[0] == 16 and maps.ndim == 3 and download.value.suggested_filename.endswith(".npy")
         finally:
             browser.close()
     finally:

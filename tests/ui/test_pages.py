@@ -44,8 +44,9 @@ def test_predict_page_upload_shows_predictions_and_model_status(app, cat_png):
     assert any("xception-demo weights download xception-imagenet" in t for t in texts(at.sidebar.info))
     # the prediction: its top class as heading, a bar chart, latency and device
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Device"] == "cpu" and metrics["Model"] == MODEL_ID
-    assert metrics["Latency"].endswith(" ms")
+    assert metrics["Device"] == "cpu" and metrics["Precision"] == "fp32"
+    assert metrics["Latency"].endswith((" ms", " s"))
+    assert any(f"Model **{MODEL_ID}**" in t for t in texts(at.caption))
     assert at.subheader and "%" in at.subheader[0].value
     assert at.get("vega_lite_chart"), "no bar chart"
     assert at.session_state["image"].name == "chelsea.png"
@@ -111,7 +112,7 @@ def test_layer_explorer_draws_depthwise_and_pointwise_maps(app, cat_png):
     assert_clean(at)
     error = {m.label: m.value for m in at.metric}["max |sum − pointwise|"]
     assert float(error) < 1e-3
-    depthwise_terms = [c for c in tile_captions(at) if c and c[0].startswith("depthwise #")]
+    depthwise_terms = [c for c in tile_captions(at) if c and c[0].startswith("dw #")]
     assert len(depthwise_terms) == 4
     assert any("does not expose the 3×3 depthwise kernels" in t for t in texts(at.caption))
 
@@ -162,3 +163,21 @@ def test_unreachable_api_is_a_readable_message(app, monkeypatch):
     at = app.run()
     assert not at.exception
     assert any("API unreachable" in t and "xception-demo" in t for t in texts(at.sidebar.error)), texts(at.sidebar.error)
+
+
+def test_model_without_weights_explains_how_to_get_them(app, cat_png):
+    at = with_photo(app, cat_png)
+    at.sidebar.selectbox(key="model_id").select("xception-imagenet").run()
+    assert not at.exception
+    assert any("xception-demo weights download xception-imagenet" in t for t in texts(at.sidebar.warning))
+    errors = texts(at.error)
+    assert len(errors) == 1 and "HTTP 409" in errors[0] and "xception-demo weights download xception-imagenet" in errors[0], errors
+    # the architecture needs no weights: the paper's model
+    at.switch_page(ARCHITECTURE).run()
+    assert_clean(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Separable convolutions"] == "34" and metrics["Parameters"] == "22.9 M" and metrics["Input"] == "299×299"
+    # the maps do: the same readable message
+    at.switch_page(EXPLORER).run()
+    assert not at.exception
+    assert at.error and all("HTTP 409" in t for t in texts(at.error))

@@ -86,6 +86,7 @@ with st.expander("Diagram of the flows", expanded=True):
 
 st.subheader("Layers")
 nav1, nav2 = st.columns([2, 5])
+widgets.forget_stale("arch_flow", flows)
 flow = nav1.radio("Flow", flows, format_func=lambda f: widgets.FLOW_TITLES[f], key="arch_flow")
 blocks = _blocks(flow)
 block = nav2.radio("Block", ["all", *blocks], horizontal=True, key=f"arch_block_{flow}")
@@ -132,7 +133,10 @@ if flow_separable:
             "regular conv params": [s["in_channels"] * s["out_channels"] * 9 for s in flow_separable],
         }
     )
-    st.dataframe(sep_frame, hide_index=True, width="stretch")
+    st.dataframe(
+        sep_frame, hide_index=True, width="stretch",
+        column_config={c: st.column_config.NumberColumn(format="localized") for c in sep_frame.columns[3:]},
+    )
 
 st.subheader("The spectrum of the paper")
 st.caption(
@@ -142,6 +146,7 @@ st.caption(
 )
 names = [s["name"] for s in separable]
 default = next((i for i, s in enumerate(separable) if s["flow"] == "middle"), 0)
+widgets.forget_stale("spectrum_layer", names)
 chosen_name = st.selectbox("Layer", names, index=default, key="spectrum_layer",
                            format_func=lambda n: widgets.layer_label(next(s for s in separable if s["name"] == n)))
 chosen = next(s for s in separable if s["name"] == chosen_name)
@@ -156,22 +161,28 @@ spec_frame = pd.DataFrame(
         "vs regular": [f"{p.params / regular.params:.1%}" for p in points],
     }
 )
-left, right = st.columns([3, 4])
-left.dataframe(spec_frame, hide_index=True, width="stretch")
-long = spec_frame.melt(id_vars=["segments"], value_vars=["params", "MACs"], var_name="cost", value_name="value")
-chart = (
-    alt.Chart(long)
-    .mark_bar()
-    .encode(
-        x=alt.X("segments:N", sort=list(spec_frame["segments"]), title=None, axis=alt.Axis(labelAngle=-20)),
-        y=alt.Y("value:Q", scale=alt.Scale(type="log"), title="count (log scale)"),
-        color=alt.Color("cost:N", legend=alt.Legend(orient="top")),
-        xOffset="cost:N",
-        tooltip=["segments", "cost", alt.Tooltip("value:Q", format=",")],
-    )
-    .properties(height=260)
+st.dataframe(
+    spec_frame, hide_index=True, width="stretch",
+    column_config={"params": st.column_config.NumberColumn(format="localized"), "MACs": st.column_config.NumberColumn(format="localized")},
 )
-right.altair_chart(chart, width="stretch")
+
+
+def _spectrum_chart(column: str, colour: str) -> alt.Chart:
+    return (
+        alt.Chart(spec_frame)
+        .mark_bar(color=colour)
+        .encode(
+            x=alt.X("segments:N", sort=list(spec_frame["segments"]), title=None, axis=alt.Axis(labelAngle=0, labelLimit=160)),
+            y=alt.Y(f"{column}:Q", title=column),
+            tooltip=["segments", "kind", alt.Tooltip(f"{column}:Q", format=",")],
+        )
+        .properties(height=220, title=f"{column} of {chosen_name}")
+    )
+
+
+left, right = st.columns(2)
+left.altair_chart(_spectrum_chart("params", "#4C78A8"), width="stretch")
+right.altair_chart(_spectrum_chart("MACs", "#F58518"), width="stretch")
 actual = chosen["depthwise_params"] + chosen["pointwise_params"]
 st.caption(
     f"{chosen_name}: the network's separable convolution has {actual:,} parameters "

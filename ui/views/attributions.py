@@ -53,6 +53,7 @@ with pick:
         format_func=lambda m: f"{m} (slow)" if specs[m]["costly"] else m,
     )
     predicted = f"predicted: {prediction['predictions'][0]['label']}" if prediction else "predicted class"
+    widgets.forget_stale("attr_target", [PREDICTED, *range(len(class_names))])
     target_choice = st.selectbox(
         "Target class", [PREDICTED, *range(len(class_names))], key="attr_target",
         format_func=lambda i: predicted if i == PREDICTED else f"{i}: {class_names[i]}",
@@ -62,6 +63,7 @@ with pick:
     if layer_methods:
         names = [s["name"] for s in table["separable_layers"]]
         l1, l2 = st.columns([3, 2])
+        widgets.forget_stale("attr_layer", names)
         layer = l1.selectbox(f"Layer (for {', '.join(layer_methods)})", names, index=len(names) - 1, key="attr_layer")
         part = l2.radio("Part", ["pointwise", "depthwise"], horizontal=True, key="attr_part")
 with overlay:

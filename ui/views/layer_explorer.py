@@ -30,8 +30,10 @@ groups = widgets.separable_by_flow(table)
 
 # ---------------------------------------------------------------- choices
 pick_flow, pick_layer = st.columns([3, 4])
+widgets.forget_stale("lx_flow", list(groups))
 flow = pick_flow.radio("Flow", list(groups), format_func=lambda f: widgets.FLOW_TITLES.get(f, f), horizontal=True, key="lx_flow")
 by_name = {r["name"]: r for r in groups[flow]}
+widgets.forget_stale(f"lx_layer_{flow}", list(by_name))
 layer = pick_layer.selectbox("Separable layer", list(by_name), format_func=lambda n: widgets.layer_label(by_name[n]), key=f"lx_layer_{flow}")
 row = by_name[layer]
 
@@ -53,6 +55,7 @@ if sort == "attribution":
         class_names = []
     prediction = session.prediction_or_none(image, model)
     predicted = f"predicted ({prediction['predictions'][0]['label']})" if prediction else "predicted class"
+    widgets.forget_stale("lx_target", [PREDICTED, *range(len(class_names))])
     choice = o5.selectbox(
         "Target class", [PREDICTED, *range(len(class_names))],
         format_func=lambda i: predicted if i == PREDICTED else f"{i}: {class_names[i]}", key="lx_target",
@@ -147,7 +150,7 @@ with widgets.api_errors():
         columns = st.columns(per_row)
         for column, term in zip(columns, contributions[start : start + per_row]):
             with column:
-                st.image(widgets.b64(depthwise_png[term["channel"]]), width=TILE_PX, caption=f"depthwise #{term['channel']}", output_format="PNG")
+                st.image(widgets.b64(depthwise_png[term["channel"]]), width=TILE_PX, caption=f"dw #{term['channel']}", output_format="PNG")
                 st.caption(f"× {term['weight']:+.3f}")
                 st.image(widgets.b64(term["png"]), width=TILE_PX, caption=f"energy {term['energy']:.3g}", output_format="PNG")
     st.caption(

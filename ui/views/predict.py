@@ -31,6 +31,7 @@ def _upload_picker() -> None:
     if uploaded is not None and st.session_state.get("_uploaded_file_id") != uploaded.file_id:
         st.session_state["_uploaded_file_id"] = uploaded.file_id
         session.set_image(session.ImageInput(uploaded.getvalue(), uploaded.name, "upload"))
+        st.rerun()  # the sidebar, drawn before this page, shows the new image too
 
 
 def _photo_picker() -> None:
@@ -39,9 +40,10 @@ def _photo_picker() -> None:
     for i, photo in enumerate(samples.PHOTOS):
         with columns[i % 3]:
             data = samples.photo_bytes(photo.name)
-            st.image(widgets.preview_png(f"photo:{photo.name}", data, 200)[0], caption=photo.title, width="stretch")
+            st.image(widgets.thumbnail(f"photo:{photo.name}", data), caption=photo.title, width="stretch")
             if st.button("Use", key=f"photo_{photo.name}", width="stretch"):
                 session.set_image(session.ImageInput(data, f"{photo.name}.jpg", "photo"))
+                st.rerun()
 
 
 def _generated_picker() -> None:
@@ -63,6 +65,7 @@ def _generated_picker() -> None:
                 true_index=int(class_index), true_label=samples.CLASS_NAMES[class_index],
             )
         )
+        st.rerun()
 
 
 with choose:
@@ -151,13 +154,13 @@ with result:
                 where = f"rank {rank} of the top {top_k}" if rank else f"not in the top {top_k}"
                 st.warning(f"The true class ({image.true_label}) is {where}.", icon=":material/info:")
         st.altair_chart(_chart(predictions), width="stretch")
-        m1, m2, m3, m4 = st.columns(4)
-        m1.metric("Latency", f"{answer['timing_ms']:.0f} ms", help="Server time for the request; cached logits make repeats fast.")
+        m1, m2, m3 = st.columns(3)
+        ms = answer["timing_ms"]
+        m1.metric("Latency", f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.2f} s", help="Server time for the request; cached logits make repeats fast.")
         m2.metric("Device", answer.get("device", "?"))
-        m3.metric("Model", answer["model"])
-        m4.metric("Precision", answer.get("precision", "fp32"), help="mixed = float16 autocast (CUDA)")
-        if answer.get("cached"):
-            st.caption("Logits came from the server's cache (same image seen before).")
+        m3.metric("Precision", answer.get("precision", "fp32"), help="fp32, or mixed = float16 autocast (CUDA)")
+        cached = " · logits from the server's cache (image seen before)" if answer.get("cached") else ""
+        st.caption(f"Model **{answer['model']}**{cached}")
         d1, d2 = st.columns(2)
         with d1:
             widgets.download("Predictions (CSV)", _csv(predictions), f"predictions-{widgets.safe_name(image.name)}.csv", "text/csv", "dl_pred_csv")
