@@ -1,20 +1,12 @@
-"""Shared fixtures: small configurations, real photographs, calibrated reference models."""
+"""Shared fixtures: an isolated weights cache, small configurations, real photographs."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
+from support import SMALL, sample_photos
 from xception_core.model import XceptionConfig
-
-SMALL = XceptionConfig(
-    num_classes=7,
-    stem_channels=(8, 16),
-    entry_channels=(16, 24, 32),
-    middle_repeats=2,
-    exit_channels=(40, 48, 56),
-)
 
 
 @pytest.fixture(autouse=True)
@@ -30,31 +22,4 @@ def small_config() -> XceptionConfig:
 
 @pytest.fixture(scope="session")
 def photos() -> list[np.ndarray]:
-    """Real RGB photographs shipped inside scikit-image's wheel."""
-    from skimage import data
-
-    return [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
-
-
-def photo_batch(photos: list[np.ndarray], size: int) -> torch.Tensor:
-    """Photos resized to ``size`` and scaled to [-1, 1], as a batch."""
-    import torch.nn.functional as F
-
-    tensors = [torch.from_numpy(p).permute(2, 0, 1).float().div(127.5).sub(1) for p in photos]
-    return torch.stack([F.interpolate(t[None], size=(size, size), mode="bilinear", antialias=True)[0] for t in tensors])
-
-
-def calibrate_batchnorm(model: torch.nn.Module, batch: torch.Tensor) -> None:
-    """Set every BatchNorm's running statistics to those of ``batch`` (cumulative average).
-
-    With random weights and default statistics the logits barely depend on
-    the input; calibrated statistics make the comparison against timm telling.
-    """
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(batch)
-    model.eval()
+    return sample_photos()

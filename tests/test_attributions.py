@@ -27,7 +27,7 @@ from captum.attr import (
 from PIL import Image
 from torch import nn
 
-from conftest import calibrate_batchnorm, photo_batch
+from support import calibrate_batchnorm, photo_batch
 from xception_core.attributions import (
     METHODS,
     AttributionError,

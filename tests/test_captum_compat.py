@@ -7,7 +7,7 @@ import pytest
 import torch
 from captum.attr import DeepLift, GuidedBackprop, IntegratedGradients
 
-from conftest import calibrate_batchnorm, photo_batch
+from support import calibrate_batchnorm, photo_batch
 from xception_core.model import Xception
 
 

@@ -224,7 +224,7 @@ def test_images_run_existing_cli_commands_on_the_ports_compose_expects(compose):
 
 
 def test_readme_gives_the_commands():
-    text = (ROOT / "deploy" / "README.md").read_text()
+    text = (ROOT / "README.md").read_text()
     for command in (
         "docker compose --profile gpu up",
         "docker compose --profile cpu up",

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import calibrate_batchnorm, photo_batch
+from support import calibrate_batchnorm, photo_batch
 from xception_core.introspect import UnknownLayerError, capture, decompose, forward_with_capture
 from xception_core.model import Xception, XceptionConfig
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import calibrate_batchnorm, photo_batch
+from support import calibrate_batchnorm, photo_batch
 from xception_core.model import Xception
 from xception_core.preprocess import PreprocessConfig
 

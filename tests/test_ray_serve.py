@@ -21,7 +21,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import calibrate_batchnorm, photo_batch
+from support import calibrate_batchnorm, photo_batch
 from xception_core.model import Xception
 from xception_core.preprocess import PreprocessConfig
 

@@ -4,7 +4,7 @@ import pytest
 import timm
 import torch
 
-from conftest import calibrate_batchnorm, photo_batch
+from support import calibrate_batchnorm, photo_batch
 from xception_core.convert import StateDictMismatch, infer_timm_config, ours_to_timm, timm_to_ours
 from xception_core.model import Xception
 

@@ -55,3 +55,12 @@ def test_api_readme_has_a_curl_example_for_every_endpoint(app):
     routes = {(method.upper(), path) for path, item in app.openapi()["paths"].items() for method in item}
     assert routes == documented
     assert all(op.get("x-codeSamples") for item in app.openapi()["paths"].values() for op in item.values())
+
+
+def test_main_readme_shows_every_curl_example_and_every_setting():
+    from api.examples import EXAMPLES
+
+    text = (API_DIR.parent / "README.md").read_text(encoding="utf-8")
+    for method, path, _, curl in EXAMPLES:
+        assert curl in text, f"README.md lacks the curl example of {method} {path}"
+    assert settings_table() in text, "README.md's settings table is out of date"

@@ -23,6 +23,13 @@ def _port_open(url: str) -> bool:
         return s.connect_ex((host, int(port))) == 0
 
 
+def _first_separable_layer(api_url: str) -> dict:
+    import httpx
+
+    model = httpx.get(f"{api_url}/readyz", timeout=10).json()["default_model"]
+    return httpx.get(f"{api_url}/v1/models/{model}/layers", timeout=30).json()["separable_layers"][0]
+
+
 @pytest.fixture(scope="module")
 def playwright():
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download needed)")
@@ -51,19 +58,21 @@ def test_upload_predict_and_layer_maps_in_chromium(playwright, tmp_path):
             page.screenshot(path=str(ARTIFACTS / "e2e-predict.png"))
 
             open_page(page, "Layer explorer")
-            depthwise = drawn_tiles(page, "Depthwise 3×3 · spatial", 16)
-            pointwise = drawn_tiles(page, "Pointwise 1×1 · cross-channel", 16)
+            first = _first_separable_layer(demo.api_url)  # what the explorer opens with
+            expected = {part: min(16, first[f"{side}_channels"]) for part, side in (("depthwise", "in"), ("pointwise", "out"))}
+            depthwise = drawn_tiles(page, "Depthwise 3×3 · spatial", expected["depthwise"])
+            pointwise = drawn_tiles(page, "Pointwise 1×1 · cross-channel", expected["pointwise"])
             wait_until_idle(page)
             page.screenshot(path=str(ARTIFACTS / "e2e-layer-explorer.png"))
-            assert len(depthwise) == 16, depthwise
-            assert len(pointwise) == 16, pointwise
+            assert len(depthwise) == expected["depthwise"], depthwise
+            assert len(pointwise) == expected["pointwise"], pointwise
             errors = page.locator('[data-testid="stAlertContentError"]').all_inner_texts()
             assert not errors, errors
             # what is shown can be downloaded: the depthwise maps as a [16, H, W] array
             with page.expect_download(timeout=60_000) as download:
                 page.get_by_role("button", name="Maps (npy)").first.click()
             maps = np.load(download.value.path(), allow_pickle=False)
-            assert maps.shape[0] == 16 and maps.ndim == 3 and download.value.suggested_filename.endswith(".npy")
+            assert maps.shape[0] == expected["depthwise"] and maps.ndim == 3 and download.value.suggested_filename.endswith(".npy")
         finally:
             browser.close()
     finally:
