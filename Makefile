@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/xception-demo demo
+	$(VENV)/bin/xception-demo up --host $(HOST) --api-port $(API_PORT) --ui-port $(UI_PORT)
 
 test: install
 	$(PY) -m pytest -q

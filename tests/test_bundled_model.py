@@ -11,6 +11,13 @@ from xception_core.train import accuracy
 from xception_core.weights import BUNDLED_ID, bundled_dir, default_model_id, list_models, load_model
 
 FRESH_SEED = 424_242  # never used by training (train seed 1, validation seed 2)
+# Measured on this model over these 100 images (README, "Attribution quality"): IG puts
+# 0.71 of its positive mass inside objects covering 0.14 of the image, Grad-CAM at the last
+# entry-flow layer 0.41; after re-initialising the top half both correlate <= 0.08 with the
+# trained model's maps. The thresholds leave room for the 16-step IG used here.
+MARGIN_IG = 0.40
+MARGIN_GRADCAM = 0.15
+MAX_RANDOMISED_CORRELATION = 0.30
 
 
 @pytest.fixture(scope="module")

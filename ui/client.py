@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import httpx
 
-__all__ = ["ApiClient", "ApiError", "Part", "SortKey", "Normalization", "Sign"]
+__all__ = ["ApiClient", "ApiError", "Normalization", "Part", "Sign", "SortKey"]
 
 Part = Literal["depthwise", "pointwise", "input"]
 SortKey = Literal["mean", "max", "attribution"]
@@ -60,7 +60,7 @@ class ApiError(Exception):
         return f"{self.title} (HTTP {self.status}): {self.detail}"
 
     @classmethod
-    def from_response(cls, response: httpx.Response) -> "ApiError":
+    def from_response(cls, response: httpx.Response) -> ApiError:
         request_id = response.headers.get("x-request-id")
         try:
             body = response.json()
@@ -114,7 +114,7 @@ class ApiClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "ApiClient":
+    def __enter__(self) -> ApiClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

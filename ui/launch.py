@@ -111,7 +111,7 @@ class _Signals:
     """Inside: SIGTERM raises _Stop and SIGINT KeyboardInterrupt -- even where the parent made this
     process ignore SIGINT (a background job of a script); the previous handlers come back after."""
 
-    def __enter__(self) -> "_Signals":
+    def __enter__(self) -> _Signals:
         self.previous = {}
         if _main_thread():
             self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _on_sigterm)

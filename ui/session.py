@@ -19,8 +19,8 @@ from typing import Any
 
 import streamlit as st
 
-from .config import API_KEY_ENV, API_URL_ENV, DEFAULT_API_URL
 from .client import ApiClient, ApiError
+from .config import API_KEY_ENV, API_URL_ENV, DEFAULT_API_URL
 
 IMAGE_KEY = "image"
 MODEL_KEY = "model_id"

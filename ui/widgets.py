@@ -207,11 +207,10 @@ def _model_picker(url: str) -> None:
         st.session_state[session.MODEL_KEY] = catalogue["default_model"]
 
     def label(model_id: str) -> str:
-        card = cards[model_id]
-        status = "✓ weights installed" if card["status"] == "available" else "✗ weights missing"
-        return f"{model_id} — {status}"
+        installed = cards[model_id]["status"] == "available"
+        return f"✓ {model_id}" if installed else f"✗ {model_id} (weights missing)"
 
-    st.selectbox("Model", list(cards), key=session.MODEL_KEY, format_func=label, help="Models the API can host (GET /v1/models).")
+    st.selectbox("Model", list(cards), key=session.MODEL_KEY, format_func=label, help="Models the API can host (GET /v1/models): ✓ weights installed, ✗ weights missing.")
     chosen = cards[st.session_state[session.MODEL_KEY]]
     st.caption(f"{chosen['num_classes']} classes · {chosen['input_size']} px input · {chosen['source'][:60]}")
     if chosen["status"] != "available":

@@ -97,6 +97,21 @@ def upload_and_predict(page, image: Path, timeout_ms: int = 120_000) -> None:
     page.wait_for_selector('[data-testid="stVegaLiteChart"]', timeout=timeout_ms)
 
 
+def choose_generated_sample(page, class_name: str, timeout_ms: int = 120_000) -> None:
+    """On the Predict page: a generated image of ``class_name``, and its prediction."""
+    page.wait_for_selector("text=Image source", timeout=timeout_ms)
+    page.get_by_text("Generated sample", exact=True).click()
+    box = page.locator('[data-testid="stSelectbox"]').filter(has_text="Class").locator("input")
+    box.click()
+    box.fill(class_name)
+    page.keyboard.press("Enter")
+    page.wait_for_timeout(1000)
+    page.get_by_role("button", name="Use this image").click()
+    page.wait_for_selector('[data-testid="stMain"] :text("True class")', timeout=timeout_ms)
+    page.wait_for_selector('[data-testid="stMetricLabel"]:has-text("Latency")', timeout=timeout_ms)
+    page.wait_for_selector('[data-testid="stVegaLiteChart"]', timeout=timeout_ms)
+
+
 def open_page(page, title: str) -> None:
     page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=title).click()
     page.wait_for_selector(f'h1:has-text("{title}")', timeout=60_000)

@@ -16,10 +16,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from e2ehelpers import REPO_ROOT, drawn_tiles, launch_browser, open_page, start_up, upload_and_predict, wait_until_idle  # noqa: E402
+from e2ehelpers import (  # noqa: E402
+    BUNDLED_WEIGHTS,
+    REPO_ROOT,
+    choose_generated_sample,
+    drawn_tiles,
+    launch_browser,
+    open_page,
+    start_up,
+    upload_and_predict,
+    wait_until_idle,
+)
 from uihelpers import photo_png  # noqa: E402
 
 MAX_BYTES = 300_000
+GENERATED_CLASS = "blue-yellow vertical stripes"
 WIDTH = 1400
 
 
@@ -60,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
                 page.goto(demo.ui_url)
                 shots: dict[str, bytes] = {}
 
-                upload_and_predict(page, photo)
+                if BUNDLED_WEIGHTS.exists():  # the bundled model knows the generated classes: show one
+                    choose_generated_sample(page, GENERATED_CLASS)
+                else:
+                    upload_and_predict(page, photo)
                 wait_until_idle(page)
                 shots["predict"] = page.screenshot()
 
@@ -78,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                 shots["layer_explorer"] = page.screenshot()
 
                 open_page(page, "Attributions")
-                page.set_viewport_size({"width": WIDTH, "height": 1500})
+                page.set_viewport_size({"width": WIDTH, "height": 1720})
                 page.get_by_role("button", name="Compute attributions").click()
                 page.wait_for_selector("text=ms attribution", timeout=300_000)
                 wait_until_idle(page, 300_000)

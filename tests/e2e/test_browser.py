@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 import pytest
-
 from e2ehelpers import ARTIFACTS, CHROMIUM, drawn_tiles, launch_browser, open_page, start_up, upload_and_predict, wait_until_idle
 from uihelpers import photo_png
 

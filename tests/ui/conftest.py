@@ -7,7 +7,6 @@ import os
 
 import pytest
 import torch
-
 from uihelpers import REPO_ROOT, photo_png, serve_tiny_api, tiny_model
 
 APP = REPO_ROOT / "ui" / "app.py"

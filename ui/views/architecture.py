@@ -34,7 +34,7 @@ def _block_of(name: str) -> str:
     return parts[1] if len(parts) > 2 and parts[1].startswith("block") else parts[-1]
 
 
-def _blocks(flow: str) -> "OrderedDict[str, list[dict]]":
+def _blocks(flow: str) -> OrderedDict[str, list[dict]]:
     out: OrderedDict[str, list[dict]] = OrderedDict()
     for r in rows:
         if r["flow"] == flow:

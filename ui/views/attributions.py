@@ -155,7 +155,7 @@ def _curves(curves: dict[str, list]) -> alt.Chart | None:
         .mark_line(point=False)
         .encode(
             x=alt.X("fractions:Q", title="fraction of pixels", axis=alt.Axis(format="%")),
-            y=alt.Y("probability:Q", title="target probability", scale=alt.Scale(zero=False)),
+            y=alt.Y("probability:Q", title="target probability", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(tickCount=3, format="%")),
             color=alt.Color("curve:N", legend=alt.Legend(orient="top", title=None)),
         )
         .properties(height=160)
@@ -179,7 +179,7 @@ for n, (column, request) in enumerate(zip(results, shown["requests"]), 1):
             st.caption(f"{answer['attribution_ms']:.0f} ms attribution + {answer['quality_ms']:.0f} ms quality figures · {answer['device']}")
             chart = _curves(answer.get("curves") or {})
             if chart is not None:
-                st.altair_chart(chart, width="stretch")
+                st.altair_chart(chart, width="stretch", height=200)
             if answer.get("channel_ranking"):
                 ranking = pd.DataFrame(answer["channel_ranking"][:16])
                 st.altair_chart(

@@ -65,7 +65,7 @@ else:
     o5.caption("Sort by attribution to choose a target class.")
 
 # ---------------------------------------------------------------- maps side by side
-common = dict(layer=layer, normalize=normalize, colormap=colormap, tile_px=TILE_PX)
+common = {"layer": layer, "normalize": normalize, "colormap": colormap, "tile_px": TILE_PX}
 shown: dict[str, list[int]] = {}
 left, right = st.columns(2, gap="large")
 PARTS = (
@@ -173,7 +173,7 @@ with widgets.api_errors():
         .properties(height=200, title=f"1×1 weights of pointwise channel {channel} over the {len(weights)} depthwise channels")
     )
     st.altair_chart(chart, width="stretch")
-    request = dict(layer=layer, channel=int(channel), top=terms, colormap="RdBu_r", tile_px=2 * TILE_PX)
+    request = {"layer": layer, "channel": int(channel), "top": terms, "colormap": "RdBu_r", "tile_px": 2 * TILE_PX}
     base = f"{widgets.safe_name(layer)}-pointwise{channel}-{image.image_id[:8]}"
     d1, d2, _ = st.columns([1, 1, 2])
     with d1:
