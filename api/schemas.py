@@ -180,6 +180,7 @@ class Contribution(BaseModel):
     min: float
     max: float
     png: str = Field(description="Map of W[channel, i] * depthwise_i as a base64 PNG tile.")
+    kernel: list[list[float]] = Field(description="The 3x3 depthwise kernel of channel i (the spatial filter that made depthwise_i).")
 
 
 class MapSummary(BaseModel):

@@ -572,6 +572,7 @@ class Service:
         err = float((total - pointwise).abs().max())
         order = [int(i) for i in d.order.cpu()]
         weights = d.weights.float().cpu()
+        kernels = module.depthwise.weight.detach()[order, 0].float().cpu()  # [top, 3, 3]
         if fmt == "npz":
             buf = io.BytesIO()
             np.savez(
@@ -580,6 +581,7 @@ class Service:
                 order=np.asarray(order, dtype=np.int64),
                 energy=d.energy.float().cpu().numpy(),
                 contributions=contributions.numpy(),
+                kernels=kernels.numpy(),
                 rest=rest.numpy(),
                 total=total.numpy(),
                 pointwise=pointwise.numpy(),
@@ -616,7 +618,7 @@ class Service:
             "shape": list(total.shape),
             "weights": weights.tolist(),
             "contributions": [
-                {"channel": i, "weight": float(weights[i]), "energy": float(e), **summary(contributions[j])}
+                {"channel": i, "weight": float(weights[i]), "energy": float(e), "kernel": kernels[j].tolist(), **summary(contributions[j])}
                 for j, (i, e) in enumerate(zip(order, d.energy.float().cpu().tolist()))
             ],
             "rest": summary(rest),

@@ -59,6 +59,21 @@ def b64(png: str) -> bytes:
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
+def kernel_png(kernel: list[list[float]], cell_px: int = 16) -> bytes:
+    """A small depthwise kernel as a PNG: white at 0, red positive, blue negative, symmetric scale."""
+    import numpy as np
+
+    k = np.asarray(kernel, dtype=np.float32)
+    t = np.abs(k) / max(float(np.abs(k).max()), 1e-12)
+    fade = (255 * (1 - t)).astype(np.uint8)
+    full = np.full_like(fade, 255)
+    rgb = np.where((k >= 0)[..., None], np.stack([full, fade, fade], -1), np.stack([fade, fade, full], -1))
+    image = Image.fromarray(rgb.astype(np.uint8)).resize((k.shape[1] * cell_px, k.shape[0] * cell_px), Image.NEAREST)
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
 def preview_png(image_id: str, _data: bytes, max_side: int = 640) -> tuple[bytes, str] | None:
     """A PNG preview of the uploaded bytes and a description (format, size), or ``None`` when
     Pillow cannot read them (the API then says what is wrong)."""

@@ -145,7 +145,7 @@ def build(settings: Settings) -> APIRouter:
         format: Annotated[
             Literal["json", "png", "npz"],
             Query(description="`json`: weights, contribution tiles and the check; `png`: a montage (contributions, rest, sum, pointwise); "
-                  "`npz`: arrays weights, order, energy, contributions `[top, H, W]`, rest, total, pointwise."),
+                  "`npz`: arrays weights, order, energy, contributions `[top, H, W]`, kernels `[top, 3, 3]`, rest, total, pointwise."),
         ] = "json",
         colormap: ColormapQ = "RdBu_r",
         tile_px: TilePx = 64,

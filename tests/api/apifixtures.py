@@ -1,8 +1,7 @@
 """Fixtures of the API tests: a tiny in-memory model, real photographs, an app and its client.
 
-Each test module does ``from apifixtures import *``. (Not a ``conftest.py``: other test
-modules of this repository do ``from support import ...``, and a second module named
-``conftest`` would shadow theirs.) The expensive objects are built once per process and
+Each test module does ``from apifixtures import *``. (Not a ``conftest.py``: a second module
+named ``conftest`` is ambiguous on ``sys.path``; shared helpers live in importable modules.) The expensive objects are built once per process and
 shared by every module.
 
 The model is ``Xception(SMALL)`` (random weights, BatchNorm statistics calibrated

@@ -144,13 +144,18 @@ def test_decomposition_sums_to_the_pointwise_output(client, entry, png, layer, c
     np.testing.assert_allclose(z["contributions"].sum(0) + z["rest"], z["total"], rtol=1e-4, atol=1e-5)
     w = entry.separable[layer].pointwise.weight[channel, :, 0, 0].detach().numpy()
     np.testing.assert_allclose(z["weights"], w)
+    kernels = entry.separable[layer].depthwise.weight[:, 0].detach().numpy()
     for k, i in enumerate(z["order"]):
         np.testing.assert_allclose(z["contributions"][k], w[i] * ref["depthwise"][i].numpy(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(z["kernels"][k], kernels[i])
     assert list(z["energy"]) == sorted(z["energy"], reverse=True)
 
 
-def test_decomposition_json_and_png(client, png):
+def test_decomposition_json_and_png(client, entry, png):
     body = client.post(f"/v1/decomposition?layer={LAYER}&channel=5&top=3", files=files(png)).json()
+    kernels = entry.separable[LAYER].depthwise.weight[:, 0].detach()
+    for c in body["contributions"]:
+        np.testing.assert_allclose(c["kernel"], kernels[c["channel"]].numpy(), rtol=1e-6)
     assert body["max_abs_error"] < 1e-4 and len(body["contributions"]) == 3 and len(body["weights"]) == 32
     assert [c["energy"] for c in body["contributions"]] == sorted((c["energy"] for c in body["contributions"]), reverse=True)
     assert body["total"]["min"] == pytest.approx(body["pointwise"]["min"], abs=1e-4)

@@ -150,12 +150,13 @@ with widgets.api_errors():
         columns = st.columns(per_row)
         for column, term in zip(columns, contributions[start : start + per_row]):
             with column:
+                st.image(widgets.kernel_png(term["kernel"]), width=TILE_PX // 2, caption="3×3 kernel", output_format="PNG")
                 st.image(widgets.b64(depthwise_png[term["channel"]]), width=TILE_PX, caption=f"dw #{term['channel']}", output_format="PNG")
                 st.caption(f"× {term['weight']:+.3f}")
                 st.image(widgets.b64(term["png"]), width=TILE_PX, caption=f"energy {term['energy']:.3g}", output_format="PNG")
     st.caption(
-        "The API does not expose the 3×3 depthwise kernels yet, so each term shows the depthwise map its kernel produced "
-        "rather than the kernel itself."
+        "Each term: the channel's 3×3 depthwise kernel (red positive, blue negative, on its own symmetric scale), "
+        "the spatial map it produced, the 1×1 weight, and the weighted contribution."
     )
 
     weights = pd.DataFrame({"depthwise channel": range(len(parts["weights"])), "weight": parts["weights"]})
