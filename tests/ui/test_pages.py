@@ -113,7 +113,9 @@ def test_layer_explorer_draws_depthwise_and_pointwise_maps(app, cat_png):
     assert float(error) < 1e-3
     depthwise_terms = [c for c in tile_captions(at) if c and c[0].startswith("dw #")]
     assert len(depthwise_terms) == 4
-    assert any("does not expose the 3×3 depthwise kernels" in t for t in texts(at.caption))
+    kernels = [c for c in tile_captions(at) if c == ["3×3 kernel"]]
+    assert len(kernels) == 4  # each term's depthwise kernel is drawn beside its map
+    assert any("3×3 depthwise kernel" in t for t in texts(at.caption))
 
 
 def test_attributions_page_runs_two_methods_side_by_side(app, cat_png):
