@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from apihelpers import MODEL_ID, PREPROCESS, encode, make_app
+from support import calibrate_batchnorm
 from xception_core.model import Xception, XceptionConfig
 
 __all__ = [
@@ -96,17 +97,6 @@ def png(png_images) -> bytes:
     return png_images[1]
 
 
-def _calibrate(model: torch.nn.Module, batch: torch.Tensor) -> None:
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(batch)
-    model.eval()
-
-
 @functools.lru_cache(maxsize=1)
 def _tiny_model() -> Xception:
     from xception_core.preprocess import eval_transform
@@ -114,7 +104,7 @@ def _tiny_model() -> Xception:
     torch.manual_seed(0)
     model = Xception(SMALL)
     batch = torch.stack([eval_transform(img.convert("RGB"), PREPROCESS) for img in _photo_images()])
-    _calibrate(model, batch)
+    calibrate_batchnorm(model, batch)
     return model
 
 

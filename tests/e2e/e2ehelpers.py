@@ -17,6 +17,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "tests" / "ui"))
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # support.py
 
 from uihelpers import MODEL_ID, free_port, import_tiny_model  # noqa: E402
 

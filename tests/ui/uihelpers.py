@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from support import calibrate_batchnorm
 from xception_core import synthetic
 from xception_core.model import Xception, XceptionConfig
 from xception_core.preprocess import PreprocessConfig, eval_transform
@@ -64,15 +65,8 @@ def tiny_model() -> Xception:
     model = Xception(TINY_CONFIG)
     images = [Image.fromarray(p) for p in photos()]
     images += [Image.fromarray(synthetic.make_sample(i, 7, 96)[0]) for i in range(8)]
-    batch = torch.stack([eval_transform(img.convert("RGB"), PREPROCESS) for img in images])
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(batch)
-    return model.eval()
+    calibrate_batchnorm(model, torch.stack([eval_transform(img.convert("RGB"), PREPROCESS) for img in images]))
+    return model
 
 
 def free_port() -> int:
