@@ -14,7 +14,9 @@ recently used. Tests (and embedders) inject in-memory models::
 Model ids are only ever compared with the registry's list, never used as paths.
 
 Each loaded model has one *shared* instance (eval mode, channels_last) for
-predictions and activation captures, which never carries hooks, and private
+activation captures (and predictions unless BatchNorm folding is on), which never
+carries hooks; with ``fuse_batchnorm`` a second, BatchNorm-folded copy
+(:func:`xception_core.fuse.fuse_for_inference`) serves predictions only; and private
 *replicas* for attributions (Captum's DeepLift, GuidedBackprop and layer methods
 register hooks on modules; on a shared instance they would leak into
 concurrent requests).
@@ -36,6 +38,7 @@ from pathlib import Path
 import torch
 
 from xception_core import weights
+from xception_core.fuse import fuse_for_inference
 from xception_core.model import MIN_INPUT_SIZE, SeparableConv2d, Xception
 from xception_core.preprocess import PreprocessConfig
 from xception_core.profile import ModelProfile, profile_model
@@ -86,7 +89,16 @@ def resolve_device(name: str = "auto") -> torch.device:
 class LoadedModel:
     """A model ready to serve: weights on the device plus what requests need to know."""
 
-    def __init__(self, card: weights.ModelCard, model: Xception, device: torch.device, *, mixed_precision: bool, max_replicas: int) -> None:
+    def __init__(
+        self,
+        card: weights.ModelCard,
+        model: Xception,
+        device: torch.device,
+        *,
+        mixed_precision: bool,
+        max_replicas: int,
+        fuse_batchnorm: bool = False,
+    ) -> None:
         self.card = card
         self.id = card.id
         self.key = f"{card.id}@{card.sha256 or uuid.uuid4().hex}"
@@ -98,6 +110,10 @@ class LoadedModel:
             raise ValueError(f"{card.id}: input_size {self.input_size} is under Xception's minimum {MIN_INPUT_SIZE}")
         model.eval()
         self.model = model.to(device=device, memory_format=torch.channels_last)
+        # Predictions only (micro-batched /v1/predict): BatchNorm folded into the convolutions.
+        # Captures and attributions need the original's modules and keep ``self.model``.
+        self.predict_model: Xception = fuse_for_inference(self.model) if fuse_batchnorm else self.model
+        self.fused = bool(fuse_batchnorm)
         self.profile: ModelProfile = profile_model(card.config, self.input_size)
         self.separable: dict[str, SeparableConv2d] = self.model.separable_layers()
         self.separable_profile = {s.name: s for s in self.profile.separable}
@@ -168,6 +184,7 @@ class ModelRegistry:
         default_model: str | None = None,
         mixed_precision: bool = True,
         max_replicas: int | None = None,
+        fuse_batchnorm: bool | None = None,
     ) -> None:
         self.home = home
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
@@ -175,6 +192,7 @@ class ModelRegistry:
         self.include_weights = include_weights
         self.mixed_precision = mixed_precision
         self.max_replicas = max_replicas  # None: as many as the app has threads that use them
+        self.fuse_batchnorm = fuse_batchnorm  # None: the app's setting (``fuse_batchnorm``)
         self._memory: dict[str, InMemoryModel] = {}
         for m in models:
             m.card()  # validate now
@@ -288,7 +306,10 @@ class ModelRegistry:
             card = source.card()
         else:
             model, card = weights.load_model(card.id, self.device, home=self.home)
-        entry = LoadedModel(card, model, self.device, mixed_precision=self.mixed_precision, max_replicas=self.max_replicas or 1)
+        entry = LoadedModel(
+            card, model, self.device, mixed_precision=self.mixed_precision, max_replicas=self.max_replicas or 1,
+            fuse_batchnorm=bool(self.fuse_batchnorm),
+        )
         log.info(
             "loaded model %s on %s in %.0f ms", card.id, self.device, (time.perf_counter() - started) * 1000,
             extra={"model": card.id, "device": str(self.device)},

@@ -129,6 +129,8 @@ class Service:
         self._batcher_entries: dict[str, LoadedModel] = {}
         self.cache_dtype = torch.float16 if settings.cache_activation_dtype == "float16" else torch.float32
         registry.on_change = lambda n: metrics.models_loaded.set(n)
+        if registry.fuse_batchnorm is None:  # an explicit choice of the registry's builder wins
+            registry.fuse_batchnorm = settings.fuse_batchnorm
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -206,20 +208,21 @@ class Service:
         started = time.perf_counter()
         batch = self._batch_input(torch.stack(list(xs)), entry)
         mixed = entry.mixed_precision and self.settings.predict_mixed_precision
+        model = entry.predict_model  # BatchNorm-folded when fuse_batchnorm (never carries hooks)
         with torch.inference_mode():
             if mixed:
                 with torch.autocast(device_type=entry.device.type, dtype=torch.float16):
-                    logits = entry.model(batch).float()
+                    logits = model(batch).float()
                 k = min(6, logits.shape[1])
                 top = logits.topk(k, dim=1).values
                 gaps = (top[:, :-1] - top[:, 1:]).min(dim=1).values if k > 1 else torch.full((len(xs),), math.inf, device=logits.device)
                 redo = (gaps < self.settings.mixed_precision_margin) | ~torch.isfinite(logits).all(dim=1)
                 if bool(redo.any()):
-                    logits[redo] = entry.model(batch[redo]).float()
+                    logits[redo] = model(batch[redo]).float()
                     self.metrics.amp_fallbacks.inc(int(redo.sum()))
                 precision = ["fp32" if bool(r) else "mixed" for r in redo.cpu()]
             else:
-                logits = entry.model(batch).float()
+                logits = model(batch).float()
                 precision = ["fp32"] * len(xs)
             logits = logits.cpu()
         self.metrics.inference.labels(self.device, entry.id, "predict").observe(time.perf_counter() - started)

@@ -52,6 +52,12 @@ class Settings(BaseSettings):
         description="On CUDA, predict under float16 autocast. An image whose six best logits lie closer "
         "than `mixed_precision_margin` is recomputed in float32, so the top-5 equals the float32 top-5.",
     )
+    fuse_batchnorm: bool = Field(
+        True,
+        description="Predict with a copy of the model whose BatchNorms are folded into the convolutions "
+        "(same logits within float rounding, faster). Activations, decompositions and attributions always "
+        "use the unfused model. Costs one more copy of the weights per loaded model.",
+    )
     mixed_precision_margin: float = Field(
         0.05, ge=0, le=10, description="Logit gap under which a mixed-precision prediction is redone in float32."
     )
