@@ -122,18 +122,32 @@ def test_full_queue_is_503_and_does_not_block_predictions(tiny_model, png, png_i
     with make_client(tiny_model, attribution_workers=1, max_pending_jobs=1, attribution_timeout_s=20) as c:
         service = c.app.state.service
         slow_done = []
+        running, release = threading.Event(), threading.Event()
+        real_job = service._attribution_job
+
+        def held_job(*args, **kwargs):
+            # The first attribution holds the only worker until the test releases it,
+            # however fast the machine is.
+            running.set()
+            release.wait(30)
+            return real_job(*args, **kwargs)
+
+        service._attribution_job = held_job
+        # With one pending job allowed, the default model's preload must be over first.
+        for _ in range(200):
+            if c.get("/readyz").status_code == 200 and service.inference_pool.pending == 0:
+                break
+            time.sleep(0.05)
 
         def slow():
-            r = c.post("/v1/attributions?method=integrated_gradients&n_steps=256&internal_batch_size=2&auc_steps=0", files=files(png))
+            r = c.post("/v1/attributions?method=integrated_gradients&n_steps=8&auc_steps=0", files=files(png))
             slow_done.append(r.status_code)
 
         t = threading.Thread(target=slow)
         t.start()
         try:
-            for _ in range(500):
-                if service.attribution_pool.pending == 1:
-                    break
-                time.sleep(0.01)
+            assert running.wait(10), slow_done
+            assert service.attribution_pool.pending == 1
             r = c.post("/v1/attributions?method=saliency", files=files(png))
             body = assert_problem(r, 503, "queue is full")
             assert r.headers["retry-after"] == "1" and body["type"].endswith("server-busy")
@@ -143,6 +157,7 @@ def test_full_queue_is_503_and_does_not_block_predictions(tiny_model, png, png_i
             assert time.perf_counter() - started < 5
             assert slow_done == []
         finally:
+            release.set()
             t.join(60)
         assert slow_done == [200]
 
