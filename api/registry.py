@@ -14,9 +14,9 @@ recently used. Tests (and embedders) inject in-memory models::
 Model ids are only ever compared with the registry's list, never used as paths.
 
 Each loaded model has one *shared* instance (eval mode, channels_last) for
-activation captures (and predictions unless BatchNorm folding is on), which never
-carries hooks; with ``fuse_batchnorm`` a second, BatchNorm-folded copy
-(:func:`xception_core.fuse.fuse_for_inference`) serves predictions only; and private
+activation captures, which never carries hooks; a
+:class:`~xception_core.engine.Predictor` for predictions only (with ``fuse_batchnorm`` a
+BatchNorm-folded copy, run by the ``predict_backend`` that works here); and private
 *replicas* for attributions (Captum's DeepLift, GuidedBackprop and layer methods
 register hooks on modules; on a shared instance they would leak into
 concurrent requests).
@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from xception_core import weights
+from xception_core.engine import Predictor
 from xception_core.fuse import fuse_for_inference
 from xception_core.model import MIN_INPUT_SIZE, SeparableConv2d, Xception
 from xception_core.preprocess import PreprocessConfig
@@ -98,6 +99,9 @@ class LoadedModel:
         mixed_precision: bool,
         max_replicas: int,
         fuse_batchnorm: bool = False,
+        predict_backend: str = "eager",
+        predict_precision: str = "fp32",
+        margin: float = 0.05,
     ) -> None:
         self.card = card
         self.id = card.id
@@ -110,16 +114,22 @@ class LoadedModel:
             raise ValueError(f"{card.id}: input_size {self.input_size} is under Xception's minimum {MIN_INPUT_SIZE}")
         model.eval()
         self.model = model.to(device=device, memory_format=torch.channels_last)
-        # Predictions only (micro-batched /v1/predict): BatchNorm folded into the convolutions.
-        # Captures and attributions need the original's modules and keep ``self.model``.
-        self.predict_model: Xception = fuse_for_inference(self.model) if fuse_batchnorm else self.model
+        # Predictions only (micro-batched /v1/predict): BatchNorm folded into the convolutions, the
+        # fastest backend that works here. Captures and attributions need the original's modules
+        # and keep ``self.model``.
+        if predict_precision == "fp32" and mixed_precision and device.type == "cuda":
+            predict_precision = "fp16"
+        self.predictor = Predictor(
+            self.model, input_size=self.input_size, backend=predict_backend, precision=predict_precision,
+            fuse=fuse_batchnorm, margin=margin,
+        )
+        self.predict_model: Xception = self.predictor.model
         self.fused = bool(fuse_batchnorm)
         self.profile: ModelProfile = profile_model(card.config, self.input_size)
         self.separable: dict[str, SeparableConv2d] = self.model.separable_layers()
         self.separable_profile = {s.name: s for s in self.profile.separable}
-        self.mixed_precision = bool(mixed_precision) and device.type == "cuda"
-        self._replicas: list[Xception] = []
-        self._replica_count = 0
+        self._replicas: dict[bool, list[Xception]] = {False: [], True: []}  # by ``fused``
+        self._replica_count = {False: 0, True: 0}
         self._max_replicas = max(1, int(max_replicas))
         self._replica_lock = threading.Condition()
 
@@ -137,23 +147,31 @@ class LoadedModel:
         return (s.out_channels if part == "pointwise" else s.in_channels, int(h), int(w))
 
     @contextmanager
-    def replica(self) -> Iterator[Xception]:
-        """A private copy of the model for one attribution at a time (hooks stay private)."""
+    def replica(self, fused: bool = False) -> Iterator[Xception]:
+        """A private copy of the model for one attribution at a time (hooks stay private).
+
+        ``fused``: a BatchNorm-folded copy with frozen parameters
+        (:func:`~xception_core.fuse.fuse_for_inference`): the same function of the input, so the
+        same input attributions, computed faster (no BatchNorm layers, no weight gradients). Its
+        ``pointwise`` outputs include the BatchNorm, so layer methods need ``fused=False``. Each
+        kind has its own pool of at most ``max_replicas`` copies.
+        """
+        pool = self._replicas[bool(fused)]
         with self._replica_lock:
-            while not self._replicas and self._replica_count >= self._max_replicas:
+            while not pool and self._replica_count[bool(fused)] >= self._max_replicas:
                 self._replica_lock.wait()
-            if self._replicas:
-                model = self._replicas.pop()
+            if pool:
+                model = pool.pop()
             else:
-                self._replica_count += 1
+                self._replica_count[bool(fused)] += 1
                 model = None
         if model is None:
             try:
-                model = copy.deepcopy(self.model)
+                model = fuse_for_inference(self.model) if fused else copy.deepcopy(self.model)
             except BaseException:
                 with self._replica_lock:
-                    self._replica_count -= 1
-                    self._replica_lock.notify()
+                    self._replica_count[bool(fused)] -= 1
+                    self._replica_lock.notify_all()
                 raise
         try:
             yield model
@@ -168,8 +186,8 @@ class LoadedModel:
             model.zero_grad(set_to_none=True)
             model.eval()
             with self._replica_lock:
-                self._replicas.append(model)
-                self._replica_lock.notify()
+                pool.append(model)
+                self._replica_lock.notify_all()
 
 
 class ModelRegistry:
@@ -185,6 +203,9 @@ class ModelRegistry:
         mixed_precision: bool = True,
         max_replicas: int | None = None,
         fuse_batchnorm: bool | None = None,
+        predict_backend: str | None = None,
+        predict_precision: str | None = None,
+        margin: float | None = None,
     ) -> None:
         self.home = home
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
@@ -192,7 +213,12 @@ class ModelRegistry:
         self.include_weights = include_weights
         self.mixed_precision = mixed_precision
         self.max_replicas = max_replicas  # None: as many as the app has threads that use them
-        self.fuse_batchnorm = fuse_batchnorm  # None: the app's setting (``fuse_batchnorm``)
+        # None: the app's settings (``fuse_batchnorm``, ``predict_backend``, ``predict_precision``,
+        # ``mixed_precision_margin``)
+        self.fuse_batchnorm = fuse_batchnorm
+        self.predict_backend = predict_backend
+        self.predict_precision = predict_precision
+        self.margin = margin
         self._memory: dict[str, InMemoryModel] = {}
         for m in models:
             m.card()  # validate now
@@ -267,6 +293,11 @@ class ModelRegistry:
         with self._lock:
             return list(self._loaded)
 
+    def peek(self, model_id: str) -> LoadedModel | None:
+        """The loaded model, or None when it is not loaded (never loads, never reorders)."""
+        with self._lock:
+            return self._loaded.get(model_id)
+
     def get(self, model_id: str | None = None) -> LoadedModel:
         """The loaded model (loading it now if needed; blocking: call from a worker thread)."""
         model_id = model_id or self.default_id()
@@ -308,10 +339,14 @@ class ModelRegistry:
             model, card = weights.load_model(card.id, self.device, home=self.home)
         entry = LoadedModel(
             card, model, self.device, mixed_precision=self.mixed_precision, max_replicas=self.max_replicas or 1,
-            fuse_batchnorm=bool(self.fuse_batchnorm),
+            fuse_batchnorm=bool(self.fuse_batchnorm), predict_backend=self.predict_backend or "eager",
+            predict_precision=self.predict_precision or "fp32", margin=0.05 if self.margin is None else self.margin,
         )
+        engine = entry.predictor.info()
         log.info(
-            "loaded model %s on %s in %.0f ms", card.id, self.device, (time.perf_counter() - started) * 1000,
+            "loaded model %s on %s in %.0f ms; predictions: %s, %s%s", card.id, self.device,
+            (time.perf_counter() - started) * 1000, engine.backend, engine.precision,
+            "".join(f"; {note}" for note in engine.notes),
             extra={"model": card.id, "device": str(self.device)},
         )
         return entry

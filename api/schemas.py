@@ -52,6 +52,14 @@ class ModelList(BaseModel):
     models: list[ModelSummary]
 
 
+class EngineState(BaseModel):
+    backend: Literal["eager", "compile", "onnxruntime"] = Field(description="What computes the predictions.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(description="Precision of the predictions' forward pass.")
+    requested_backend: str = Field(description="The `predict_backend` setting.")
+    requested_precision: str = Field(description="The precision asked for (settings `predict_precision`, `predict_mixed_precision`).")
+    notes: list[str] = Field(description="Why what runs differs from what was asked for (fallbacks), if it does.")
+
+
 class ModelDetail(ModelSummary):
     config: dict[str, Any] = Field(description="Architecture configuration (XceptionConfig).")
     preprocess: dict[str, Any] = Field(description="Evaluation preprocessing (resize, crop, mean, std).")
@@ -59,6 +67,9 @@ class ModelDetail(ModelSummary):
     total_macs: int = Field(description="Multiply-accumulates of one forward pass at `input_size`.")
     separable_layers: list[str] = Field(description="Names of the separable convolutions, in forward order.")
     extra: dict[str, Any] = Field(default_factory=dict)
+    engine: EngineState | None = Field(
+        None, description="How predictions run while the model is loaded; null when it is not loaded."
+    )
 
 
 class LayerRow(BaseModel):
@@ -117,7 +128,10 @@ class PredictResponse(BaseModel):
     image_id: str = Field(description="sha256 (hex) of the uploaded bytes.")
     model: str
     device: str
-    precision: Literal["fp32", "mixed"] = Field(description="`mixed` when float16 autocast produced the result (CUDA).")
+    precision: Literal["fp32", "mixed", "bf16"] = Field(
+        description="`mixed` when float16 autocast produced the result (CUDA), `bf16` for bfloat16 autocast "
+        "(setting `predict_precision`); `fp32` otherwise, including near-ties recomputed in float32."
+    )
     cached: bool = Field(description="Whether the logits came from the cache.")
     predictions: list[PredictionItem]
     timing_ms: float = Field(description="Server time for this request, in milliseconds.")

@@ -15,8 +15,9 @@ cache (:mod:`api.cache`):
   channel selection, colour map and format);
 * ``("channel_importance", model key, sha256, layer, part, target)``: per-channel scores.
 
-Precision: predictions run under ``torch.inference_mode`` in channels_last,
-float16 autocast on CUDA when enabled (with the top-5 guard described in the
+Precision: predictions run through the loaded model's
+:class:`~xception_core.engine.Predictor` (``predict_backend``, ``predict_precision``: float32,
+or bfloat16 / float16 autocast where the hardware has it, with the top-5 guard described in the
 settings); captures under ``torch.no_grad``; attributions with autograd in
 float32 (``precision=mixed`` asks for float16 autocast on CUDA) on a private
 replica of the model, whose forward passes check the request's deadline.
@@ -50,6 +51,9 @@ from .metrics import Metrics
 from .registry import LoadedModel, ModelRegistry
 from .settings import Settings
 from .workers import Deadline, DeadlineExceeded, WorkPool
+
+#: The response's ``precision`` for each predictor precision (``mixed`` predates bf16: float16).
+PRECISION_LABELS = {"fp32": "fp32", "fp16": "mixed", "bf16": "bf16"}
 
 log = logging.getLogger("api.service")
 
@@ -129,8 +133,15 @@ class Service:
         self._batcher_entries: dict[str, LoadedModel] = {}
         self.cache_dtype = torch.float16 if settings.cache_activation_dtype == "float16" else torch.float32
         registry.on_change = lambda n: metrics.models_loaded.set(n)
-        if registry.fuse_batchnorm is None:  # an explicit choice of the registry's builder wins
+        # an explicit choice of the registry's builder wins
+        if registry.fuse_batchnorm is None:
             registry.fuse_batchnorm = settings.fuse_batchnorm
+        if registry.predict_backend is None:
+            registry.predict_backend = settings.predict_backend
+        if registry.predict_precision is None:
+            registry.predict_precision = settings.predict_precision
+        if registry.margin is None:
+            registry.margin = settings.mixed_precision_margin
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -206,28 +217,14 @@ class Service:
 
     def _run_predict_batch(self, entry: LoadedModel, xs: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, str]]:
         started = time.perf_counter()
-        batch = self._batch_input(torch.stack(list(xs)), entry)
-        mixed = entry.mixed_precision and self.settings.predict_mixed_precision
-        model = entry.predict_model  # BatchNorm-folded when fuse_batchnorm (never carries hooks)
-        with torch.inference_mode():
-            if mixed:
-                with torch.autocast(device_type=entry.device.type, dtype=torch.float16):
-                    logits = model(batch).float()
-                k = min(6, logits.shape[1])
-                top = logits.topk(k, dim=1).values
-                gaps = (top[:, :-1] - top[:, 1:]).min(dim=1).values if k > 1 else torch.full((len(xs),), math.inf, device=logits.device)
-                redo = (gaps < self.settings.mixed_precision_margin) | ~torch.isfinite(logits).all(dim=1)
-                if bool(redo.any()):
-                    logits[redo] = model(batch[redo]).float()
-                    self.metrics.amp_fallbacks.inc(int(redo.sum()))
-                precision = ["fp32" if bool(r) else "mixed" for r in redo.cpu()]
-            else:
-                logits = model(batch).float()
-                precision = ["fp32"] * len(xs)
-            logits = logits.cpu()
+        predictor = entry.predictor
+        logits, reduced = predictor.predict(torch.stack(list(xs)))
+        if predictor.precision != "fp32" and not bool(reduced.all()):
+            self.metrics.amp_fallbacks.inc(int((~reduced).sum()))
+        label = PRECISION_LABELS[predictor.precision]
         self.metrics.inference.labels(self.device, entry.id, "predict").observe(time.perf_counter() - started)
-        out = logits.clone()  # an ordinary tensor (outside inference mode)
-        return [(out[i].clone(), precision[i]) for i in range(len(xs))]
+        out = logits.cpu().clone()  # an ordinary tensor (outside inference mode)
+        return [(out[i].clone(), label if bool(reduced[i]) else "fp32") for i in range(len(xs))]
 
     def _batcher(self, entry: LoadedModel) -> MicroBatcher:
         batcher = self._batchers.get(entry.key)
@@ -684,7 +681,10 @@ class Service:
                 raise DeadlineExceeded(deadline.kind)
 
         started = time.perf_counter()
-        with entry.replica() as model:
+        # Input methods get the BatchNorm-folded replica when folding is on: the same function
+        # of the image, so the same attribution, faster. Layer methods need the original's parts.
+        fused = entry.fused and not core_attr.get_method(method).layer_method
+        with entry.replica(fused=fused) as model:
             model.register_forward_pre_hook(check_deadline)  # the replica is private; its hooks are cleared after use
             autocast = (
                 torch.autocast(device_type="cuda", dtype=torch.float16)

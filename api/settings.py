@@ -52,6 +52,19 @@ class Settings(BaseSettings):
         description="On CUDA, predict under float16 autocast. An image whose six best logits lie closer "
         "than `mixed_precision_margin` is recomputed in float32, so the top-5 equals the float32 top-5.",
     )
+    predict_backend: Literal["auto", "eager", "compile", "onnxruntime"] = Field(
+        "auto",
+        description="What computes predictions: `eager` PyTorch; `compile` (torch.compile, compiled when the "
+        "model loads); `onnxruntime` (the model exported to ONNX in memory, CPU, float32); `auto` = onnxruntime "
+        "on the CPU when installed and `predict_precision` is fp32, else eager. A backend that fails its "
+        "check falls back to eager (`GET /v1/models/{id}` says why). Activations and attributions always use PyTorch.",
+    )
+    predict_precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="`bf16`: predict under bfloat16 autocast where the hardware computes it natively (CUDA GPUs "
+        "with bf16, CPUs with AVX512-BF16 or AMX; elsewhere float32, and `GET /v1/models/{id}` says why), "
+        "with the same float32 guard as `predict_mixed_precision`.",
+    )
     fuse_batchnorm: bool = Field(
         True,
         description="Predict with a copy of the model whose BatchNorms are folded into the convolutions "

@@ -17,6 +17,7 @@ verification needs ``onnxruntime`` as well.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import uuid
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import nn
 
 if TYPE_CHECKING:
     from .model import Xception
@@ -103,6 +105,34 @@ def card_metadata(card: ModelCard) -> dict[str, str]:
     }
 
 
+def onnx_bytes(model: nn.Module, *, input_size: int, opset: int = DEFAULT_OPSET) -> bytes:
+    """``model`` (eval mode, float32) as an ONNX graph in memory, with a dynamic batch dimension.
+
+    No file is written; :func:`write_onnx` adds metadata and the checker on top, and
+    :mod:`xception_core.engine` hands the bytes straight to onnxruntime. Leaves ``model`` in eval mode.
+    """
+    model.eval()
+    param = next(model.parameters())
+    in_chans = model.config.in_chans if hasattr(model, "config") else param.shape[1]
+    # batch 2 while tracing: nothing may specialise on a batch of 1
+    example = torch.zeros(2, in_chans, input_size, input_size, dtype=torch.float32, device=param.device)
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            model.float(),
+            (example,),
+            buffer,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}},
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+    return buffer.getvalue()
+
+
 def write_onnx(
     model: Xception,
     path: str | os.PathLike[str],
@@ -123,28 +153,11 @@ def write_onnx(
     if not out.parent.is_dir():
         raise ExportError(f"{out.parent}: no such directory")
     was_training = model.training
-    model = model.eval()
-    param = next(model.parameters())
     # a hidden name beside the target (same file system, so os.replace is atomic), created
     # by the writers themselves with the usual permissions
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
     try:
-        # batch 2 while tracing: nothing may specialise on a batch of 1
-        example = torch.zeros(2, model.config.in_chans, input_size, input_size, dtype=torch.float32, device=param.device)
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-            torch.onnx.export(
-                model.float(),
-                (example,),
-                str(tmp),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}},
-                opset_version=opset,
-                dynamo=False,
-                do_constant_folding=True,
-            )
-        proto = onnx.load(str(tmp))
+        proto = onnx.load_from_string(onnx_bytes(model, input_size=input_size, opset=opset))
         if metadata:
             onnx.helper.set_model_props(proto, dict(metadata))
         proto.doc_string = "Xception (Chollet, CVPR 2017) classifier exported by xception-explorer"

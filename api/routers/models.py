@@ -60,6 +60,7 @@ def build(settings: Settings) -> APIRouter:
             "total_macs": profile.total_macs,
             "separable_layers": [s.name for s in profile.separable],
             "extra": card.extra,
+            "engine": entry.predictor.info().to_dict() if (entry := service.registry.peek(card.id)) else None,
         }
 
     @router.get("/{model_id}/layers", response_model=LayerTable, summary="Layer table", responses=problems(401, 404))

@@ -11,6 +11,7 @@ from PIL import Image
 
 from apihelpers import INPUT_SIZE, assert_problem, files, load_npy, preprocess
 from xception_core.attributions import METHODS, Attributor
+from xception_core.fuse import fuse_for_inference
 from apifixtures import *  # noqa: F401,F403 -- the shared fixtures
 
 LAYER = "exit.block8.sep1"
@@ -38,7 +39,9 @@ def test_every_method_equals_a_direct_attributor_call(client, entry, png, method
     served = load_npy(r.content)
     kwargs = {"auc_steps": 2, **CHEAP.get(method, {})}
     layer = dict(layer=LAYER, part="pointwise") if METHODS[method].layer_method else {}
-    direct = Attributor(entry.model).attribute(preprocess(png), method, target=3, **layer, **kwargs)
+    # the service attributes to the input with the BatchNorm-folded replica (fuse_batchnorm)
+    model = entry.model if layer else fuse_for_inference(entry.model)
+    direct = Attributor(model).attribute(preprocess(png), method, target=3, **layer, **kwargs)
     assert served.shape == tuple(direct.attribution.shape)
     torch.testing.assert_close(torch.from_numpy(served), direct.attribution, rtol=1e-5, atol=1e-7)
     assert r.headers["x-target"] == "3"
@@ -51,7 +54,7 @@ def test_json_answer_has_overlay_timing_quality_and_the_predicted_target(client,
     with torch.no_grad():
         predicted = int(entry.model(x).argmax())
     assert body["target"] == predicted == body["predicted"] and body["target_source"] == "predicted"
-    direct = Attributor(entry.model).attribute(x, "integrated_gradients", n_steps=8, internal_batch_size=8, auc_steps=2, infidelity=True)
+    direct = Attributor(fuse_for_inference(entry.model)).attribute(x, "integrated_gradients", n_steps=8, internal_batch_size=8, auc_steps=2, infidelity=True)
     for key in ("convergence_delta", "deletion_auc", "insertion_auc", "infidelity"):
         assert body["quality"][key] == pytest.approx(direct.quality[key], rel=1e-4, abs=1e-6), key
     assert body["params"]["n_steps"] == 8 and body["params"]["baseline"] == "zero"

@@ -11,6 +11,7 @@ from PIL import Image, ImageEnhance
 
 from apihelpers import encode, files, load_npy, make_app, preprocess
 from xception_core.attributions import Attributor
+from xception_core.fuse import fuse_for_inference
 from apifixtures import *  # noqa: F401,F403 -- the shared fixtures
 
 
@@ -84,8 +85,9 @@ def test_8_concurrent_attributions_are_all_correct(tiny_model, variants):
     responses = asyncio.run(_gather(app, requests))
     assert [r.status_code for r in responses] == [200] * 8, [r.text[:200] for r in responses]
     model = app.state.registry.get("tiny").model
+    fused = fuse_for_inference(model)  # what the service attributes to the input with
     for (method, params), r, i in zip(CASES, responses, range(8)):
-        direct = Attributor(model).attribute(preprocess(variants[i * 4]), method, auc_steps=0, **params)
+        direct = Attributor(model if "layer" in params else fused).attribute(preprocess(variants[i * 4]), method, auc_steps=0, **params)
         torch.testing.assert_close(torch.from_numpy(load_npy(r.content)), direct.attribution, rtol=1e-5, atol=1e-7)
     # hooks never leaked onto the shared model
     assert all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks for m in model.modules())

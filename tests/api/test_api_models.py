@@ -251,3 +251,39 @@ def test_readyz_reports_a_broken_registry_as_503(tiny_model, monkeypatch):
     with TestClient(app, raise_server_exceptions=False) as c:
         assert_problem(c.get("/readyz"), 503, "cannot read the model cards")
         assert c.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "settings, backend, precision, note",
+    [
+        ({}, "onnxruntime", "fp32", None),
+        ({"predict_backend": "eager"}, "eager", "fp32", None),
+        ({"predict_precision": "bf16"}, "onnxruntime", "fp32", "bf16 not used"),  # no native bf16 here: fp32, fastest backend
+    ],
+)
+def test_model_detail_says_how_predictions_run(tiny_model, png, settings, backend, precision, note):
+    from xception_core.engine import native_reduced_precision
+
+    import torch
+
+    if note and native_reduced_precision("bf16", torch.device("cpu")) is None:
+        backend, precision, note = "eager", "bf16", None  # a CPU with AVX512-BF16 / AMX
+    with make_client(tiny_model, preload_default_model=False, **settings) as c:
+        assert c.get(f"/v1/models/{MODEL_ID}").json()["engine"] is None  # not loaded yet
+        r = c.post("/v1/predict", files=files(png))
+        assert r.status_code == 200 and r.json()["precision"] == "fp32"
+        engine = c.get(f"/v1/models/{MODEL_ID}").json()["engine"]
+    assert engine["backend"] == backend and engine["precision"] == precision
+    assert engine["requested_backend"] == settings.get("predict_backend", "auto")
+    assert engine["requested_precision"] == settings.get("predict_precision", "fp32")
+    assert (note is None and engine["notes"] == []) or (note is not None and note in engine["notes"][0])
+
+
+@pytest.mark.parametrize("name, value", [("predict_backend", "tensorrt"), ("predict_precision", "int8")])
+def test_bad_engine_settings_are_refused(name, value):
+    from pydantic import ValidationError
+
+    from api.settings import Settings
+
+    with pytest.raises(ValidationError, match=name):
+        Settings(**{name: value})
