@@ -674,7 +674,7 @@ class Service:
 
     def _attribute(
         self, entry: LoadedModel, x: torch.Tensor, method: str, target: int | None, layer: str | None, part: str | None,
-        params: dict[str, Any], precision: str, deadline: Deadline | None,
+        params: dict[str, Any], precision: str, deadline: Deadline | None, logits: torch.Tensor | None = None,
     ) -> core_attr.AttributionResult:
         def check_deadline(_module: Any, _args: Any) -> None:
             if deadline is not None and deadline.expired():
@@ -692,7 +692,9 @@ class Service:
                 else nullcontext()
             )
             with autocast:
-                result = core_attr.Attributor(model).attribute(x[None], method, target=target, layer=layer, part=part, **params)
+                result = core_attr.Attributor(model).attribute(
+                    x[None], method, target=target, layer=layer, part=part, logits=logits, **params
+                )
         self.metrics.attribution.labels(self.device, method).observe(time.perf_counter() - started)
         return result
 
@@ -736,7 +738,11 @@ class Service:
     ) -> dict[str, Any] | BinaryResult:
         x, _ = self._input(entry, upload)
         deadline.check()
-        r = self._attribute(entry, x, method, target, layer, part, params, precision, deadline)
+        # A float32 prediction of this image (the usual flow: predict, then explain) saves the
+        # attribution its own prediction forward.
+        cached = self.cache.peek(("logits", entry.key, upload.sha))
+        logits = cached[0] if cached is not None and cached[1] == "fp32" and precision == "fp32" else None
+        r = self._attribute(entry, x, method, target, layer, part, params, precision, deadline, logits)
         target_source = "requested" if target is not None else "predicted"
         headers = {
             "X-Image-Id": upload.sha,

@@ -1,24 +1,29 @@
-"""Latency of the REST API against timm's in-process prediction, in the same run.
+"""The REST API end to end against our own forward pass and timm's, in the same session.
 
-    python benchmarks/bench_api.py [--model random-paper|random-small|<model id>] [--n 40]
-                                   [--ig-runs 3] [--ig-steps 16] [--json]
+    python benchmarks/bench_api.py [--model random-paper|random-small|<model id>] [--n 30]
+                                   [--clients 8] [--per-client 6] [--ig-runs 1] [--ig-steps 32]
+                                   [--threads N] [--env KEY=VALUE ...] [--json]
 
-Starts the API in a subprocess on 127.0.0.1 (see ``soak.py``) and measures, from this
-process over loopback:
+Starts the API in a subprocess on 127.0.0.1 (see ``soak.py``; ``--env`` passes settings such
+as ``XCEPTION_BATCH_MAX_WAIT_MS=2``) and measures, from this process over loopback:
 
-* ``POST /v1/predict`` p50 / p95 on images it has not seen (upload, decode, preprocessing,
-  forward, top-5: the cache cannot help), one request at a time, and the same on repeated
-  images (logits from the cache);
-* timm's in-process prediction of the same images in this process, same work without HTTP:
-  decode (PIL), timm's eval transform, ``legacy_xception`` forward (random weights, eval,
-  channels_last, inference_mode), softmax top-5 -- for ``random-paper``, the same
-  architecture and input size as the API's model;
-* the latency of one layer's maps once the layer is cached (``/v1/activations``: JSON
-  with tiles, and NPY), after a first, uncached call;
-* Integrated Gradients latency (``--ig-steps`` steps, internal batch 8, no AUC).
+* ``POST /v1/predict`` of 640x480 JPEGs it has not seen (upload, decode, resize, crop,
+  forward, top-5; the cache cannot help), one request at a time: p50 / p95;
+* the same images again (logits from the cache);
+* one layer's maps once cached (``/v1/activations``: JSON with tiles, and NPY) after a
+  first, uncached call;
+* throughput and latency percentiles (p50 / p99) of ``--clients`` concurrent clients, each
+  posting ``--per-client`` new images, against one client posting the same number of new
+  images; errors counted;
+* Integrated Gradients through the API (``--ig-steps`` steps, the API's defaults otherwise).
 
-Both sides use ``--threads`` torch threads (default 1: the development machine has 2
-shared cores; the server gets ``XCEPTION_TORCH_THREADS``).
+After the server has stopped, in this process with the same number of threads:
+
+* **our own forward**: the same model through the same
+  :class:`~xception_core.engine.Predictor` backend the server reports, on one preprocessed
+  image -- the baseline of the ``/v1/predict`` target (at most 1.15x);
+* timm's in-process prediction of the same JPEGs (for ``random-paper``): decode (PIL), timm's
+  eval transform, ``legacy_xception`` forward (channels_last, inference_mode), top-5.
 """
 
 from __future__ import annotations
@@ -27,33 +32,123 @@ import argparse
 import io
 import json
 import os
-import platform
 import sys
+import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from soak import Server, make_images, percentile  # noqa: E402
+from bench_forward import machine  # noqa: E402
+from soak import Server, percentile  # noqa: E402
 
 
 def stats(ms: list[float]) -> dict[str, float]:
-    return {"n": len(ms), "p50": percentile(ms, 0.5), "p95": percentile(ms, 0.95), "mean": sum(ms) / len(ms)}
+    return {
+        "n": len(ms),
+        "p50": percentile(ms, 0.5),
+        "p95": percentile(ms, 0.95),
+        "p99": percentile(ms, 0.99),
+        "mean": sum(ms) / len(ms),
+    }
 
 
-def timed_posts(client, path: str, payloads: list[bytes], field: str = "image") -> list[float]:
+def make_jpegs(n: int, seed: int, width: int = 640, height: int = 480) -> list[bytes]:
+    """Distinct 640x480 photographs-like JPEGs: scikit-image's sample photos, shifted and tinted."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
+    rng = np.random.default_rng(seed)
     out = []
-    for data in payloads:
-        t0 = time.perf_counter()
-        r = client.post(path, files={field: ("img", data, "application/octet-stream")})
-        out.append((time.perf_counter() - t0) * 1000)
-        if r.status_code != 200:
-            raise RuntimeError(f"{path}: {r.status_code} {r.text[:300]}")
+    for i in range(n):
+        img = Image.fromarray(photos[i % len(photos)]).resize((width + 64, height + 64), Image.BICUBIC)
+        dx, dy = rng.integers(0, 64, 2)
+        tint = rng.uniform(0.8, 1.2, 3)
+        arr = np.clip(np.asarray(img.crop((dx, dy, dx + width, dy + height)), dtype=np.float32) * tint, 0, 255)
+        buf = io.BytesIO()
+        Image.fromarray(arr.astype("uint8")).save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
     return out
 
 
-def timm_inprocess(images: list[bytes], input_size: int, threads: int) -> dict[str, float] | None:
+def post(client, path: str, data: bytes) -> float:
+    t0 = time.perf_counter()
+    r = client.post(path, files={"image": ("img.jpg", data, "image/jpeg")})
+    ms = (time.perf_counter() - t0) * 1000
+    if r.status_code != 200:
+        raise RuntimeError(f"{path}: {r.status_code} {r.text[:300]}")
+    return ms
+
+
+def sequential(client, path: str, payloads: list[bytes]) -> list[float]:
+    return [post(client, path, data) for data in payloads]
+
+
+def concurrent(url: str, path: str, groups: list[list[bytes]]) -> dict:
+    """One client thread per group, all started together; throughput over the whole run."""
+    import httpx
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(len(groups) + 1)
+
+    def client(payloads: list[bytes]) -> None:
+        with httpx.Client(base_url=url, timeout=600) as c:
+            barrier.wait()
+            for data in payloads:
+                try:
+                    ms = post(c, path, data)
+                    with lock:
+                        latencies.append(ms)
+                except Exception as exc:  # noqa: BLE001 -- counted and reported
+                    with lock:
+                        errors.append(str(exc)[:200])
+
+    threads = [threading.Thread(target=client, args=(g,)) for g in groups]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    done = len(latencies)
+    return {"clients": len(groups), "requests": done, "errors": len(errors), "error_samples": errors[:3],
+            "wall_s": wall, "throughput_rps": done / wall if wall else 0.0, **({} if not latencies else stats(latencies))}
+
+
+def own_forward(model_name: str, input_size: int, backend: str, precision: str, images: list[bytes]) -> dict | None:
+    """Our model, built as the server built it, through the same backend: forward of one image."""
+    import torch
+
+    from xception_core.engine import Predictor
+    from xception_core.model import Xception, XceptionConfig
+    from xception_core.preprocess import PreprocessConfig, decode_image, eval_transform
+
+    if not model_name.startswith("random-"):
+        return None
+    torch.manual_seed(0)  # as soak.serve
+    if model_name == "random-paper":
+        config = XceptionConfig()
+    else:
+        config = XceptionConfig(num_classes=10, stem_channels=(16, 32), entry_channels=(32, 64, 128), middle_repeats=4, exit_channels=(160, 192, 256))
+    predictor = Predictor(Xception(config).eval(), input_size=input_size, backend=backend, precision=precision)
+    transform = eval_transform(PreprocessConfig(input_size=input_size))
+    xs = [transform(decode_image(data))[None] for data in images]
+    predictor(xs[0])  # warm-up
+    ms = []
+    for x in xs:
+        t0 = time.perf_counter()
+        predictor(x)
+        ms.append((time.perf_counter() - t0) * 1000)
+    return {"backend": predictor.backend, **stats(ms)}
+
+
+def timm_inprocess(images: list[bytes], input_size: int) -> dict[str, float] | None:
     try:
         import timm
         import torch
@@ -61,7 +156,6 @@ def timm_inprocess(images: list[bytes], input_size: int, threads: int) -> dict[s
         from timm.data import create_transform, resolve_data_config
     except ImportError:
         return None
-    torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = timm.create_model("legacy_xception", pretrained=False).eval().to(memory_format=torch.channels_last)
     cfg = resolve_data_config({"input_size": (3, input_size, input_size), "crop_pct": 0.8975, "interpolation": "bicubic", "mean": (0.5,) * 3, "std": (0.5,) * 3})
@@ -87,60 +181,100 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="random-paper")
     p.add_argument("--input-size", type=int, default=None, help="random models only (default 299 paper, 128 small)")
-    p.add_argument("--n", type=int, default=40, help="predictions per measurement (1..1000)")
-    p.add_argument("--ig-runs", type=int, default=3)
-    p.add_argument("--ig-steps", type=int, default=16)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--n", type=int, default=30, help="sequential predictions per measurement (1..1000)")
+    p.add_argument("--clients", type=int, default=8, help="concurrent clients (1..64)")
+    p.add_argument("--per-client", type=int, default=6, help="new images each concurrent client posts (1..100)")
+    p.add_argument("--ig-runs", type=int, default=1)
+    p.add_argument("--ig-steps", type=int, default=32)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads, server and this process")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra server environment (settings)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     n = min(max(args.n, 1), 1000)
+    clients = min(max(args.clients, 1), 64)
+    per_client = min(max(args.per_client, 1), 100)
     import httpx
+    import torch
 
-    images = make_images(n + 1, size=400, seed=7)
-    report: dict = {"python": platform.python_version(), "cpus": os.cpu_count(), "threads": args.threads, "model": args.model}
-    with Server(args.model, args.input_size, env={"XCEPTION_TORCH_THREADS": str(args.threads)}) as server:
+    torch.set_num_threads(args.threads)
+    env = {"XCEPTION_TORCH_THREADS": str(args.threads)}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("XCEPTION_"):
+            p.error(f"--env wants XCEPTION_NAME=VALUE, got {item!r}")
+        env[key] = value
+    images = make_jpegs(1 + n + clients * per_client * 2, seed=7)
+    warm, seq, rest = images[0], images[1 : 1 + n], images[1 + n :]
+    one_client, many_clients = rest[: clients * per_client], rest[clients * per_client :]
+    report: dict = {"machine": machine(), "model": args.model, "env": env, "image": "640x480 JPEG, quality 90"}
+    with Server(args.model, args.input_size, env=env) as server:
         server.wait_ready()
         with httpx.Client(base_url=server.url, timeout=600) as c:
             model = c.get("/v1/models").json()["default_model"]
             card = c.get(f"/v1/models/{model}").json()
-            size = card["input_size"]
-            layers = card["separable_layers"]
-            report.update({"served_model": model, "input_size": size, "device": c.get("/readyz").json()["device"]})
-            timed_posts(c, "/v1/predict", images[:1])  # warm-up
-            report["predict_new_ms"] = stats(timed_posts(c, "/v1/predict", images[1:]))
-            report["predict_cached_ms"] = stats(timed_posts(c, "/v1/predict", images[1:]))
-
+            size, layers = card["input_size"], card["separable_layers"]
+            post(c, "/v1/predict", warm)
+            engine = c.get(f"/v1/models/{model}").json()["engine"]
+            report.update({"served_model": model, "input_size": size, "device": c.get("/readyz").json()["device"], "engine": engine})
+            report["predict_new_ms"] = stats(sequential(c, "/v1/predict", seq))
+            report["predict_cached_ms"] = stats(sequential(c, "/v1/predict", seq))
             layer = layers[len(layers) // 2]
-            img = images[1]
-            first = timed_posts(c, f"/v1/activations?layer={layer}&part=depthwise&top=16", [img])[0]
+            maps = f"/v1/activations?layer={layer}&part=depthwise&top=16"
             report["layer_maps"] = {
                 "layer": layer,
-                "first_call_ms": first,
-                "cached_json_ms": stats(timed_posts(c, f"/v1/activations?layer={layer}&part=depthwise&top=16", [img] * 10)),
-                "cached_npy_ms": stats(timed_posts(c, f"/v1/activations?layer={layer}&part=pointwise&top=16&format=npy", [img] * 10)),
+                "first_call_ms": post(c, maps, seq[0]),
+                "cached_json_ms": stats(sequential(c, maps, [seq[0]] * 20)),
+                "cached_npy_ms": stats(sequential(c, maps + "&format=npy", [seq[0]] * 20)),
             }
-            ig = f"/v1/attributions?method=integrated_gradients&n_steps={args.ig_steps}&internal_batch_size=8&auc_steps=0"
-            report["integrated_gradients_ms"] = {"n_steps": args.ig_steps, **stats(timed_posts(c, ig, images[2 : 2 + max(1, args.ig_runs)]))}
+            if args.ig_runs > 0:
+                ig = f"/v1/attributions?method=integrated_gradients&n_steps={args.ig_steps}&auc_steps=0"
+                report["integrated_gradients_ms"] = {"n_steps": args.ig_steps, **stats(sequential(c, ig, seq[1 : 1 + args.ig_runs]))}
+        report["one_client"] = concurrent(server.url, "/v1/predict", [one_client])
+        report["many_clients"] = concurrent(server.url, "/v1/predict", [many_clients[i::clients] for i in range(clients)])
+    report["own_forward_ms"] = own_forward(args.model, size, engine["backend"], engine["precision"], seq)
     if args.model == "random-paper":
-        report["timm_inprocess_ms"] = timm_inprocess(images[1:], report["input_size"], args.threads)
+        report["timm_inprocess_ms"] = timm_inprocess(seq, size)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"model {report['served_model']} at {report['input_size']} px on {report['device']}, {args.threads} torch thread(s), "
-          f"python {report['python']}, {report['cpus']} CPUs")
-    rows = [("POST /v1/predict, new images", report["predict_new_ms"]), ("POST /v1/predict, cached", report["predict_cached_ms"])]
-    if report.get("timm_inprocess_ms"):
-        rows.append(("timm legacy_xception in-process", report["timm_inprocess_ms"]))
-    rows += [
-        (f"layer maps, cached, JSON ({report['layer_maps']['layer']})", report["layer_maps"]["cached_json_ms"]),
-        ("layer maps, cached, NPY", report["layer_maps"]["cached_npy_ms"]),
-        (f"integrated gradients, {args.ig_steps} steps", report["integrated_gradients_ms"]),
-    ]
-    print(f"{'measurement':<48} {'n':>4} {'p50 ms':>9} {'p95 ms':>9}")
-    for name, s in rows:
-        print(f"{name:<48} {s['n']:>4} {s['p50']:>9.1f} {s['p95']:>9.1f}")
-    print(f"first (uncached) layer-maps call: {report['layer_maps']['first_call_ms']:.1f} ms")
+    print_report(report, args)
     return 0
+
+
+def print_report(report: dict, args) -> None:
+    m = report["machine"]
+    e = report["engine"]
+    print(f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {args.threads} torch thread(s) in server and "
+          f"bench; model {report['served_model']} at {report['input_size']} px on {report['device']}, predictions by "
+          f"{e['backend']} ({e['precision']}); {report['image']}; server environment {report['env']}.\n")
+    print("| measurement | n | p50 ms | p95 ms | ratio |")
+    print("| --- | --- | --- | --- | --- |")
+    own = report.get("own_forward_ms")
+    new = report["predict_new_ms"]
+    rows = [("POST /v1/predict, new images", new, f"{new['p50'] / own['p50']:.2f}x own forward" if own else "")]
+    if own:
+        rows.append((f"own forward ({own['backend']}), same process as timm", own, "1.00x (baseline)"))
+    rows.append(("POST /v1/predict, cached logits", report["predict_cached_ms"], ""))
+    if report.get("timm_inprocess_ms"):
+        t = report["timm_inprocess_ms"]
+        rows.append(("timm in-process: decode, transform, forward, top-5", t, f"{new['p50'] / t['p50']:.2f}x: API / timm"))
+    lm = report["layer_maps"]
+    rows += [(f"layer maps, cached, JSON ({lm['layer']})", lm["cached_json_ms"], ""), ("layer maps, cached, NPY", lm["cached_npy_ms"], "")]
+    if report.get("integrated_gradients_ms"):
+        rows.append((f"Integrated Gradients via the API, {report['integrated_gradients_ms']['n_steps']} steps", report["integrated_gradients_ms"], ""))
+    for name, s, ratio in rows:
+        print(f"| {name} | {s['n']} | {s['p50']:.1f} | {s['p95']:.1f} | {ratio} |")
+    print(f"\nFirst (uncached) layer-maps call: {lm['first_call_ms']:.1f} ms.\n")
+    print("| clients | requests | errors | throughput img/s | p50 ms | p99 ms |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for key in ("one_client", "many_clients"):
+        r = report[key]
+        print(f"| {r['clients']} | {r['requests']} | {r['errors']} | {r['throughput_rps']:.2f} | {r.get('p50', float('nan')):.0f} | {r.get('p99', float('nan')):.0f} |")
+    one, many = report["one_client"], report["many_clients"]
+    if one["throughput_rps"]:
+        print(f"\n{many['clients']} clients / 1 client throughput: {many['throughput_rps'] / one['throughput_rps']:.2f}x")
+    for sample in many["error_samples"]:
+        print(f"error: {sample}")
 
 
 if __name__ == "__main__":

@@ -504,3 +504,68 @@ def test_attribution_overlay_end_to_end(attributor, x):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _png(overlay_png(image, r.heatmap)).size == (SIZE, SIZE)
+
+
+# --- forwards saved: known logits, the method's own forward -----------------------
+
+
+def _counting(model):
+    calls = []
+    handle = model.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    return calls, handle
+
+
+def test_known_logits_save_the_prediction_forward(model, x):
+    with torch.no_grad():
+        logits = model(x)[0] + 0.0
+    calls, handle = _counting(model)
+    try:
+        given = Attributor(model).attribute(x, "saliency", logits=logits, auc_steps=0)
+    finally:
+        handle.remove()
+    assert calls == [1]  # the method's forward only
+    probs = torch.softmax(logits, 0)
+    assert given.predicted == int(probs.argmax()) == given.target
+    assert given.probability == pytest.approx(float(probs.max()), rel=1e-6)
+    plain = Attributor(model).attribute(x, "saliency", auc_steps=0)
+    close(given.attribution, plain.attribution)
+
+
+def test_a_known_target_takes_the_probabilities_from_the_method_s_forward(model, x):
+    calls, handle = _counting(model)
+    try:
+        result = Attributor(model).attribute(x, "layer_gradcam", target=TARGET, layer=LAYER, part="pointwise", auc_steps=0)
+    finally:
+        handle.remove()
+    assert calls == [1]
+    with torch.no_grad():
+        probs = torch.softmax(model(x), 1)[0]
+    assert result.probability == pytest.approx(float(probs[TARGET]), rel=1e-5)
+    assert result.predicted == int(probs.argmax())
+    assert not model._forward_hooks  # the recording hook is gone
+
+
+@pytest.mark.parametrize("method, forwards", [("integrated_gradients", [4, 1, 1]), ("gradient_shap", [4, 1])])
+def test_methods_without_a_plain_forward_of_the_image_report_its_prediction(model, x, method, forwards):
+    """Integrated Gradients' path points never equal the image, but its convergence delta runs
+    the baseline and the image (no forward of ours); GradientSHAP's noisy points never equal it
+    (one forward of ours)."""
+    calls, handle = _counting(model)
+    params = {"n_steps": 4, "internal_batch_size": 4} if method == "integrated_gradients" else {"n_samples": 4}
+    try:
+        result = Attributor(model).attribute(x, method, target=TARGET, auc_steps=0, **params)
+    finally:
+        handle.remove()
+    assert calls == forwards
+    with torch.no_grad():
+        probs = torch.softmax(model(x), 1)[0]
+    assert result.probability == pytest.approx(float(probs[TARGET]), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "logits, message",
+    [(torch.zeros(3), "classes"), (torch.zeros(2, 7), "one row"), (torch.full((7,), float("nan")), "NaN"), ([0.0] * 7, "one row")],
+)
+def test_bad_logits_are_refused(model, x, logits, message):
+    with pytest.raises(InputError, match=message):
+        Attributor(model).attribute(x, "saliency", logits=logits)

@@ -131,3 +131,33 @@ def test_registry_choice_wins_over_the_setting(photos):
     )
     app = create_app(Settings(fuse_batchnorm=True, log_json=False, access_log=False), registry=registry)
     assert app.state.registry.get("tiny").predict_model is model
+
+
+INPUT_METHODS = {
+    "integrated_gradients": {"n_steps": 8, "internal_batch_size": 8},
+    "saliency": {},
+    "smoothgrad": {"nt_samples": 4},
+    "gradient_shap": {"n_samples": 4},
+    "deeplift": {},
+    "guided_backprop": {},
+    "input_x_gradient": {},
+    "occlusion": {"window": 32, "stride": 32},
+}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("method", list(INPUT_METHODS))
+def test_input_attributions_of_the_fused_model_equal_the_original(photos, method):
+    """What lets the API attribute to the input with a folded replica: the same function of
+    the image gives the same attributions (DeepLift and guided backprop too: a BatchNorm is
+    affine, so their rules pass through it as its gradient does)."""
+    from xception_core.attributions import Attributor
+
+    model, batch = _calibrated(SMALL, photos, 96)
+    x = batch[2:3]
+    original = Attributor(model).attribute(x, method, target=1, auc_steps=0, **INPUT_METHODS[method])
+    fused = Attributor(fuse_for_inference(model)).attribute(x, method, target=1, auc_steps=0, **INPUT_METHODS[method])
+    scale = float(original.attribution.abs().max())
+    assert scale > 0
+    torch.testing.assert_close(fused.attribution, original.attribution, atol=1e-4 * scale, rtol=0)
+    assert fused.probability == pytest.approx(original.probability, rel=1e-4)

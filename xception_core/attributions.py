@@ -930,11 +930,14 @@ class Attributor:
         target: int | None = None,
         layer: str | None = None,
         part: str | None = None,
+        logits: torch.Tensor | None = None,
         **params: Any,
     ) -> AttributionResult:
         """Attribute the logit of ``target`` (default: the predicted class) to the image ``x``.
 
-        ``x`` is one preprocessed image ``[1, 3, H, W]`` (or ``[3, H, W]``).
+        ``x`` is one preprocessed image ``[1, 3, H, W]`` (or ``[3, H, W]``). ``logits``: the
+        model's logits for ``x`` when the caller has them (a prediction's), which saves a forward
+        pass; they give the reported prediction and probability.
         Raises :class:`UnknownMethodError`, :class:`ParamError`,
         :class:`InputError` or :class:`UnknownLayerError` before any
         computation when something is invalid.
@@ -949,10 +952,17 @@ class Attributor:
         n_classes = _num_classes(self.model)
         if target is not None and n_classes is not None:
             target = self._check_target(target, n_classes)
+        if logits is not None:
+            if not isinstance(logits, torch.Tensor) or logits.dim() not in (1, 2) or logits.shape[0] != 1 and logits.dim() == 2:
+                raise InputError(f"logits must be one row of logits [classes] or [1, classes], got {getattr(logits, 'shape', type(logits).__name__)}")
+            if n_classes is not None and logits.numel() != n_classes:
+                raise InputError(f"logits has {logits.numel()} values; the model has {n_classes} classes")
+            if not torch.isfinite(logits).all():
+                raise InputError("logits contains NaN or infinite values")
         algorithm = _ALGORITHMS[method](self.model, module)
         guard = self.lock.exclusive() if spec.hooks else self.lock.shared()
         with torch.inference_mode(False), guard:
-            return self._run(spec, algorithm, xin, target, layer, part, resolved)
+            return self._run(spec, algorithm, xin, target, layer, part, resolved, logits)
 
     def _check_occlusion(self, p: dict[str, Any], h: int, w: int) -> None:
         if p["window"] > min(h, w):
@@ -977,28 +987,53 @@ class Attributor:
         layer: str | None,
         part: str | None,
         p: dict[str, Any],
+        logits: torch.Tensor | None = None,
     ) -> AttributionResult:
         model, device = self.model, self.device
-        with torch.no_grad():
-            probs = torch.softmax(model(x).float(), dim=1)[0]
-        predicted = int(probs.argmax())
-        target = predicted if target is None else self._check_target(target, probs.numel())
+        probs = None
+        if logits is not None:
+            probs = torch.softmax(logits.detach().float().reshape(1, -1), dim=1)[0].to(device)
+        elif target is None:  # the target is the predicted class: one forward first
+            with torch.no_grad():
+                probs = torch.softmax(model(x).float(), dim=1)[0]
+        if probs is not None:
+            target = int(probs.argmax()) if target is None else self._check_target(target, probs.numel())
         seed = p["seed"]
         want_delta = spec.name in _DELTA_METHODS
 
+        # With a known target, the method's own forward pass of ``x`` (if it makes one) gives
+        # the probabilities: no extra forward for Saliency, Grad-CAM and the like.
+        seen: list[torch.Tensor] = []
+
+        def record(_module: nn.Module, args: tuple, output: Any) -> None:
+            if not seen and args and isinstance(output, torch.Tensor) and args[0].shape == x.shape and torch.equal(args[0].detach(), x):
+                seen.append(output.detach().float())
+
+        handle = model.register_forward_hook(record) if probs is None else None
         _sync(device)
         t0 = time.perf_counter()
-        with torch.enable_grad():
-            # a leaf that requires grad (Captum warns otherwise); ``x`` stays as is
-            xg = x.detach().requires_grad_()
-            if spec.stochastic:
-                with _seeded(seed, device):
+        try:
+            with torch.enable_grad():
+                # a leaf that requires grad (Captum warns otherwise); ``x`` stays as is
+                xg = x.detach().requires_grad_()
+                if spec.stochastic:
+                    with _seeded(seed, device):
+                        raw, delta = algorithm.attribute(xg, target, p, want_delta)
+                else:
                     raw, delta = algorithm.attribute(xg, target, p, want_delta)
-            else:
-                raw, delta = algorithm.attribute(xg, target, p, want_delta)
-            raw = raw.detach().contiguous()
+                raw = raw.detach().contiguous()
+        finally:
+            if handle is not None:
+                handle.remove()
         _sync(device)
         timing_ms = (time.perf_counter() - t0) * 1000
+        if probs is None:
+            if not seen:
+                with torch.no_grad():
+                    seen.append(model(x).float())
+            probs = torch.softmax(seen[0], dim=1)[0]
+            self._check_target(target, probs.numel())
+        predicted = int(probs.argmax())
 
         h, w = x.shape[-2:]
         ranking = None

@@ -128,3 +128,27 @@ def test_attribution_parameter_errors(client, png, q, fragment):
 def test_mixed_precision_request_on_cpu_stays_fp32(client, png):
     body = client.post(f"/v1/attributions?{query('saliency', precision='mixed')}", files=files(png)).json()
     assert body["precision"] == "fp32"
+
+
+def test_an_image_predicted_before_lends_its_logits(tiny_model, png_images, monkeypatch):
+    """Predict, then explain: the attribution takes the cached float32 logits instead of
+    running its own prediction forward; a new image has none to lend."""
+    from apihelpers import make_client
+
+    import api.service
+
+    seen = []
+
+    class Recording(Attributor):
+        def attribute(self, *args, logits=None, **kwargs):
+            seen.append(logits)
+            return super().attribute(*args, logits=logits, **kwargs)
+
+    monkeypatch.setattr(api.service.core_attr, "Attributor", Recording)
+    with make_client(tiny_model) as c:
+        predicted = c.post("/v1/predict?top_k=1", files=files(png_images[0])).json()["predictions"][0]
+        body = c.post("/v1/attributions?method=saliency&auc_steps=0", files=files(png_images[0])).json()
+        c.post("/v1/attributions?method=saliency&auc_steps=0", files=files(png_images[2]))
+    assert seen[0] is not None and seen[1] is None
+    assert body["target"] == predicted["index"]
+    assert body["probability"] == pytest.approx(predicted["probability"], rel=1e-4)
