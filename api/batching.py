@@ -4,7 +4,12 @@ Requests for the same model that arrive within ``max_wait`` of each other are
 stacked into one forward pass of at most ``max_size`` images. The first
 request of a batch waits at most ``max_wait`` for company; while a batch runs,
 new requests queue up and form the next one, so under load batches fill by
-themselves and at low load a request waits only ``max_wait``.
+themselves.
+
+With ``wait_only_when_expected`` (what the service uses) the first request waits
+only while other requests have announced themselves (:meth:`MicroBatcher.expect`:
+they are being decoded and will submit within milliseconds): a lone request never
+waits, and a burst still shares one forward pass.
 
 Results equal one-at-a-time predictions: the model is in eval mode (BatchNorm
 uses its running statistics, nothing mixes images), so each image's logits
@@ -44,6 +49,7 @@ class MicroBatcher(Generic[In, Out]):
         on_batch: Callable[[int], None] | None = None,
         name: str = "batcher",
         idle_exit_s: float = 60.0,
+        wait_only_when_expected: bool = False,
     ) -> None:
         self.run_batch = run_batch
         self.execute = execute
@@ -55,6 +61,9 @@ class MicroBatcher(Generic[In, Out]):
         self._queue: asyncio.Queue[tuple[In, asyncio.Future]] | None = None
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.wait_only_when_expected = bool(wait_only_when_expected)
+        self.expected = 0  # announced submissions still to come (event-loop thread only)
+        self._forming = False  # a batch is waiting for company
         self.batches = 0
         self.items = 0
 
@@ -68,36 +77,72 @@ class MicroBatcher(Generic[In, Out]):
             self._task = loop.create_task(self._worker(self._queue), name=f"microbatcher-{self.name}")
         return self._queue
 
-    async def submit(self, item: In) -> Out:
+    def expect(self) -> None:
+        """Announce a submission to come; follow with :meth:`submit` (``expected=True``) or
+        :meth:`unexpect`. Call on the event loop."""
+        self.expected += 1
+
+    def unexpect(self) -> None:
+        """An announced submission will not come (its image failed, or the cache answered)."""
+        self.expected = max(0, self.expected - 1)
+        if self.expected == 0 and self._forming and self._queue is not None:
+            self._forming = False
+            self._queue.put_nowait(None)  # wake the batch waiting for it
+
+    def enqueue(self, item: In, expected: bool = False) -> asyncio.Future:
+        """Queue ``item`` now (synchronously) and return the future of its result; ``expected``:
+        it was announced with :meth:`expect`. Cancelling the future drops the item."""
         queue = self._ensure_worker()
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        await queue.put((item, fut))
-        return await fut
+        queue.put_nowait((item, fut))  # the queue is unbounded
+        if expected:
+            self.expected = max(0, self.expected - 1)
+        return fut
+
+    async def submit(self, item: In) -> Out:
+        return await self.enqueue(item)
 
     async def _collect(self, queue: asyncio.Queue) -> list[tuple[In, asyncio.Future]] | None:
         """The next batch; None when nothing came for ``idle_exit_s`` (the worker then ends,
-        releasing what it holds; the next ``submit`` starts a new one)."""
-        try:
-            first = await asyncio.wait_for(queue.get(), self.idle_exit_s)
-        except (TimeoutError, asyncio.TimeoutError):
-            return None if queue.empty() else []
-        batch = [first]
+        releasing what it holds; the next ``submit`` starts a new one). ``None`` entries in the
+        queue are wake-ups (:meth:`unexpect`), not items."""
         loop = asyncio.get_running_loop()
+        idle_until = loop.time() + self.idle_exit_s
+        first = None
+        while first is None:
+            try:
+                first = await asyncio.wait_for(queue.get(), max(0.0, idle_until - loop.time()))
+            except (TimeoutError, asyncio.TimeoutError):
+                return None if queue.empty() else []
+        batch = [first]
         deadline = loop.time() + self.max_wait_s
+        try:
+            self._forming = True
+            await self._fill(queue, batch, deadline)
+        finally:
+            self._forming = False
+        return batch
+
+    async def _fill(self, queue: asyncio.Queue, batch: list, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
         while len(batch) < self.max_size:
             try:
-                batch.append(queue.get_nowait())
-                continue
+                got = queue.get_nowait()
             except asyncio.QueueEmpty:
-                pass
+                got = None
+            else:
+                if got is not None:
+                    batch.append(got)
+                continue
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or (self.wait_only_when_expected and self.expected <= 0):
                 break
             try:
-                batch.append(await asyncio.wait_for(queue.get(), remaining))
+                got = await asyncio.wait_for(queue.get(), remaining)
             except (TimeoutError, asyncio.TimeoutError):
                 break
-        return batch
+            if got is not None:
+                batch.append(got)
 
     async def _worker(self, queue: asyncio.Queue) -> None:
         while True:

@@ -241,6 +241,7 @@ class Service:
                 max_wait_s=s.batch_max_wait_ms / 1000.0,
                 on_batch=lambda n, mid=entry.id: self.metrics.batch_size.labels(mid).observe(n),
                 name=entry.id,
+                wait_only_when_expected=True,
             )
             self._batchers[entry.key] = batcher
             self._batcher_entries[entry.key] = entry
@@ -257,11 +258,18 @@ class Service:
     async def _logits(self, entry: LoadedModel, upload: Upload, deadline: Deadline) -> tuple[torch.Tensor, bool, str]:
         import asyncio
 
-        hit, x = await self.inference_pool.run(self._predict_prepare, entry, upload, deadline=deadline, device=self.device)
+        batcher = self._batcher(entry)
+        batcher.expect()  # a batch forming meanwhile may wait for this image (see api.batching)
+        try:
+            hit, x = await self.inference_pool.run(self._predict_prepare, entry, upload, deadline=deadline, device=self.device)
+        except BaseException:
+            batcher.unexpect()
+            raise
         if hit is not None:
+            batcher.unexpect()
             return hit[0], True, hit[1]
         try:
-            logits, precision = await asyncio.wait_for(self._batcher(entry).submit(x), timeout=max(deadline.remaining(), 0.0))
+            logits, precision = await asyncio.wait_for(batcher.enqueue(x, expected=True), timeout=max(deadline.remaining(), 0.0))
         except (TimeoutError, asyncio.TimeoutError):
             self.metrics.timeouts.labels(deadline.kind).inc()
             raise deadline.error() from None

@@ -95,7 +95,11 @@ class Settings(BaseSettings):
     )
     batch_max_size: int = Field(16, ge=1, le=512, description="Largest micro-batch of concurrent predictions.")
     batch_max_wait_ms: float = Field(
-        5.0, ge=0, le=1000, description="How long the first prediction of a micro-batch waits for company."
+        5.0,
+        ge=0,
+        le=1000,
+        description="How long the first prediction of a micro-batch waits for company, and only while other "
+        "predictions for the same model are being decoded (a lone request never waits).",
     )
     predict_timeout_s: float = Field(30.0, gt=0, le=3600, description="Deadline of a prediction request (504 after).")
     activations_timeout_s: float = Field(

@@ -46,10 +46,9 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     model, card = load_model(args.model or BUNDLED_ID)
-    transform = eval_transform(card.preprocess)
     size = card.preprocess.input_size
     images, labels, _ = synthetic.generate(args.n, args.seed, size=max(size, 128))
-    x = torch.stack([transform(Image.fromarray(img)) for img in images])
+    x = torch.stack([eval_transform(Image.fromarray(img), card.preprocess) for img in images])
     labels_t = torch.from_numpy(labels)
 
     def run(predictor: Predictor) -> tuple[torch.Tensor, torch.Tensor]:

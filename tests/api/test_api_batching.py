@@ -89,3 +89,68 @@ def test_single_and_full_batches(n):
 
     out, calls = asyncio.run(main())
     assert out == [i * 10 for i in range(n)] and len(calls) == 1
+
+
+def _expecting(wait: float) -> tuple[MicroBatcher, list[list[int]]]:
+    b, calls = make(max_size=8, wait=wait)
+    b.wait_only_when_expected = True
+    return b, calls
+
+
+def test_a_lone_request_does_not_wait_for_company():
+    async def main():
+        b, calls = _expecting(wait=5.0)  # the old rule would hold it for 5 s
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        out = await b.submit(3)
+        elapsed = loop.time() - t0
+        await b.close()
+        return out, elapsed, calls
+
+    out, elapsed, calls = asyncio.run(main())
+    assert out == 30 and calls == [[3]] and elapsed < 1.0
+
+
+def test_announced_requests_join_the_batch_being_formed():
+    async def main():
+        b, calls = _expecting(wait=5.0)
+        for _ in range(4):
+            b.expect()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        first = b.enqueue(0, expected=True)
+
+        async def late(i: int, delay: float):
+            await asyncio.sleep(delay)  # "decoding"
+            return await b.enqueue(i, expected=True)
+
+        async def fails(delay: float):
+            await asyncio.sleep(delay)
+            b.unexpect()  # its image did not decode
+
+        results = await asyncio.gather(first, late(1, 0.05), late(2, 0.1), fails(0.15))
+        elapsed = loop.time() - t0
+        assert b.expected == 0
+        await b.close()
+        return results[:3], calls, elapsed
+
+    results, calls, elapsed = asyncio.run(main())
+    assert results == [0, 10, 20]
+    # the batch waited for the two that came, and stopped waiting when the last one failed
+    assert calls == [[0, 1, 2]] and elapsed < 2.0
+
+
+def test_a_failed_announcement_ends_the_wait_at_max_wait():
+    async def main():
+        b, calls = _expecting(wait=0.2)
+        b.expect()  # announced, never comes
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        out = await b.submit(7)
+        elapsed = loop.time() - t0
+        b.unexpect()
+        await b.close()
+        return out, elapsed, calls
+
+    out, elapsed, calls = asyncio.run(main())
+    assert out == 70 and calls == [[7]] and 0.15 < elapsed < 2.0
