@@ -8,10 +8,12 @@ No web code lives here. The public surface:
 - weights: :func:`list_models`, :func:`load_model`, :func:`import_weights`,
   :func:`download_weights`, :func:`timm_to_ours`, :func:`ours_to_timm`
 - images: :func:`decode_image`, :class:`PreprocessConfig`, :func:`eval_transform`
-- prediction: :func:`classify`, :func:`top_k`, :func:`evaluate_folder`
+- prediction: :func:`classify`, :func:`top_k`, :func:`evaluate_folder`; fast prediction
+  engines (BatchNorm folded; eager, torch.compile or onnxruntime; bf16/fp16): :class:`Predictor`
 """
 
 from .convert import StateDictMismatch, infer_timm_config, ours_to_timm, timm_to_ours
+from .engine import EngineInfo, Predictor
 from .inference import Prediction, classify, evaluate_folder, top_k
 from .introspect import Decomposition, UnknownLayerError, capture, decompose, forward_with_capture
 from .labels import imagenet_class_names, load_class_names
@@ -33,10 +35,12 @@ from .weights import (
 __all__ = [
     "BUNDLED_ID",
     "Decomposition",
+    "EngineInfo",
     "ImageDecodeError",
     "ModelCard",
     "ModelProfile",
     "Prediction",
+    "Predictor",
     "PreprocessConfig",
     "SeparableConv2d",
     "StateDictMismatch",
