@@ -102,6 +102,7 @@ class LoadedModel:
         predict_backend: str = "eager",
         predict_precision: str = "fp32",
         margin: float = 0.05,
+        guard_top: int = 5,
     ) -> None:
         self.card = card
         self.id = card.id
@@ -121,7 +122,7 @@ class LoadedModel:
             predict_precision = "fp16"
         self.predictor = Predictor(
             self.model, input_size=self.input_size, backend=predict_backend, precision=predict_precision,
-            fuse=fuse_batchnorm, margin=margin,
+            fuse=fuse_batchnorm, margin=margin, guard_top=guard_top,
         )
         self.predict_model: Xception = self.predictor.model
         self.fused = bool(fuse_batchnorm)
@@ -206,6 +207,7 @@ class ModelRegistry:
         predict_backend: str | None = None,
         predict_precision: str | None = None,
         margin: float | None = None,
+        guard_top: int | None = None,
     ) -> None:
         self.home = home
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
@@ -214,11 +216,12 @@ class ModelRegistry:
         self.mixed_precision = mixed_precision
         self.max_replicas = max_replicas  # None: as many as the app has threads that use them
         # None: the app's settings (``fuse_batchnorm``, ``predict_backend``, ``predict_precision``,
-        # ``mixed_precision_margin``)
+        # ``mixed_precision_margin``, ``mixed_precision_guard_top``)
         self.fuse_batchnorm = fuse_batchnorm
         self.predict_backend = predict_backend
         self.predict_precision = predict_precision
         self.margin = margin
+        self.guard_top = guard_top
         self._memory: dict[str, InMemoryModel] = {}
         for m in models:
             m.card()  # validate now
@@ -341,6 +344,7 @@ class ModelRegistry:
             card, model, self.device, mixed_precision=self.mixed_precision, max_replicas=self.max_replicas or 1,
             fuse_batchnorm=bool(self.fuse_batchnorm), predict_backend=self.predict_backend or "eager",
             predict_precision=self.predict_precision or "fp32", margin=0.05 if self.margin is None else self.margin,
+            guard_top=self.guard_top or 5,
         )
         engine = entry.predictor.info()
         log.info(

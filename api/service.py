@@ -142,6 +142,8 @@ class Service:
             registry.predict_precision = settings.predict_precision
         if registry.margin is None:
             registry.margin = settings.mixed_precision_margin
+        if registry.guard_top is None:
+            registry.guard_top = settings.mixed_precision_guard_top
 
     # ------------------------------------------------------------------ lifecycle
 

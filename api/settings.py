@@ -50,7 +50,8 @@ class Settings(BaseSettings):
     predict_mixed_precision: bool = Field(
         True,
         description="On CUDA, predict under float16 autocast. An image whose six best logits lie closer "
-        "than `mixed_precision_margin` is recomputed in float32, so the top-5 equals the float32 top-5.",
+        "than `mixed_precision_margin` is recomputed in float32, so the top-5 equals the float32 top-5 "
+        "(see `mixed_precision_guard_top`).",
     )
     predict_backend: Literal["auto", "eager", "compile", "onnxruntime"] = Field(
         "auto",
@@ -73,6 +74,14 @@ class Settings(BaseSettings):
     )
     mixed_precision_margin: float = Field(
         0.05, ge=0, le=10, description="Logit gap under which a mixed-precision prediction is redone in float32."
+    )
+    mixed_precision_guard_top: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="How many leading classes the float32 guard keeps exact: a reduced-precision prediction whose "
+        "`mixed_precision_guard_top + 1` best logits lie closer than `mixed_precision_margin` is redone in float32. "
+        "5 (the default) keeps the top-5 exact; 1 only the top-1, and recomputes far fewer images.",
     )
     attribution_precision: Literal["fp32", "mixed"] = Field(
         "fp32",

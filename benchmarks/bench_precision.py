@@ -6,8 +6,8 @@ The model (default: the bundled ``xception-mini-synthetic``, the one trained mod
 offline) classifies ``--n`` generated images it never saw (a fresh generator seed), decoded and
 preprocessed as the API does, through :class:`xception_core.engine.Predictor` in float32, in
 bfloat16 and in float16 autocast -- each without the float32 guard (``margin=0``: what the
-reduced precision alone gives) and with the API's default guard (``margin=0.05``: near-ties
-recomputed in float32). Reduced precision is measured even where the hardware only emulates it
+reduced precision alone gives), with the API's default guard (``margin=0.05`` over the top-5:
+near-ties recomputed in float32) and with a top-1 guard (``mixed_precision_guard_top=1``). Reduced precision is measured even where the hardware only emulates it
 (``require_native=False``): agreement does not depend on speed.
 
 Prints, per precision: top-1 agreement with float32, identical top-5 (same classes, same order),
@@ -63,12 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{"precision": "fp32", "guard": "-", "top1_agreement": 1.0, "top5_identical": 1.0, "max_abs_logit_diff": 0.0,
              "recomputed": 0.0, "accuracy": float((exact.argmax(1) == labels_t).float().mean())}]
     for precision in ("bf16", "fp16"):
-        for margin in (0.0, 0.05):
-            predictor = Predictor(model, input_size=size, backend="eager", precision=precision, margin=margin, require_native=False)
+        for margin, top in ((0.0, 5), (0.05, 5), (0.05, 1)):
+            predictor = Predictor(
+                model, input_size=size, backend="eager", precision=precision, margin=margin, guard_top=top, require_native=False
+            )
             logits, reduced = run(predictor)
             rows.append({
                 "precision": precision,
-                "guard": f"margin {margin:g}" if margin else "none",
+                "guard": f"top-{top}, margin {margin:g}" if margin else "none",
                 "top1_agreement": float((logits.argmax(1) == exact.argmax(1)).float().mean()),
                 "top5_identical": float((logits.topk(5, 1).indices == exact.topk(5, 1).indices).all(1).float().mean()),
                 "max_abs_logit_diff": float((logits - exact).abs().max()),

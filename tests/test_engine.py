@@ -220,6 +220,26 @@ def test_reduced_precision_guard_recomputes_near_ties(model_and_batch):
     torch.testing.assert_close(logits, expected, atol=0.1, rtol=0.05)
 
 
+def test_a_top1_guard_recomputes_only_close_top1s(model_and_batch):
+    """``guard_top=1`` looks at the gap between the two best logits only: with a margin between
+    the smallest top-1 gap and the smallest top-5 gap, the top-5 guard redoes rows the top-1 guard
+    keeps."""
+    model, batch = model_and_batch
+    expected = _expected(model, batch)
+    top = expected.topk(6, dim=1).values
+    gap1 = (top[:, 0] - top[:, 1])
+    gap5 = (top[:, :-1] - top[:, 1:]).min(dim=1).values
+    margin = float(gap1.min()) * 0.5  # every top-1 gap is safely above it ...
+    assert bool((gap5 < margin).any())  # ... while some top-5 gap is below it
+    kwargs = dict(input_size=SIZE, backend="eager", precision="bf16", margin=margin, require_native=False)
+    _, reduced_top1 = Predictor(model, guard_top=1, **kwargs).predict(batch)
+    _, reduced_top5 = Predictor(model, guard_top=5, **kwargs).predict(batch)
+    assert bool(reduced_top1.all())
+    assert int(reduced_top5.sum()) < len(batch)
+    with pytest.raises(ValueError, match="guard_top"):
+        Predictor(model, guard_top=0, **kwargs)
+
+
 @pytest.mark.parametrize("kwargs, message", [({"backend": "tensorrt"}, "unknown backend"), ({"precision": "int8"}, "unknown precision")])
 def test_bad_choices_are_rejected(model_and_batch, kwargs, message):
     model, _ = model_and_batch

@@ -26,8 +26,10 @@ Backends:
 Precisions: ``fp32``; ``bf16`` (bfloat16 autocast, where the hardware computes it natively:
 CUDA GPUs with bf16, CPUs with AVX512-BF16 or AMX; elsewhere emulation would be slower than
 float32, so the predictor keeps float32 and says why); ``fp16`` (float16 autocast, CUDA only).
-A reduced-precision prediction whose six best logits lie closer than ``margin`` is recomputed
-in float32, so its top-5 is the float32 top-5 (:meth:`Predictor.predict`).
+A reduced-precision prediction whose ``guard_top + 1`` best logits lie closer than ``margin`` is
+recomputed in float32, so its top-``guard_top`` (default 5) is the float32 one
+(:meth:`Predictor.predict`). ``guard_top=1`` protects only the top-1 and recomputes far fewer
+images (``benchmarks/bench_precision.py``).
 """
 
 from __future__ import annotations
@@ -128,6 +130,7 @@ class Predictor:
         precision: str = "fp32",
         fuse: bool = True,
         margin: float = 0.05,
+        guard_top: int = 5,
         require_native: bool = True,
     ) -> None:
         if backend not in BACKENDS:
@@ -137,6 +140,9 @@ class Predictor:
         self.requested_backend = backend
         self.requested_precision = precision
         self.margin = float(margin)
+        if int(guard_top) < 1:
+            raise ValueError(f"guard_top must be at least 1, got {guard_top}")
+        self.guard_top = int(guard_top)
         self.input_size = int(input_size)
         self.device = next(model.parameters()).device
         self.model = fuse_for_inference(model) if fuse else model.eval()
@@ -258,16 +264,16 @@ class Predictor:
     def predict(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Float32 logits ``[N, classes]`` and a bool ``[N]``: which rows reduced precision produced.
 
-        In float32 every row is ``False``. In bf16/fp16 a row whose six best logits lie closer
-        than ``margin`` (or that is not finite) is recomputed in float32, so its top-5 is the
-        float32 top-5.
+        In float32 every row is ``False``. In bf16/fp16 a row whose ``guard_top + 1`` best logits
+        lie closer than ``margin`` (or that is not finite) is recomputed in float32, so its
+        top-``guard_top`` is the float32 one.
         """
         batch = self._prepare(batch)
         n = batch.shape[0]
         logits = self._run(batch)
         if self.precision == "fp32":
             return logits, torch.zeros(n, dtype=torch.bool)
-        k = min(6, logits.shape[1])
+        k = min(self.guard_top + 1, logits.shape[1])
         top = logits.topk(k, dim=1).values
         gaps = (top[:, :-1] - top[:, 1:]).min(dim=1).values if k > 1 else torch.full((n,), math.inf, device=logits.device)
         redo = (gaps < self.margin) | ~torch.isfinite(logits).all(dim=1)

@@ -287,3 +287,9 @@ def test_bad_engine_settings_are_refused(name, value):
 
     with pytest.raises(ValidationError, match=name):
         Settings(**{name: value})
+
+
+def test_guard_settings_reach_the_predictor(tiny_model):
+    app = make_app(tiny_model, mixed_precision_guard_top=1, mixed_precision_margin=0.25)
+    predictor = app.state.registry.get(MODEL_ID).predictor
+    assert predictor.guard_top == 1 and predictor.margin == 0.25
