@@ -46,6 +46,8 @@ def test_predict_page_upload_shows_predictions_and_model_status(app, cat_png):
     assert metrics["Device"] == "cpu" and metrics["Precision"] == "fp32"
     assert metrics["Latency"].endswith((" ms", " s"))
     assert any(f"Model **{MODEL_ID}**" in t for t in texts(at.caption))
+    # how the server computed it (the API's engine: onnxruntime on this CPU)
+    assert any("computed by **onnxruntime** (fp32)" in t for t in texts(at.caption))
     assert at.subheader and "%" in at.subheader[0].value
     assert at.get("vega_lite_chart"), "no bar chart"
     assert at.session_state["image"].name == "chelsea.png"

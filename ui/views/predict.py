@@ -102,6 +102,18 @@ def _chart(predictions: list[dict]) -> alt.Chart:
     return (bars + text).properties(height=max(120, 34 * len(frame)))
 
 
+def _engine_text(model_id: str) -> str:
+    """How the server computes predictions (backend, precision, fallbacks), for the caption."""
+    try:
+        engine = session.client().model(model_id).get("engine")
+    except ApiError:
+        return ""
+    if not engine:
+        return ""
+    notes = "".join(f"  \n{note}" for note in engine.get("notes", []))
+    return f" · computed by **{engine['backend']}** ({engine['precision']}){notes}"
+
+
 def _csv(predictions: list[dict]) -> bytes:
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -158,9 +170,9 @@ with result:
         ms = answer["timing_ms"]
         m1.metric("Latency", f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.2f} s", help="Server time for the request; cached logits make repeats fast.")
         m2.metric("Device", answer.get("device", "?"))
-        m3.metric("Precision", answer.get("precision", "fp32"), help="fp32, or mixed = float16 autocast (CUDA)")
+        m3.metric("Precision", answer.get("precision", "fp32"), help="fp32; mixed = float16 autocast (CUDA); bf16 = bfloat16 autocast")
         cached = " · logits from the server's cache (image seen before)" if answer.get("cached") else ""
-        st.caption(f"Model **{answer['model']}**{cached}")
+        st.caption(f"Model **{answer['model']}**{cached}{_engine_text(answer['model'])}")
         d1, d2 = st.columns(2)
         with d1:
             widgets.download("Predictions (CSV)", _csv(predictions), f"predictions-{widgets.safe_name(image.name)}.csv", "text/csv", "dl_pred_csv")
