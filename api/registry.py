@@ -201,7 +201,7 @@ class ModelRegistry:
         models: Iterable[InMemoryModel] = (),
         include_weights: bool = True,
         default_model: str | None = None,
-        mixed_precision: bool = True,
+        mixed_precision: bool | None = None,
         max_replicas: int | None = None,
         fuse_batchnorm: bool | None = None,
         predict_backend: str | None = None,
@@ -215,8 +215,9 @@ class ModelRegistry:
         self.include_weights = include_weights
         self.mixed_precision = mixed_precision
         self.max_replicas = max_replicas  # None: as many as the app has threads that use them
-        # None: the app's settings (``fuse_batchnorm``, ``predict_backend``, ``predict_precision``,
-        # ``mixed_precision_margin``, ``mixed_precision_guard_top``)
+        # None: the app's settings (``predict_mixed_precision``, ``fuse_batchnorm``,
+        # ``predict_backend``, ``predict_precision``, ``mixed_precision_margin``,
+        # ``mixed_precision_guard_top``)
         self.fuse_batchnorm = fuse_batchnorm
         self.predict_backend = predict_backend
         self.predict_precision = predict_precision
@@ -341,7 +342,7 @@ class ModelRegistry:
         else:
             model, card = weights.load_model(card.id, self.device, home=self.home)
         entry = LoadedModel(
-            card, model, self.device, mixed_precision=self.mixed_precision, max_replicas=self.max_replicas or 1,
+            card, model, self.device, mixed_precision=self.mixed_precision is not False, max_replicas=self.max_replicas or 1,
             fuse_batchnorm=bool(self.fuse_batchnorm), predict_backend=self.predict_backend or "eager",
             predict_precision=self.predict_precision or "fp32", margin=0.05 if self.margin is None else self.margin,
             guard_top=self.guard_top or 5,

@@ -133,7 +133,9 @@ class Service:
         self._batcher_entries: dict[str, LoadedModel] = {}
         self.cache_dtype = torch.float16 if settings.cache_activation_dtype == "float16" else torch.float32
         registry.on_change = lambda n: metrics.models_loaded.set(n)
-        # an explicit choice of the registry's builder wins
+        # float16 needs both the setting and the registry builder's consent (None: no opinion);
+        # for the others an explicit choice of the registry's builder wins
+        registry.mixed_precision = settings.predict_mixed_precision and registry.mixed_precision is not False
         if registry.fuse_batchnorm is None:
             registry.fuse_batchnorm = settings.fuse_batchnorm
         if registry.predict_backend is None:
