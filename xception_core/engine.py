@@ -98,13 +98,15 @@ def native_reduced_precision(precision: str, device: torch.device) -> str | None
     return f"reduced precision is not supported on {device.type}"
 
 
-def _onnxruntime_available() -> bool:
-    try:
-        import onnx  # noqa: F401 -- the exporter needs it
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def _missing_onnx() -> str | None:
+    """The name of the package the onnxruntime backend lacks (``onnx`` for the exporter,
+    ``onnxruntime``), or None."""
+    for name in ("onnx", "onnxruntime"):
+        try:
+            __import__(name)
+        except ImportError:
+            return name
+    return None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -156,7 +158,7 @@ class Predictor:
         self.precision = precision
 
         if backend == "auto":
-            backend = "onnxruntime" if self.device.type == "cpu" and precision == "fp32" and _onnxruntime_available() else "eager"
+            backend = "onnxruntime" if self.device.type == "cpu" and precision == "fp32" and _missing_onnx() is None else "eager"
         self.backend = "eager"
         self._forward: Callable[[torch.Tensor], torch.Tensor] = self.model
         if backend == "onnxruntime":
@@ -202,26 +204,15 @@ class Predictor:
             raise RuntimeError(f"the onnxruntime backend runs on the CPU; this model is on {self.device}")
         if self.precision != "fp32":
             raise RuntimeError(f"the onnxruntime backend runs float32, not {self.precision}")
-        try:
-            import onnx  # noqa: F401 -- the exporter needs it
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise RuntimeError(f"{exc.name or 'onnxruntime'} is not installed (pip install onnx onnxruntime)") from None
+        missing = _missing_onnx()
+        if missing:
+            raise RuntimeError(f"{missing} is not installed (pip install onnx onnxruntime)")
+        from .export import onnx_bytes, onnx_logits, onnx_session
 
-        from .export import INPUT_NAME, OUTPUT_NAME, onnx_bytes
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(
-            onnx_bytes(self.model, input_size=self.input_size), options, providers=["CPUExecutionProvider"]
-        )
+        session = onnx_session(onnx_bytes(self.model, input_size=self.input_size), threads=torch.get_num_threads())
 
         def forward(x: torch.Tensor) -> torch.Tensor:
-            array = x.detach().to("cpu", torch.float32).contiguous().numpy()
-            return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: array})[0])
+            return torch.from_numpy(onnx_logits(session, x))
 
         return forward
 

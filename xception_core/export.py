@@ -174,19 +174,24 @@ def write_onnx(
     return out
 
 
-def onnx_session(path: str | os.PathLike[str]):
-    """An onnxruntime CPU session on ``path``."""
+def onnx_session(source: str | os.PathLike[str] | bytes, *, threads: int | None = None):
+    """An onnxruntime CPU session on a file or on the bytes of a graph (:func:`onnx_bytes`);
+    ``threads``: its intra-op threads (default: onnxruntime's choice)."""
     ort = _require_onnxruntime()
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if threads:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(source if isinstance(source, bytes) else str(source), options, providers=["CPUExecutionProvider"])
 
 
 def onnx_logits(session_or_path: Any, batch: np.ndarray | torch.Tensor) -> np.ndarray:
     """Logits of the exported model for a preprocessed batch ``[N, 3, S, S]``."""
     session = onnx_session(session_or_path) if isinstance(session_or_path, (str, os.PathLike)) else session_or_path
     x = batch.detach().cpu().numpy() if isinstance(batch, torch.Tensor) else np.asarray(batch)
-    return session.run([OUTPUT_NAME], {INPUT_NAME: x.astype(np.float32, copy=False)})[0]
+    # C order (a channels_last tensor's array is not) and float32, copying only if needed
+    return session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
 
 def compare_with_torch(
