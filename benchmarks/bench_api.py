@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_forward import machine  # noqa: E402
-from soak import Server, percentile  # noqa: E402
+from soak import Server, percentile, random_model  # noqa: E402
 
 
 #: Pause between an API request and our own forward: onnxruntime's idle threads spin for a
@@ -131,20 +131,13 @@ def concurrent(url: str, path: str, groups: list[list[bytes]]) -> dict:
 def own_predictor(model_name: str, input_size: int, backend: str, precision: str, images: list[bytes]):
     """Our model, built as the server built it, through the same backend, and the images
     preprocessed as the server does; None for a model that is not ``random-*``."""
-    import torch
-
     from xception_core.engine import Predictor
-    from xception_core.model import Xception, XceptionConfig
     from xception_core.preprocess import PreprocessConfig, decode_image, eval_transform
 
     if not model_name.startswith("random-"):
         return None
-    torch.manual_seed(0)  # as soak.serve
-    if model_name == "random-paper":
-        config = XceptionConfig()
-    else:
-        config = XceptionConfig(num_classes=10, stem_channels=(16, 32), entry_channels=(32, 64, 128), middle_repeats=4, exit_channels=(160, 192, 256))
-    predictor = Predictor(Xception(config).eval(), input_size=input_size, backend=backend, precision=precision)
+    model, _, _ = random_model(model_name, input_size)  # the server's model, same seed
+    predictor = Predictor(model, input_size=input_size, backend=backend, precision=precision)
     cfg = PreprocessConfig(input_size=input_size)
     xs = [eval_transform(decode_image(data), cfg)[None] for data in images]
     for _ in range(3):

@@ -49,28 +49,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def random_model(name: str, input_size: int | None = None):
+    """``(model, class names, input size)`` of ``random-paper`` or ``random-small``: seeded, so
+    every process that builds one gets the same weights."""
+    import torch
+
+    from xception_core.labels import imagenet_class_names
+    from xception_core.model import Xception, XceptionConfig
+
+    torch.manual_seed(0)
+    if name == "random-paper":
+        return Xception(XceptionConfig()).eval(), imagenet_class_names(), input_size or 299
+    config = XceptionConfig(num_classes=10, stem_channels=(16, 32), entry_channels=(32, 64, 128), middle_repeats=4, exit_channels=(160, 192, 256))
+    return Xception(config).eval(), [f"class {i}" for i in range(10)], input_size or 128
+
+
 def serve(model: str, port: int, input_size: int | None) -> None:
     """Run the API on 127.0.0.1:port (used in the server subprocess)."""
-    import torch
     import uvicorn
 
     from api.main import create_app, default_registry
     from api.registry import InMemoryModel, ModelRegistry
     from api.settings import Settings
-    from xception_core.labels import imagenet_class_names
-    from xception_core.model import Xception, XceptionConfig
     from xception_core.preprocess import PreprocessConfig
 
     settings = Settings(host="127.0.0.1", port=port, access_log=False)
     if model.startswith("random-"):
-        torch.manual_seed(0)
-        if model == "random-paper":
-            config, names, size = XceptionConfig(), imagenet_class_names(), input_size or 299
-        else:
-            config = XceptionConfig(num_classes=10, stem_channels=(16, 32), entry_channels=(32, 64, 128), middle_repeats=4, exit_channels=(160, 192, 256))
-            names, size = [f"class {i}" for i in range(10)], input_size or 128
+        net, names, size = random_model(model, input_size)
         registry = ModelRegistry.from_models(
-            [InMemoryModel(model, Xception(config), names, PreprocessConfig(input_size=size), f"random weights, {size} px")],
+            [InMemoryModel(model, net, names, PreprocessConfig(input_size=size), f"random weights, {size} px")],
             device=settings.device,
             max_replicas=settings.attribution_workers + settings.inference_workers,
         )
