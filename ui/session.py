@@ -80,6 +80,13 @@ def models(url: str) -> dict[str, Any]:
     return client(url).models()
 
 
+@st.cache_data(ttl=10, show_spinner=False)
+def engine(url: str, model: str) -> dict[str, Any] | None:
+    """How the server computes the model's predictions (``engine`` of GET /v1/models/{id});
+    None while it is not loaded. Short-lived: a backend can fall back at run time."""
+    return client(url).model(model).get("engine")
+
+
 @st.cache_data(ttl=5, show_spinner=False)
 def readiness(url: str) -> dict[str, Any]:
     return client(url).ready()

@@ -105,7 +105,7 @@ def _chart(predictions: list[dict]) -> alt.Chart:
 def _engine_text(model_id: str) -> str:
     """How the server computes predictions (backend, precision, fallbacks), for the caption."""
     try:
-        engine = session.client().model(model_id).get("engine")
+        engine = session.engine(session.api_url(), model_id)
     except ApiError:
         return ""
     if not engine:
