@@ -60,7 +60,7 @@ def machine() -> dict:
     }
 
 
-def build_variants(compile_: bool) -> tuple[dict, dict]:
+def build_variants(compile_: bool, size: int) -> tuple[dict, dict]:
     """``{name: callable(x)}`` and ``{name: reason}`` for the variants that are n/a."""
     import timm
 
@@ -86,7 +86,7 @@ def build_variants(compile_: bool) -> tuple[dict, dict]:
         missing["ours fused, bf16 autocast"] = why
     for name, backend, precision in wanted:
         # the API's own prediction path (xception_core.engine), with its checks and fallbacks
-        predictor = Predictor(ours, input_size=299, backend=backend, precision=precision)
+        predictor = Predictor(ours, input_size=size, backend=backend, precision=precision)
         if predictor.backend == backend and predictor.precision == precision:
             variants[name] = predictor
         else:
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
 
     started = time.perf_counter()
-    variants, missing = build_variants(not args.no_compile)
+    variants, missing = build_variants(not args.no_compile, args.size)
     results: dict[int, dict[str, float]] = {}
     for batch in batches:
         times = measure(variants, batch, args.size, args.runs, args.warmup)
