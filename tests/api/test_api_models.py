@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from fastapi.testclient import TestClient
 
-from apihelpers import CLASS_NAMES, INPUT_SIZE, MODEL_ID, assert_problem, files, make_app, make_client
+from apihelpers import CLASS_NAMES, INPUT_SIZE, MODEL_ID, assert_problem, files, make_app, make_client, wait_until
 from xception_core.profile import profile_model
 from apifixtures import *  # noqa: F401,F403 -- the shared fixtures
 
@@ -29,11 +27,8 @@ def test_readyz_turns_ready_once_the_default_model_is_loaded(tiny_model):
 
 def test_readyz_preloads_at_start_up(tiny_model):
     with make_client(tiny_model) as c:
-        for _ in range(100):
-            if c.get("/readyz").status_code == 200:
-                break
-            time.sleep(0.05)
-        assert c.get("/readyz").status_code == 200
+        wait_until(lambda: c.get("/readyz").status_code == 200, "/readyz after start-up")
+        assert c.get("/readyz").json()["loaded_models"] == [MODEL_ID]
 
 
 def test_readyz_explains_a_default_model_without_weights(tmp_path):
@@ -43,11 +38,7 @@ def test_readyz_explains_a_default_model_without_weights(tmp_path):
 
     registry = ModelRegistry(home=tmp_path, device="cpu", default_model="xception-imagenet")
     with TestClient(create_app(make_settings(), registry=registry)) as c:
-        for _ in range(100):
-            body = c.get("/readyz").json()
-            if "could not be loaded" in body["detail"]:
-                break
-            time.sleep(0.05)
+        wait_until(lambda: "could not be loaded" in c.get("/readyz").json()["detail"], "/readyz reporting the failed load")
         body = assert_problem(c.get("/readyz"), 503, "xception-imagenet", "weights download")
         # the model list still shows it, as missing; analysis on it is a 409 that says how to fix it
         models = {m["id"]: m for m in c.get("/v1/models").json()["models"]}
