@@ -36,7 +36,7 @@ def _environment(service: dict) -> dict:
 
 def _health_url(service: dict) -> str:
     test = service["healthcheck"]["test"]
-    assert isinstance(test, list) and test[0] in ("CMD", "CMD-SHELL"), test
+    assert isinstance(test, list) and test[0] == "CMD", test  # exec form: no shell in the image is needed
     (url,) = re.findall(r"https?://[^'\" ]+", " ".join(test[1:]))
     return url
 
@@ -234,4 +234,4 @@ def test_readme_gives_the_commands():
         "weights download xception-imagenet --file",
     ):
         assert command in text, command
-    assert "not exercise" in text.lower() or "does not run" in text.lower()
+    assert "| exercised in CI | not exercised in CI |" in text
