@@ -230,7 +230,11 @@ def test_attribution_deadline_is_504_and_stops_the_work(tiny_model, png):
         # the running job notices the deadline in its next forward pass and frees the worker
         wait_until(lambda: service.attribution_pool.pending == 0, "the timed-out attribution still runs")
         assert c.post(saliency, files=files(png)).status_code == 200  # the single worker is free again
-        assert 'xception_deadline_exceeded_total{kind="attribution"} 1.0' in c.get("/metrics").text
+        metrics = c.get("/metrics").text
+        assert 'xception_deadline_exceeded_total{kind="attribution"} 1.0' in metrics
+        # the integrated-gradients job was aborted, not finished in the background: it never recorded a duration
+        assert 'xception_attribution_seconds_count{device="cpu",method="saliency"} 2.0' in metrics
+        assert 'method="integrated_gradients"' not in metrics
 
 
 def test_predict_deadline(tiny_model, png):
