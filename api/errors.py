@@ -129,12 +129,12 @@ def api_error_response(exc: ApiError, instance: str | None = None) -> JSONRespon
 
 def translate(exc: BaseException) -> ApiError | None:
     """The :class:`ApiError` for an exception of the core library (None if not one of them)."""
-    from xception_core import preprocess, weights
+    from xception_core import decode, weights
     from xception_core.introspect import UnknownLayerError
 
     if isinstance(exc, ApiError):
         return exc
-    if isinstance(exc, preprocess.ImageDecodeError):
+    if isinstance(exc, decode.ImageDecodeError):
         status = {
             "unsupported_format": 415,
             "image_too_large": 413,

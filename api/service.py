@@ -41,8 +41,9 @@ import torch
 
 from xception_core import attributions as core_attr
 from xception_core import render
+from xception_core.decode import decode_image
 from xception_core.introspect import decompose, forward_with_capture
-from xception_core.preprocess import decode_image, eval_transform
+from xception_core.transform import eval_transform, to_pixels
 
 from .batching import MicroBatcher
 from .cache import ByteLRU
@@ -90,14 +91,6 @@ def tile_png(array2d: np.ndarray, tile_px: int, colormap: str, vmin: float | Non
     rows = np.minimum(np.arange(th) * h // th, h - 1)
     cols = np.minimum(np.arange(tile_px) * w // tile_px, w - 1)
     return render.to_png(array2d[rows][:, cols], colormap, vmin, vmax)
-
-
-def input_image(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """The preprocessed input ``[3, S, S]`` back as uint8 RGB ``[S, S, 3]`` (what the model saw)."""
-    m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
-    s = torch.tensor(std, dtype=torch.float32)[:, None, None]
-    rgb = (x.float().cpu() * s + m).clamp(0, 1).mul(255).round().to(torch.uint8)
-    return rgb.permute(1, 2, 0).contiguous().numpy()
 
 
 @dataclass
@@ -768,7 +761,7 @@ class Service:
             headers["X-Shape"] = ",".join(map(str, raw.shape))
             headers["Content-Disposition"] = f'attachment; filename="{method}.{array}.npy"'
             return BinaryResult(npy_bytes(raw.numpy().astype(np.float32)), "application/x-npy", headers)
-        image = input_image(x, entry.preprocess.mean, entry.preprocess.std)
+        image = to_pixels(x, entry.preprocess)
         overlay = render.overlay_png(image, r.heatmap.numpy(), sign=sign, opacity=opacity, colormap=colormap)  # type: ignore[arg-type]
         if fmt == "png":
             return BinaryResult(overlay, "image/png", headers)

@@ -7,19 +7,21 @@ No web code lives here. The public surface:
 - looking inside: :func:`forward_with_capture`, :func:`capture`, :func:`decompose`
 - weights: :func:`list_models`, :func:`load_model`, :func:`import_weights`,
   :func:`download_weights`, :func:`timm_to_ours`, :func:`ours_to_timm`
-- images: :func:`decode_image`, :class:`PreprocessConfig`, :func:`eval_transform`
+- images: :func:`decode_image` (safe decoding), :class:`PreprocessConfig`, :func:`eval_transform`
+  and its inverse :func:`to_pixels`
 - prediction: :func:`classify`, :func:`top_k`, :func:`evaluate_folder`; fast prediction
   engines (BatchNorm folded; eager, torch.compile or onnxruntime; bf16/fp16): :class:`Predictor`
 """
 
 from .convert import StateDictMismatch, infer_timm_config, ours_to_timm, timm_to_ours
+from .decode import ImageDecodeError, decode_image
 from .engine import EngineInfo, Predictor
 from .inference import Prediction, classify, evaluate_folder, top_k
 from .introspect import Decomposition, UnknownLayerError, capture, decompose, forward_with_capture
 from .labels import imagenet_class_names, load_class_names
 from .model import SeparableConv2d, Xception, XceptionConfig, xception
-from .preprocess import ImageDecodeError, PreprocessConfig, decode_image, eval_transform, preprocess_bytes
 from .profile import ModelProfile, profile_model, segment_spectrum
+from .transform import PreprocessConfig, eval_transform, preprocess_bytes, to_pixels
 from .weights import (
     BUNDLED_ID,
     ModelCard,
@@ -69,6 +71,7 @@ __all__ = [
     "profile_model",
     "segment_spectrum",
     "timm_to_ours",
+    "to_pixels",
     "top_k",
     "xception",
 ]

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from .locks import model_lock
-from .preprocess import ALLOWED_FORMATS, PreprocessConfig, eval_transform, decode_image
+from .decode import ALLOWED_FORMATS, decode_image
+from .transform import PreprocessConfig, eval_transform
 
 @dataclass(frozen=True)
 class Prediction:
