@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from .folders import list_class_folder
 from .locks import model_lock
 from .decode import ALLOWED_FORMATS, decode_image
 from .transform import PreprocessConfig, eval_transform
@@ -51,26 +52,6 @@ def top_k(probabilities: torch.Tensor, k: int, class_names: Sequence[str]) -> li
 def load_image_tensor(data: bytes, cfg: PreprocessConfig, max_pixels: int | None = None) -> torch.Tensor:
     kwargs = {} if max_pixels is None else {"max_pixels": max_pixels}
     return eval_transform(decode_image(data, formats=ALLOWED_FORMATS, **kwargs), cfg)
-
-
-def list_class_folder(root: str | Path) -> tuple[list[str], list[tuple[Path, int]]]:
-    """Class names (sorted sub-folder names) and ``(image, class index)`` pairs.
-
-    The layout is the generator's (:func:`synthetic.list_image_folder`): hidden
-    files, object masks and top-level files are not samples.
-    """
-    from .synthetic import list_image_folder
-
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a folder; expected one sub-folder per class")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise FileNotFoundError(f"{root} has no class sub-folders")
-    samples = list_image_folder(root)
-    if not samples:
-        raise FileNotFoundError(f"{root} has class folders but no images")
-    return classes, samples
 
 
 @dataclass(frozen=True)
