@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from xception_core import attributions as core_attr
-from xception_core import render
+from xception_core import inference, render
 from xception_core.decode import decode_image
 from xception_core.introspect import decompose, forward_with_capture
 from xception_core.transform import eval_transform, to_pixels
@@ -275,11 +275,7 @@ class Service:
 
     def _top(self, entry: LoadedModel, logits: torch.Tensor, k: int) -> list[dict[str, Any]]:
         # NumPy on a CPU tensor's memory (no torch kernel on the event loop); <= a few thousand values.
-        z = logits.numpy().astype(np.float64)
-        p = np.exp(z - z.max())
-        p /= p.sum()
-        order = np.argsort(-p, kind="stable")[:k]
-        return [{"index": int(i), "label": entry.class_names[int(i)], "probability": float(p[i])} for i in order]
+        return [p.to_dict() for p in inference.top_k(logits.numpy()[None], k, entry.class_names)[0]]
 
     def _check_top_k(self, entry: LoadedModel, top_k: int) -> None:
         if top_k > entry.num_classes:

@@ -9,14 +9,14 @@ No web code lives here. The public surface:
   :func:`download_weights`, :func:`timm_to_ours`, :func:`ours_to_timm`
 - images: :func:`decode_image` (safe decoding), :class:`PreprocessConfig`, :func:`eval_transform`
   and its inverse :func:`to_pixels`
-- prediction: :func:`classify`, :func:`top_k`, :func:`evaluate_folder`; fast prediction
+- prediction: :func:`predict_logits`, :func:`classify`, :func:`top_k`, :func:`evaluate_folder`; fast prediction
   engines (BatchNorm folded; eager, torch.compile or onnxruntime; bf16/fp16): :class:`Predictor`
 """
 
 from .convert import StateDictMismatch, infer_timm_config, ours_to_timm, timm_to_ours
 from .decode import ImageDecodeError, decode_image
 from .engine import EngineInfo, Predictor
-from .inference import Prediction, classify, evaluate_folder, top_k
+from .inference import Prediction, classify, evaluate_folder, predict_logits, top_k
 from .introspect import Decomposition, UnknownLayerError, capture, decompose, forward_with_capture
 from .labels import imagenet_class_names, load_class_names
 from .model import SeparableConv2d, Xception, XceptionConfig, xception
@@ -67,6 +67,7 @@ __all__ = [
     "load_class_names",
     "load_model",
     "ours_to_timm",
+    "predict_logits",
     "preprocess_bytes",
     "profile_model",
     "segment_spectrum",
