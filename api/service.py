@@ -26,7 +26,6 @@ replica of the model, whose forward passes check the request's deadline.
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import logging
 import math
@@ -59,13 +58,6 @@ PRECISION_LABELS = {"fp32": "fp32", "fp16": "mixed", "bf16": "bf16"}
 log = logging.getLogger("api.service")
 
 PARTS = ("depthwise", "pointwise", "input")
-SORTS = ("mean", "max", "attribution")
-NORMALIZE = ("channel", "layer")
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
 
 def b64png(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
