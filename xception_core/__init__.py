@@ -3,7 +3,7 @@
 No web code lives here. The public surface:
 
 - the model: :class:`Xception`, :class:`XceptionConfig`, :class:`SeparableConv2d`
-- its anatomy: :func:`profile_model`, :func:`segment_spectrum`
+- its anatomy: :func:`profile_model`; the paper's spectrum: :func:`segment_spectrum`, :func:`layer_spectrum`
 - looking inside: :func:`forward_with_capture`, :func:`capture`, :func:`decompose`
 - weights: :func:`list_models`, :func:`load_model`, :func:`import_weights`,
   :func:`download_weights`, :func:`timm_to_ours`, :func:`ours_to_timm`
@@ -20,7 +20,7 @@ from .inference import Prediction, classify, evaluate_folder, predict_logits, to
 from .introspect import Decomposition, UnknownLayerError, capture, decompose, forward_with_capture
 from .labels import imagenet_class_names, load_class_names
 from .model import SeparableConv2d, Xception, XceptionConfig, xception
-from .profile import ModelProfile, profile_model, segment_spectrum
+from .profile import ModelProfile, SpectrumPoint, layer_spectrum, profile_model, segment_spectrum
 from .transform import PreprocessConfig, eval_transform, preprocess_bytes, to_pixels
 from .weights import (
     BUNDLED_ID,
@@ -45,6 +45,7 @@ __all__ = [
     "Predictor",
     "PreprocessConfig",
     "SeparableConv2d",
+    "SpectrumPoint",
     "StateDictMismatch",
     "UnknownLayerError",
     "WeightsError",
@@ -63,6 +64,7 @@ __all__ = [
     "imagenet_class_names",
     "import_weights",
     "infer_timm_config",
+    "layer_spectrum",
     "list_models",
     "load_class_names",
     "load_model",
