@@ -13,7 +13,7 @@ from PIL import Image
 from xception_core.convert import ours_to_timm
 from xception_core.inference import classify
 from xception_core.model import Xception
-from xception_core.transform import PreprocessConfig, preprocess_bytes
+from xception_core.transform import preprocess_bytes
 from xception_core.weights import import_weights, load_model
 from xception_demo.cli import main
 
