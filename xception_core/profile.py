@@ -98,6 +98,55 @@ def segment_spectrum(
     return params, params * output_hw
 
 
+@dataclass(frozen=True)
+class SpectrumPoint:
+    """One point of a layer's spectrum: ``segments`` = k, its kind, parameters and MACs."""
+
+    segments: int
+    kind: str  # "regular", "inception-like" or "depthwise separable"
+    params: int
+    macs: int
+
+    @property
+    def label(self) -> str:
+        if self.kind == "regular":
+            return "k = 1 (regular conv)"
+        if self.kind == "depthwise separable":
+            return f"k = {self.segments} (separable)"
+        return f"k = {self.segments}"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "label": self.label}
+
+
+#: Inception-like segment counts a spectrum shows, in order of preference (3 and 4 as in
+#: Inception V3, then powers of two).
+SEGMENT_CANDIDATES = (3, 4, 8, 16, 32, 64, 128, 256)
+
+
+def spectrum_segments(in_channels: int, out_channels: int, count: int = 4) -> list[int]:
+    """k = 1, up to ``count`` Inception-like segment counts (each divides ``out_channels`` and is
+    below ``in_channels``), and k = ``in_channels``."""
+    middle = [k for k in SEGMENT_CANDIDATES if 1 < k < in_channels and out_channels % k == 0][:count]
+    return sorted({1, *middle, in_channels})
+
+
+def layer_spectrum(
+    in_channels: int, out_channels: int, output_hw: tuple[int, int] | list[int], count: int = 4
+) -> list[SpectrumPoint]:
+    """The paper's spectrum for one 3x3 layer at an ``(H, W)`` output, from a regular convolution
+    to a depthwise separable one (:func:`spectrum_segments` chooses the points)."""
+    if in_channels < 1 or out_channels < 1:
+        raise ValueError("channel counts must be positive")
+    h, w = (int(v) for v in output_hw)
+    points = []
+    for k in spectrum_segments(in_channels, out_channels, count):
+        params, macs = segment_spectrum(in_channels, out_channels, k, output_hw=h * w)
+        kind = "regular" if k == 1 else "depthwise separable" if k == in_channels else "inception-like"
+        points.append(SpectrumPoint(k, kind, params, macs))
+    return points
+
+
 def _flow(name: str) -> str:
     return name.split(".", 1)[0] if name.split(".", 1)[0] in ("entry", "middle", "exit") else "head"
 
