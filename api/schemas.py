@@ -93,6 +93,7 @@ class SeparableRow(BaseModel):
     pointwise_params: int
     depthwise_macs: int
     pointwise_macs: int
+    regular_params: int = Field(description="Parameters of a regular 3x3 convolution with the same channels (the other end of the spectrum).")
 
 
 class LayerTable(BaseModel):

@@ -3,7 +3,7 @@ Architecture page shows, from a regular convolution to a depthwise separable one
 
 import pytest
 
-from xception_core.profile import layer_spectrum, spectrum_segments
+from xception_core.profile import layer_spectrum, profile_model, spectrum_segments
 
 
 def test_spectrum_from_regular_to_separable():
@@ -31,3 +31,9 @@ def test_spectrum_segments_divide_the_output_channels_and_stay_below_the_input()
 def test_spectrum_rejects_impossible_layers():
     with pytest.raises(ValueError):
         layer_spectrum(0, 8, (4, 4))
+
+
+def test_every_separable_layer_knows_its_regular_convolution_equivalent():
+    for row in profile_model(input_size=299).separable:
+        assert row.regular_params == row.in_channels * row.out_channels * 9
+        assert row.regular_params == layer_spectrum(row.in_channels, row.out_channels, row.output_size)[0].params

@@ -151,11 +151,11 @@ def require_image() -> session.ImageInput:
     if image is not None:
         return image
     st.info("No image yet: upload one or pick a sample on the **Predict** page.", icon=":material/image:")
-    if st.button("Use a sample photo (Chelsea the cat)", key="use_default_sample"):
-        from . import samples
-
-        session.set_image(session.ImageInput(samples.photo_bytes("chelsea"), "chelsea.jpg", "photo"))
-        st.rerun()
+    with api_errors():
+        photo = next((s for s in session.samples(session.api_url()) if s["kind"] == "photo"), None)
+        if photo is not None and st.button(f"Use a sample photo ({photo['title']})", key="use_default_sample"):
+            session.set_image(session.sample_image(session.api_url(), photo))
+            st.rerun()
     st.page_link(PREDICT_PAGE, label="Go to Predict", icon=":material/arrow_forward:")
     st.stop()
     raise AssertionError("unreachable")

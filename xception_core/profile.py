@@ -46,6 +46,7 @@ class SeparableProfile:
     pointwise_params: int
     depthwise_macs: int
     pointwise_macs: int
+    regular_params: int  # a regular 3x3 convolution with the same channels (the spectrum's k = 1)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -210,7 +211,7 @@ def _profile(config: XceptionConfig, input_size: int) -> ModelProfile:
         separable.append(
             SeparableProfile(
                 name, dw.flow, dw.in_channels, pw.out_channels, pw.output_size,
-                dw.params, pw.params, dw.macs, pw.macs,
+                dw.params, pw.params, dw.macs, pw.macs, segment_spectrum(dw.in_channels, pw.out_channels, 1)[0],
             )
         )
     return ModelProfile(
