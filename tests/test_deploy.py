@@ -197,9 +197,8 @@ def _cmd(path: Path) -> list[str]:
 
 
 def test_images_run_existing_cli_commands_on_the_ports_compose_expects(compose):
-    from xception_demo.cli import _register_extras, build_parser
+    from xception_demo.cli import build_parser
 
-    _register_extras()
     parser = build_parser()
     services = compose["services"]
 
