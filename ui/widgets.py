@@ -9,8 +9,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import streamlit as st
-from PIL import Image
+from PIL import Image, ImageOps
 
 from . import session
 from .client import ApiError, problem_json
@@ -61,8 +62,6 @@ def b64(png: str) -> bytes:
 @st.cache_data(max_entries=32, show_spinner=False)
 def kernel_png(kernel: list[list[float]], cell_px: int = 16) -> bytes:
     """A small depthwise kernel as a PNG: white at 0, red positive, blue negative, symmetric scale."""
-    import numpy as np
-
     k = np.asarray(kernel, dtype=np.float32)
     t = np.abs(k) / max(float(np.abs(k).max()), 1e-12)
     fade = (255 * (1 - t)).astype(np.uint8)
@@ -95,8 +94,6 @@ def preview_png(image_id: str, _data: bytes, max_side: int = 640) -> tuple[bytes
 @st.cache_data(max_entries=32, show_spinner=False)
 def thumbnail(key: str, _data: bytes, size: tuple[int, int] = (240, 180)) -> bytes:
     """A centre-cropped PNG thumbnail of fixed size (a gallery of even tiles)."""
-    from PIL import ImageOps
-
     with Image.open(io.BytesIO(_data)) as img:
         thumb = ImageOps.fit(img.convert("RGB"), size, Image.Resampling.LANCZOS)
     buf = io.BytesIO()
