@@ -178,3 +178,15 @@ def test_weights_download_from_a_local_file(capsys, tmp_path, small_config, monk
     model, card = load_model("xception-imagenet")
     assert card.status == "available"
     assert torch.equal(model.fc.weight, state["fc.weight"])
+
+
+def test_unknown_ablation_variant_is_refused_before_training_with_the_list(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "ablate", "--out", str(tmp_path / "ab"), "--variants", "gelu+residual", "--quiet")
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "gelu+residual" in err and "none+residual" in err and "none-no-residual" in err
+    assert not (tmp_path / "ab" / "ablation.csv").exists()
+
+
+def test_export_refuses_an_old_opset(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "export", "onnx", "--out", str(tmp_path / "x.onnx"), "--opset", "12")
+    assert code == 1 and err.strip() == "error: --opset must be at least 13"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from xception_core.profile import SpectrumPoint, layer_spectrum, profile_model, segment_spectrum
+from xception_core.profile import SpectrumPoint, layer_spectrum, profile_model, segment_spectrum, spectrum_segments
 
 
 def test_layer_spectrum_of_a_middle_flow_layer():
@@ -55,3 +55,21 @@ def test_the_separable_end_is_what_the_network_has():
 def test_segment_spectrum_refuses_points_off_the_spectrum(args, message):
     with pytest.raises(ValueError, match=message):
         segment_spectrum(*args)
+
+
+def test_spectrum_segments_divide_the_output_channels_and_stay_below_the_input():
+    assert spectrum_segments(32, 32) == [1, 4, 8, 16, 32]  # 3 does not divide 32
+    assert spectrum_segments(16, 24) == [1, 3, 4, 8, 16]
+    assert spectrum_segments(16, 24, count=0) == [1, 16]
+    assert spectrum_segments(1, 8) == [1]
+
+
+def test_spectrum_rejects_impossible_layers():
+    with pytest.raises(ValueError, match="channel counts must be positive"):
+        layer_spectrum(0, 8, (4, 4))
+
+
+def test_every_separable_layer_knows_its_regular_convolution_equivalent():
+    for row in profile_model(input_size=299).separable:
+        assert row.regular_params == row.in_channels * row.out_channels * 9
+        assert row.regular_params == layer_spectrum(row.in_channels, row.out_channels, row.output_size)[0].params

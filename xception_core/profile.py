@@ -46,6 +46,7 @@ class SeparableProfile:
     pointwise_params: int
     depthwise_macs: int
     pointwise_macs: int
+    regular_params: int  # a regular 3x3 convolution with the same channels (the spectrum's k = 1)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -106,7 +107,7 @@ def segment_spectrum(
 
 @dataclass(frozen=True)
 class SpectrumPoint:
-    """One point of a layer's spectrum: ``segments`` (k), its kind, parameters and MACs."""
+    """One point of a layer's spectrum: ``segments`` = k, its kind, parameters and MACs."""
 
     segments: int
     kind: str  # "regular", "inception-like" or "depthwise separable"
@@ -125,22 +126,26 @@ class SpectrumPoint:
         return {**asdict(self), "label": self.label}
 
 
-def _segment_choices(in_channels: int, out_channels: int, count: int) -> list[int]:
-    """k = 1, up to ``count`` Inception-like segment counts (3, 4 as in Inception V3, then powers
-    of two; each divides ``out_channels`` and is below ``in_channels``), and k = ``in_channels``."""
-    middle = [k for k in (3, 4, 8, 16, 32, 64, 128, 256) if 1 < k < in_channels and out_channels % k == 0]
-    return sorted({1, *middle[:count], in_channels})
+#: Inception-like segment counts a spectrum shows, in order of preference (3 and 4 as in
+#: Inception V3, then powers of two).
+SEGMENT_CANDIDATES = (3, 4, 8, 16, 32, 64, 128, 256)
+
+
+def spectrum_segments(in_channels: int, out_channels: int, count: int = 4) -> list[int]:
+    """k = 1, up to ``count`` Inception-like segment counts (each divides ``out_channels`` and is
+    below ``in_channels``), and k = ``in_channels``."""
+    middle = [k for k in SEGMENT_CANDIDATES if 1 < k < in_channels and out_channels % k == 0][:count]
+    return sorted({1, *middle, in_channels})
 
 
 def layer_spectrum(
     in_channels: int, out_channels: int, output_size: tuple[int, int] | list[int], count: int = 4
 ) -> list[SpectrumPoint]:
-    """The spectrum of one 3x3 separable layer with ``output_size`` (H, W), from the regular
-    convolution (k = 1) through up to ``count`` Inception-like points to the depthwise
-    separable one (k = ``in_channels``): what the Architecture page tabulates."""
+    """The paper's spectrum for one 3x3 layer at an ``(H, W)`` output, from a regular convolution
+    to a depthwise separable one (:func:`spectrum_segments` chooses the points)."""
     h, w = (int(v) for v in output_size)
     points = []
-    for k in _segment_choices(in_channels, out_channels, count):
+    for k in spectrum_segments(in_channels, out_channels, count):
         params, macs = segment_spectrum(in_channels, out_channels, k, output_hw=h * w)
         kind = "regular" if k == 1 else "depthwise separable" if k == in_channels else "inception-like"
         points.append(SpectrumPoint(k, kind, params, macs))
@@ -210,7 +215,7 @@ def _profile(config: XceptionConfig, input_size: int) -> ModelProfile:
         separable.append(
             SeparableProfile(
                 name, dw.flow, dw.in_channels, pw.out_channels, pw.output_size,
-                dw.params, pw.params, dw.macs, pw.macs,
+                dw.params, pw.params, dw.macs, pw.macs, segment_spectrum(dw.in_channels, pw.out_channels, 1)[0],
             )
         )
     return ModelProfile(
