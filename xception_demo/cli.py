@@ -12,9 +12,16 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+PROG = "xception-demo"
+
 
 class CommandError(Exception):
     """A failure to report as one line on stderr."""
+
+
+def _run(command) -> str:
+    """How this program words a command of a weights error's remedy (``xception_core.weights.Command``)."""
+    return f"run: {command.line(PROG)}"
 
 
 def _print_json(obj) -> None:
@@ -176,7 +183,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xception-demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("info", help="architecture summary: parameters, MACs, per-layer table")
@@ -255,7 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the CLI's promise: one line, no traceback
         from xception_core.weights import WeightsError
 
-        if isinstance(exc, (WeightsError, ValueError, KeyError, FileNotFoundError, OSError)):
+        if isinstance(exc, WeightsError):
+            print(f"error: {exc.explain(_run)}", file=sys.stderr)
+            return 1
+        if isinstance(exc, (ValueError, KeyError, FileNotFoundError, OSError)):
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             print(f"error: {message}", file=sys.stderr)
             return 1
