@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from xception_core.convert import ours_to_timm
-from xception_core.inference import classify, load_image_tensor
+from xception_core.inference import classify
 from xception_core.model import Xception
-from xception_core.preprocess import PreprocessConfig
+from xception_core.transform import preprocess_bytes
 from xception_core.weights import get_card, import_weights, load_model
 from xception_demo.cli import main
 
@@ -82,7 +82,7 @@ def test_predict_json_contract(capsys, tmp_path, imported_small):
     model, card = load_model(imported_small)
     for r, f in zip(result, files):
         assert [set(p) for p in r["predictions"]] == [{"index", "label", "probability"}] * 3
-        probs = classify(model, load_image_tensor(open(f, "rb").read(), card.preprocess)[None])[0]
+        probs = classify(model, preprocess_bytes(open(f, "rb").read(), card.preprocess)[None])[0]
         expected = torch.topk(probs, 3).indices.tolist()
         assert [p["index"] for p in r["predictions"]] == expected
         assert r["predictions"][0]["label"] == f"thing {expected[0]}"
@@ -98,7 +98,7 @@ def test_eval_exact_top1_top5(capsys, tmp_path, imported_small):
         for i in range(4):
             data = _png(100 * c + i)
             (root / f"class{c}" / f"{i}.png").write_bytes(data)
-            probs = classify(model, load_image_tensor(data, card.preprocess)[None])[0]
+            probs = classify(model, preprocess_bytes(data, card.preprocess)[None])[0]
             top = torch.topk(probs, 5).indices.tolist()
             hits1 += top[0] == c
             hits5 += c in top

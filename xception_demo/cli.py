@@ -133,7 +133,8 @@ def _device() -> str:
 def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
-    from xception_core.inference import classify, load_image_tensor, top_k
+    from xception_core.inference import predict_logits, top_k
+    from xception_core.transform import preprocess_bytes
 
     if args.top_k < 1:
         raise CommandError("--top-k must be at least 1")
@@ -145,13 +146,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for name in args.images:
         path = Path(name)
         try:
-            tensors.append(load_image_tensor(path.read_bytes(), card.preprocess))
+            tensors.append(preprocess_bytes(path.read_bytes(), card.preprocess))
         except ValueError as exc:
             raise CommandError(f"{name}: {exc}") from None
-    probs = classify(model, torch.stack(tensors))
+    logits = predict_logits(model, torch.stack(tensors))
     results = [
         {"file": name, "predictions": [p.to_dict() for p in preds]}
-        for name, preds in zip(args.images, top_k(probs, args.top_k, card.class_names))
+        for name, preds in zip(args.images, top_k(logits, args.top_k, card.class_names))
     ]
     if args.json:
         _print_json(results)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..model import Xception, XceptionConfig
-from ..preprocess import PreprocessConfig
+from ..transform import PreprocessConfig
 from ..synthetic import CLASS_NAMES
 from .card import ModelCard, class_names_for
 from .checkpoint import verified_state

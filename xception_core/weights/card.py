@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from ..labels import LabelsFileError, imagenet_class_names, load_class_names
 from ..model import XceptionConfig
-from ..preprocess import PreprocessConfig
+from ..transform import PreprocessConfig
 from .errors import CardError, LabelsError
 from .store import validate_model_id
 

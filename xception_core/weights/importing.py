@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from ..convert import StateDictMismatch, infer_timm_config, timm_to_ours
 from ..model import XceptionConfig
-from ..preprocess import PreprocessConfig
+from ..transform import PreprocessConfig
 from .card import Labels, ModelCard, class_names_for
 from .checkpoint import detect_format, infer_config, read_checkpoint_and_config, verified_state
 from .errors import CheckpointError, ModelExistsError

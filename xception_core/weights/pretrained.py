@@ -11,7 +11,7 @@ from typing import Any
 
 from ..labels import imagenet_class_names
 from ..model import XceptionConfig
-from ..preprocess import PreprocessConfig
+from ..transform import PreprocessConfig
 from .errors import Command
 
 __all__ = ["BUNDLED_ID", "IMAGENET_ID", "PRETRAINED", "reserved_ids", "pretrained_class_names", "manual_route"]
