@@ -23,7 +23,7 @@ from xception_core.attributions import AttributionError, UnknownMethodError
 from xception_core.decode import ImageDecodeError
 from xception_core.introspect import UnknownLayerError
 from xception_core.render import RenderError
-from xception_core.weights import UnknownModelError, WeightsError, WeightsMissingError
+from xception_core.weights import Command, UnknownModelError, WeightsError, WeightsMissingError
 
 from .context import request_id_var
 
@@ -132,6 +132,17 @@ def api_error_response(exc: ApiError, instance: str | None = None) -> JSONRespon
 
 # --------------------------------------------------------------------------- translating core errors
 
+#: The command line the server's operator installs weights with (a remedy's commands name it).
+SERVER_PROGRAM = "xception-demo"
+
+
+def _on_the_server(command: Command) -> str:
+    """How the API words a command of a weights error's remedy (``xception_core.weights.Command``):
+    a client cannot run it, the server's operator can; listing models is an API call."""
+    if command.args == ("models",):
+        return "see GET /v1/models"
+    return f"run on the server: {command.line(SERVER_PROGRAM)}"
+
 
 def translate(exc: BaseException) -> ApiError | None:
     """The :class:`ApiError` for an exception of the core library (None if not one of them)."""
@@ -149,12 +160,15 @@ def translate(exc: BaseException) -> ApiError | None:
     if isinstance(exc, UnknownLayerError):
         return ApiError(422, "unknown-layer", str(exc), parameter="layer")
     if isinstance(exc, UnknownModelError):
-        return ApiError(404, "unknown-model", str(exc), parameter="model")
+        return ApiError(404, "unknown-model", exc.explain(_on_the_server), parameter="model")
     if isinstance(exc, WeightsMissingError):
-        return ApiError(409, "model-weights-missing", str(exc))
+        return ApiError(409, "model-weights-missing", exc.explain(_on_the_server))
     if isinstance(exc, WeightsError):
         return ApiError(
-            503, "model-unavailable", f"the model could not be loaded: {exc}", headers={"Retry-After": "60"}
+            503,
+            "model-unavailable",
+            f"the model could not be loaded: {exc.explain(_on_the_server)}",
+            headers={"Retry-After": "60"},
         )
     if isinstance(exc, AttributionError):
         slug = "unknown-method" if isinstance(exc, UnknownMethodError) else "invalid-attribution-parameter"

@@ -14,7 +14,7 @@ from xception_core.convert import ours_to_timm
 from xception_core.inference import classify
 from xception_core.model import Xception
 from xception_core.transform import preprocess_bytes
-from xception_core.weights import import_weights, load_model
+from xception_core.weights import get_card, import_weights, load_model
 from xception_demo.cli import main
 
 
@@ -156,8 +156,29 @@ def test_weights_download_offline_names_url_and_manual_route(capsys, monkeypatch
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     code, _, err = run_cli(capsys, "weights", "download", "xception-imagenet", "--quiet")
     assert code == 1
-    assert "xception-43020ad28.pth" in err and "--file" in err
+    assert "then run: xception-demo weights download xception-imagenet --file PATH/xception-43020ad28.pth" in err
     assert "Traceback" not in err
+
+
+def test_weights_remedies_are_this_programs_command_lines(capsys, tmp_path, imported_small):
+    """The core names no program: the CLI words each remedy's commands as its own command lines."""
+    image = tmp_path / "a.png"
+    image.write_bytes(_png(0))
+    code, _, err = run_cli(capsys, "predict", str(image), "--model", "xception-imagenet")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: weights of xception-imagenet are not in the cache (")
+    assert "; run: xception-demo weights download xception-imagenet (offline: download https://" in err
+    assert "then run: xception-demo weights download xception-imagenet --file PATH/xception-43020ad28.pth)" in err
+
+    code, _, err = run_cli(capsys, "weights", "import", str(image), "--name", "xception-imagenet")
+    assert code == 1
+    assert "reserved for a built-in model; choose another --name; to fill it, run: " in err
+    assert "run: xception-demo weights download xception-imagenet (or with --file PATH)" in err
+
+    get_card(imported_small).weights_path.unlink()
+    code, _, err = run_cli(capsys, "predict", str(image), "--model", imported_small)
+    assert code == 1
+    assert f"to re-import it, run: xception-demo weights import FILE --name {imported_small} --overwrite" in err
 
 
 def test_weights_download_from_a_local_file(capsys, tmp_path, small_config, monkeypatch):

@@ -98,7 +98,7 @@ def _png(photo: np.ndarray, width: int = 112) -> bytes:
 
 
 def _import_tiny_model(home: Path, photos, small_config) -> None:
-    from xception_core.weights import import_weights
+    from xception_core.weights import CardOverrides, import_weights
 
     torch.manual_seed(0)
     model = Xception(small_config)
@@ -106,7 +106,7 @@ def _import_tiny_model(home: Path, photos, small_config) -> None:
     path = home.parent / "tiny.pt"
     torch.save(model.state_dict(), path)
     names = [f"class {i}" for i in range(small_config.num_classes)]
-    import_weights(path, MODEL_ID, format="ours", labels=names, home=home, preprocess=PreprocessConfig(input_size=INPUT_SIZE))
+    import_weights(path, MODEL_ID, format="ours", labels=names, home=home, card=CardOverrides(preprocess=PreprocessConfig(input_size=INPUT_SIZE)))
 
 
 def _same(a, b, path="") -> None:

@@ -187,7 +187,7 @@ def test_ablation_configs_from_our_layout(home, tmp_path):
     torch.save(model.state_dict(), path)
     # residual on/off is visible in the keys; the activation is not (no parameters)
     assert W.infer_config(model.state_dict()) == XceptionConfig(**{**cfg.to_dict(), "intermediate_activation": "none"})
-    card = W.import_weights(path, "ablation", config=cfg, home=home)
+    card = W.import_weights(path, "ablation", home=home, card=W.CardOverrides(config=cfg))
     assert card.config == cfg
     loaded, _ = W.load_model("ablation", home=home)
     _assert_same_model(loaded, model)
@@ -381,7 +381,7 @@ def test_failure_while_storing_leaves_nothing(home, timm_file, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(W, "_write_text_atomic", boom)
+    monkeypatch.setattr("xception_core.weights.installed.write_text_atomic", boom)
     with pytest.raises(OSError, match="disk full"):
         W.import_weights(timm_file, "tiny", home=home)
     _assert_nothing_registered(home)
@@ -393,7 +393,7 @@ def test_failed_overwrite_keeps_the_previous_version(home, timm_file, tiny_model
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(W, "_stage_safetensors", boom)
+    monkeypatch.setattr("xception_core.weights.installed.stage_safetensors", boom)
     with pytest.raises(OSError):
         W.import_weights(timm_file, "tiny", home=home, overwrite=True)
     model, _ = W.load_model("tiny", home=home)
@@ -431,13 +431,13 @@ def test_missing_weights_say_how_to_get_them(home, timm_file):
     with pytest.raises(W.WeightsMissingError) as err:
         W.load_model("xception-imagenet", home=home)
     message = str(err.value)
-    assert "xception-demo weights download xception-imagenet" in message
+    assert err.value.remedy.commands[0].args == ("weights", "download", "xception-imagenet")
     assert "--file" in message and "xception-43020ad28.pth" in message
 
     W.import_weights(timm_file, "tiny", home=home)
     (home / "models" / "tiny" / "model.safetensors").unlink()
     assert W.get_card("tiny", home=home).status == "missing"
-    with pytest.raises(W.WeightsMissingError, match="xception-demo weights import FILE --name tiny --overwrite"):
+    with pytest.raises(W.WeightsMissingError, match="`weights import FILE --name tiny --overwrite`"):
         W.load_model("tiny", home=home)
 
 
@@ -608,7 +608,7 @@ def _expect_download_failure(home, exc_type, call, *fragments):
     return message
 
 
-MANUAL = f"then run: xception-demo weights download {TINY_PRETRAINED} --file"
+MANUAL = f"then run `weights download {TINY_PRETRAINED} --file"
 
 
 def test_download_wrong_hash(home, server, tiny_pretrained):
@@ -704,7 +704,7 @@ def test_download_offline_default_url(home):
         W.download_weights(home=home, progress=False)
     message = str(err.value)
     assert url in message and "host name lookup failed" in message
-    assert "xception-demo weights download xception-imagenet --file PATH/xception-43020ad28.pth" in message
+    assert "`weights download xception-imagenet --file PATH/xception-43020ad28.pth`" in message
     assert _files(home) == []
 
 
@@ -759,7 +759,7 @@ def test_download_full_imagenet_layout(home, tmp_path, server):
 
 def test_bundled_model(monkeypatch, tmp_path, tiny_model, home):
     bundled = tmp_path / "bundled"
-    monkeypatch.setattr(W, "bundled_dir", lambda: bundled)
+    monkeypatch.setattr("xception_core.weights.bundled.bundled_dir", lambda: bundled)
     missing = W.bundled_card()
     assert missing.status == "missing" and missing.id == W.BUNDLED_ID
     with pytest.raises(W.WeightsMissingError, match="reinstall"):

@@ -16,14 +16,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import errors, export, info, lab, predict, serve, weights
+from . import PROG, errors, export, info, lab, predict, serve, weights
 
 #: The command groups, in the order ``--help`` lists them.
 GROUPS = (info, weights, predict, lab, serve, export)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xception-demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in GROUPS:
         group.register(commands)

@@ -133,13 +133,13 @@ def import_tiny_model(home: Path, name: str = MODEL_ID) -> str:
     ``xception-demo weights import`` does) so that a separate API process can serve it."""
     from safetensors.torch import save_file
 
-    from xception_core.weights import import_weights
+    from xception_core.weights import CardOverrides, import_weights
 
     checkpoint = home / "tiny.safetensors"
     home.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tiny_model().state_dict().items()}, str(checkpoint))
     import_weights(
         checkpoint, name, format="ours", labels=list(synthetic.CLASS_NAMES), home=home,
-        config=TINY_CONFIG, preprocess=PREPROCESS, description="tiny end-to-end test model",
+        card=CardOverrides(config=TINY_CONFIG, preprocess=PREPROCESS, description="tiny end-to-end test model"),
     )
     return name
