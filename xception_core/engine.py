@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .export import onnx_bytes, onnx_logits, onnx_session
 from .fuse import fuse_for_inference
 from .model import model_device
 
@@ -208,8 +209,6 @@ class Predictor:
         missing = _missing_onnx()
         if missing:
             raise RuntimeError(f"{missing} is not installed (pip install onnx onnxruntime)")
-        from .export import onnx_bytes, onnx_logits, onnx_session
-
         session = onnx_session(onnx_bytes(self.model, input_size=self.input_size), threads=torch.get_num_threads())
 
         def forward(x: torch.Tensor) -> torch.Tensor:

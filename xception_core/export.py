@@ -25,16 +25,14 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from .model import Xception, model_device
-
-if TYPE_CHECKING:
-    from .weights import ModelCard
+from .weights import ModelCard, default_model_id, load_model
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -235,8 +233,6 @@ def export_onnx(
     and its logits must lie within ``atol`` of PyTorch's, else :class:`ExportError`
     (the file is kept, so it can be inspected).
     """
-    from .weights import default_model_id, load_model
-
     _require_onnx()
     if check:
         _require_onnxruntime()
