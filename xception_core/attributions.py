@@ -1112,13 +1112,18 @@ class Attributor:
     def _sensitivity(
         self, spec: MethodSpec, algorithm: _Algorithm, x: torch.Tensor, target: int, p: dict[str, Any], seed: int
     ) -> float:
-        def explain(inputs: Any, target: Any = None) -> torch.Tensor:
+        def explain(inputs: Any, target: Any = None) -> Any:
             batch = inputs[0] if isinstance(inputs, tuple) else inputs
             with torch.enable_grad():
                 # perturbed inputs come one at a time (max_examples_per_batch=1);
                 # Captum expands ``target`` to the batch
                 t = int(target[0]) if isinstance(target, (list, tuple, torch.Tensor)) else int(target)
-                return algorithm.attribute(batch.detach().requires_grad_(), t, p, False)[0].detach()
+                out = algorithm.attribute(batch.detach().requires_grad_(), t, p, False)[0].detach()
+            # Captum passes tuples and iterates over what comes back: from a bare [1, C, H, W]
+            # tensor it would take one [C, H, W] map and norm it per channel, not as a whole.
+            # Contiguous: Captum flattens with ``view``, which a channels_last tensor refuses.
+            out = out.contiguous()
+            return (out,) if isinstance(inputs, tuple) else out
 
         with _seeded(seed, self.device):
             value = captum_sensitivity_max(
