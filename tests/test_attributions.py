@@ -152,9 +152,17 @@ def test_input_method_equals_direct_captum(model, attributor, x, method):
         assert result.params[name] == value
 
 
-def test_gradient_shap_chunks_many_samples(attributor, x):
-    r = attributor.attribute(x, "gradient_shap", target=1, n_samples=3, internal_batch_size=2, auc_steps=0)
-    assert r.attribution.shape == (3, SIZE, SIZE) and torch.isfinite(r.attribution).all()
+def test_gradient_shap_chunks_many_samples(model, attributor, x):
+    """3 samples in chunks of 2: two Captum calls (2 samples, then 1) drawing in turn from the
+    seeded generator, averaged with their sample counts as weights."""
+    r = attributor.attribute(
+        x, "gradient_shap", target=1, n_samples=3, internal_batch_size=2, baseline="zero", seed=4, auc_steps=0
+    )
+    seeded(4)
+    shap = GradientShap(model)
+    first = shap.attribute(x, baselines=torch.zeros_like(x), n_samples=2, stdevs=0.09, target=1)
+    second = shap.attribute(x, baselines=torch.zeros_like(x), n_samples=1, stdevs=0.09, target=1)
+    close(r.attribution[None], (2 * first + second) / 3)
     assert r.attribution.abs().sum() > 0
 
 
@@ -483,17 +491,25 @@ def test_deletion_insertion_auc_on_a_known_case():
     kw = dict(steps=16, baseline=0.0, insertion_start="baseline")
     g = deletion_insertion_auc(m, x, good, 0, **kw)
     b = deletion_insertion_auc(m, x, bad, 0, **kw)
-    # good: the probability collapses once a quarter of the pixels (half the left side) are gone
-    assert g.deletion_auc == pytest.approx(0.25, abs=0.02)
-    assert b.deletion_auc == pytest.approx(0.75, abs=0.02)
-    assert g.insertion_auc == pytest.approx(0.75, abs=0.02)
-    assert b.insertion_auc == pytest.approx(0.25, abs=0.02)
+    # After k of 16 steps 64 k pixels are changed, a share c of the left half's 512 (the ranked
+    # left half first: "good"; the right half first: "bad"), and the probability is
+    # sigmoid(40 (s - 1/2)) of the left half's mean s. Good deletion collapses once a quarter of
+    # the pixels are gone: areas near 0.25 (good deletion, bad insertion) and 0.75.
+    def prob(s):
+        return 1 / (1 + math.exp(-40 * (s - 0.5)))
+
+    good_share = [min(64 * k, 512) / 512 for k in range(17)]
+    bad_share = [max(64 * k - 512, 0) / 512 for k in range(17)]
+    for result, share in ((g, good_share), (b, bad_share)):
+        deletion, insertion = [prob(1 - c) for c in share], [prob(c) for c in share]
+        assert result.deletion == pytest.approx(deletion, rel=1e-5, abs=1e-9)
+        assert result.insertion == pytest.approx(insertion, rel=1e-5, abs=1e-9)
+        assert result.deletion_auc == pytest.approx(float(np.trapezoid(deletion, dx=1 / 16)), rel=1e-5)
+        assert result.insertion_auc == pytest.approx(float(np.trapezoid(insertion, dx=1 / 16)), rel=1e-5)
+    assert g.deletion_auc == pytest.approx(0.25, abs=0.02) and b.deletion_auc == pytest.approx(0.75, abs=0.02)
     rnd = deletion_insertion_auc(m, x, torch.rand(size, size, generator=torch.Generator().manual_seed(0)), 0, **kw)
     assert g.deletion_auc < rnd.deletion_auc < b.deletion_auc
     assert g.insertion_auc > rnd.insertion_auc > b.insertion_auc
-    blur = deletion_insertion_auc(m, x, good, 0, steps=4)
-    for v in (blur.deletion_auc, blur.insertion_auc):
-        assert 0.0 <= v <= 1.0
     with pytest.raises(ValueError):
         deletion_insertion_auc(m, x, torch.zeros(8, 8), 0)
 
