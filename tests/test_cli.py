@@ -13,7 +13,6 @@ from PIL import Image
 from xception_core.convert import ours_to_timm
 from xception_core.inference import classify, load_image_tensor
 from xception_core.model import Xception
-from xception_core.preprocess import PreprocessConfig
 from xception_core.weights import import_weights, load_model
 from xception_demo.cli import main
 
