@@ -3,8 +3,11 @@ once sub-folders have their own conftest.py)."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import torch
+from PIL import Image
 
 from xception_core.model import XceptionConfig
 
@@ -15,6 +18,20 @@ SMALL = XceptionConfig(
     middle_repeats=2,
     exit_channels=(40, 48, 56),
 )
+
+
+def encode_image(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    """``image`` saved as ``fmt`` (Pillow's format name, its save options as keywords)."""
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def exif_bytes(orientation: int) -> bytes:
+    """An EXIF block that holds only the orientation tag (0x0112)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
 
 
 def sample_photos() -> list[np.ndarray]:

@@ -255,13 +255,13 @@ VALIDATION = [
     (dict(method="saliency", target=7), ParamError, "target must be in 0..6"),
     (dict(method="saliency", target=-1), ParamError, "target must be in 0..6"),
     (dict(method="saliency", target=1.0), ParamError, "target"),
-    (dict(method="layer_gradcam"), ParamError, "needs layer and part"),
-    (dict(method="layer_gradcam", layer=LAYER), ParamError, "needs layer and part"),
-    (dict(method="layer_gradcam", layer=LAYER, part="both"), ParamError, "part must be one of depthwise, pointwise"),
+    (dict(method="layer_gradcam"), ParamError, r"needs layer \(one of entry\.block2\.sep1, .*\) and part \(depthwise or pointwise\)"),
+    (dict(method="layer_gradcam", layer=LAYER), ParamError, "needs part=depthwise or part=pointwise"),
+    (dict(method="layer_gradcam", layer=LAYER, part="both"), ParamError, "needs part=depthwise or part=pointwise"),
     (dict(method="saliency", layer=LAYER, part="depthwise"), ParamError, "only for layer methods"),
     (dict(method="integrated_gradients", part="depthwise"), ParamError, "only for layer methods"),
-    (dict(method="occlusion", window=128), ParamError, "window must be at most the input size"),
-    (dict(method="occlusion", window=8, stride=16), ParamError, "stride must be at most window"),
+    (dict(method="occlusion", window=128), ParamError, r"window=128 is out of range; allowed range: 4\.\.72 \(at most the input size 72\)"),
+    (dict(method="occlusion", window=8, stride=16), ParamError, r"stride=16 is out of range; allowed range: 2\.\.8 \(at most window\)"),
     (dict(method="occlusion", window=4, stride=2), ParamError, "limit is 1024"),
     (dict(method="occlusion", window=200), ParamError, "window must be between 4 and 128"),
     (dict(method="saliency", seed=-1), ParamError, "seed"),
@@ -279,7 +279,7 @@ def test_validation_errors(attributor, x, kwargs, exc, match):
 
 
 def test_unknown_layer_is_introspects_error(attributor, x):
-    with pytest.raises(UnknownLayerError, match="separable layers are"):
+    with pytest.raises(UnknownLayerError, match="unknown layer 'middle.block99.sep1'; valid choices: entry.block2.sep1, "):
         attributor.attribute(x, "layer_gradcam", layer="middle.block99.sep1", part="depthwise")
 
 

@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from xception_core.convert import ours_to_timm
-from xception_core.inference import classify, load_image_tensor
+from xception_core.inference import classify
 from xception_core.model import Xception
+from xception_core.transform import preprocess_bytes
 from xception_core.weights import import_weights, load_model
 from xception_demo.cli import main
 
@@ -81,7 +82,7 @@ def test_predict_json_contract(capsys, tmp_path, imported_small):
     model, card = load_model(imported_small)
     for r, f in zip(result, files):
         assert [set(p) for p in r["predictions"]] == [{"index", "label", "probability"}] * 3
-        probs = classify(model, load_image_tensor(open(f, "rb").read(), card.preprocess)[None])[0]
+        probs = classify(model, preprocess_bytes(open(f, "rb").read(), card.preprocess)[None])[0]
         expected = torch.topk(probs, 3).indices.tolist()
         assert [p["index"] for p in r["predictions"]] == expected
         assert r["predictions"][0]["label"] == f"thing {expected[0]}"
@@ -97,7 +98,7 @@ def test_eval_exact_top1_top5(capsys, tmp_path, imported_small):
         for i in range(4):
             data = _png(100 * c + i)
             (root / f"class{c}" / f"{i}.png").write_bytes(data)
-            probs = classify(model, load_image_tensor(data, card.preprocess)[None])[0]
+            probs = classify(model, preprocess_bytes(data, card.preprocess)[None])[0]
             top = torch.topk(probs, 5).indices.tolist()
             hits1 += top[0] == c
             hits5 += c in top
@@ -177,3 +178,15 @@ def test_weights_download_from_a_local_file(capsys, tmp_path, small_config, monk
     model, card = load_model("xception-imagenet")
     assert card.status == "available"
     assert torch.equal(model.fc.weight, state["fc.weight"])
+
+
+def test_unknown_ablation_variant_is_refused_before_training_with_the_list(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "ablate", "--out", str(tmp_path / "ab"), "--variants", "gelu+residual", "--quiet")
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "gelu+residual" in err and "none+residual" in err and "none-no-residual" in err
+    assert not (tmp_path / "ab" / "ablation.csv").exists()
+
+
+def test_export_refuses_an_old_opset(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "export", "onnx", "--out", str(tmp_path / "x.onnx"), "--opset", "12")
+    assert code == 1 and err.strip() == "error: --opset must be at least 13"

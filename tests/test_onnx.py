@@ -10,7 +10,7 @@ import torch
 
 from support import calibrate_batchnorm, photo_batch
 from xception_core.model import Xception
-from xception_core.preprocess import PreprocessConfig
+from xception_core.transform import PreprocessConfig
 
 onnx = pytest.importorskip("onnx", reason="needs onnx: pip install 'xception-explorer[deploy]'")
 pytest.importorskip("onnxruntime", reason="needs onnxruntime: pip install 'xception-explorer[deploy]'")

@@ -23,7 +23,7 @@ from PIL import Image
 
 from support import calibrate_batchnorm, photo_batch
 from xception_core.model import Xception
-from xception_core.preprocess import PreprocessConfig
+from xception_core.transform import PreprocessConfig
 
 serve_app = pytest.importorskip("deploy.serve_app", reason="needs ray[serve]: pip install 'xception-explorer[deploy]'")
 

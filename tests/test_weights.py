@@ -23,7 +23,7 @@ from support import calibrate_batchnorm, photo_batch
 from xception_core import weights as W
 from xception_core.convert import ours_to_timm
 from xception_core.model import Xception, XceptionConfig
-from xception_core.preprocess import PreprocessConfig
+from xception_core.transform import PreprocessConfig
 
 TINY = XceptionConfig(
     num_classes=5,

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from .fuse import fuse_for_inference
+from .model import model_device
 
 __all__ = ["BACKENDS", "PRECISIONS", "EngineInfo", "Predictor", "native_reduced_precision"]
 
@@ -146,7 +147,7 @@ class Predictor:
             raise ValueError(f"guard_top must be at least 1, got {guard_top}")
         self.guard_top = int(guard_top)
         self.input_size = int(input_size)
-        self.device = next(model.parameters()).device
+        self.device = model_device(model)
         self.model = fuse_for_inference(model) if fuse else model.eval()
         self.notes: list[str] = []
         self._lock = threading.Lock()

@@ -31,8 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .model import Xception, model_device
+
 if TYPE_CHECKING:
-    from .model import Xception
     from .weights import ModelCard
 
 INPUT_NAME = "input"
@@ -206,7 +207,7 @@ def compare_with_torch(
     session = onnx_session(path)
     generator = torch.Generator().manual_seed(seed)
     model = model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     worst = 0.0
     for n in batches:
         x = torch.rand(n, model.config.in_chans, input_size, input_size, generator=generator) * 2 - 1

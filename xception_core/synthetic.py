@@ -84,7 +84,7 @@ Folder layout written by :func:`write_folder`
 
 The class folders hold only images, so any "one sub-folder per class, sorted
 names = class indices" reader (``torchvision.datasets.ImageFolder``, the
-``eval`` command via :func:`list_image_folder`) reads the folder correctly;
+``eval`` command via :func:`xception_core.folders.list_class_folder`) reads the folder correctly;
 the masks and the manifest are plain files at the top level, which such
 readers ignore.  :func:`read_folder_masks` loads the masks back.
 """
@@ -97,7 +97,7 @@ import math
 import os
 from pathlib import Path
 from types import MappingProxyType
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -108,7 +108,6 @@ __all__ = [
     "NUM_CLASSES",
     "DARK_LUMA",
     "LIGHT_LUMA",
-    "IMAGE_EXTENSIONS",
     "class_name",
     "class_factors",
     "class_index",
@@ -117,10 +116,8 @@ __all__ = [
     "generate",
     "SyntheticDataset",
     "write_folder",
-    "list_image_folder",
     "read_folder_masks",
     "to_tensor",
-    "iter_samples",
     "MASKS_FILE",
     "MANIFEST_FILE",
 ]
@@ -615,7 +612,6 @@ class SyntheticDataset(_TorchDataset):
 # Folders
 # --------------------------------------------------------------------------
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 MASKS_FILE = "masks.npz"
 MANIFEST_FILE = "manifest.json"
 
@@ -656,36 +652,6 @@ def write_folder(out_dir: str | os.PathLike, n: int, seed: int, size: int = 128,
     return out
 
 
-def _is_image_file(name: str) -> bool:
-    low = name.lower()
-    return (
-        not name.startswith(".")
-        and low.endswith(IMAGE_EXTENSIONS)
-        and not low.endswith((".mask.png",))  # tolerate masks written next to images by other tools
-    )
-
-
-def list_image_folder(directory: str | os.PathLike) -> list[tuple[Path, int]]:
-    """``[(image path, class index)]`` of a "one sub-folder per class" tree.
-
-    Class index = position of the sub-folder in the sorted list of (non-hidden)
-    sub-folder names; images are files with an image extension, hidden files
-    and ``*.mask.png`` skipped, sorted by name within each class.  Files at the
-    top level (``masks.npz``, ``manifest.json``) are ignored.
-    """
-    root = Path(directory)
-    if not root.is_dir():
-        raise NotADirectoryError(f"{root} is not a directory")
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    items: list[tuple[Path, int]] = []
-    for idx, cls in enumerate(classes):
-        for name in sorted(os.listdir(root / cls)):
-            p = root / cls / name
-            if _is_image_file(name) and p.is_file():
-                items.append((p, idx))
-    return items
-
-
 def read_folder_masks(directory: str | os.PathLike) -> dict[str, np.ndarray]:
     """Masks written by :func:`write_folder`: ``{"<class dir>/<stem>": bool [H, W]}``.
 
@@ -697,9 +663,3 @@ def read_folder_masks(directory: str | os.PathLike) -> dict[str, np.ndarray]:
         return {}
     with np.load(f) as z:
         return {k: z[k].astype(bool) for k in z.files}
-
-
-def iter_samples(n: int, seed: int, size: int = 128, start: int = 0) -> Iterator[tuple[np.ndarray, int, np.ndarray]]:
-    """Lazy iterator over :func:`make_sample` for ``start .. start+n-1``."""
-    for i in range(start, start + int(n)):
-        yield make_sample(i, seed, size)

@@ -20,7 +20,7 @@ from torch import nn
 
 from . import synthetic
 from .model import Xception, XceptionConfig
-from .preprocess import PreprocessConfig
+from .transform import PreprocessConfig
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ except ImportError:  # pragma: no cover
 from .convert import StateDictMismatch, check_shapes, infer_timm_config, timm_to_ours
 from .labels import LabelsFileError, imagenet_class_names, load_class_names
 from .model import Xception, XceptionConfig
-from .preprocess import PreprocessConfig
+from .transform import PreprocessConfig
 
 __all__ = [
     "BUNDLED_ID",

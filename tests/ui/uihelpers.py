@@ -24,7 +24,7 @@ from PIL import Image
 from support import calibrate_batchnorm
 from xception_core import synthetic
 from xception_core.model import Xception, XceptionConfig
-from xception_core.preprocess import PreprocessConfig, eval_transform
+from xception_core.transform import PreprocessConfig, eval_transform
 
 MODEL_ID = "tiny-ui"
 INPUT_SIZE = 96
