@@ -49,16 +49,25 @@ def photo_batch(photos: list[np.ndarray], size: int) -> torch.Tensor:
     return torch.stack([F.interpolate(t[None], size=(size, size), mode="bilinear", antialias=True)[0] for t in tensors])
 
 
-def calibrate_batchnorm(model: torch.nn.Module, batch: torch.Tensor) -> None:
+def calibrate_batchnorm(model: torch.nn.Module, batch: torch.Tensor, seed: int | None = None) -> None:
     """Set every BatchNorm's running statistics to those of ``batch`` (cumulative average).
 
     With random weights and default statistics the logits barely depend on
     the input; calibrated statistics make the comparison against timm telling.
+    With ``seed``, every BatchNorm's weight and bias are first drawn at random
+    (weight in [0.5, 1.5], bias N(0, 0.2)): by default they are 1 and 0 in every
+    BatchNorm, so a conversion that swapped two BatchNorms' affine parameters
+    would change nothing.
     """
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.reset_running_stats()
             m.momentum = None
+            if generator is not None:
+                with torch.no_grad():
+                    m.weight.copy_(torch.rand(m.weight.shape, generator=generator) + 0.5)
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=generator) * 0.2)
     model.train()
     with torch.no_grad():
         model(batch)

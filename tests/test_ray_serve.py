@@ -187,6 +187,8 @@ def test_two_serve_replicas_answer_like_the_plain_app(tmp_path, photos, small_co
                 r = client.post(path, files={"image": ("image.png", data, "image/png")})
                 assert r.status_code == 200, r.text
                 expected.append(r.content if kind else r.json())
+        bad_expected = client.post("/v1/predict", files={"image": ("x.png", b"not an image", "image/png")})
+    assert bad_expected.status_code == 415, bad_expected.text
 
     port = _free_port()
     pythonpath = os.pathsep.join([str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
@@ -217,7 +219,10 @@ def test_two_serve_replicas_answer_like_the_plain_app(tmp_path, photos, small_co
                     got.append(r.content if kind else r.json())
             # errors keep their problem+json form through the proxy
             bad = http.post("/v1/predict", files={"image": ("x.png", b"not an image", "image/png")})
-            assert bad.status_code in (415, 422) and bad.headers["content-type"].startswith("application/problem+json")
+            assert bad.status_code == bad_expected.status_code
+            assert bad.headers["content-type"].startswith("application/problem+json")
+            same_problem = {k: v for k, v in bad_expected.json().items() if k != "request_id"}
+            assert {k: v for k, v in bad.json().items() if k != "request_id"} == same_problem
 
         for i, (want, have) in enumerate(zip(expected, got)):
             if isinstance(want, bytes):

@@ -384,9 +384,9 @@ def _accuracies(f_train, y_train, f_test, y_test) -> dict[str, float]:
 @pytest.mark.slow
 def test_colour_alone_does_not_identify_the_class(split, one_torch_thread):
     """Chance is 1/20; a perfect scheme detector that knows nothing of the pattern
-    gets 1/5.  Measured (1200 train / 600 test, 128 px): class 4 % (mean RGB),
-    13 % (mean+std), 19 % (64-bin colour histogram); the histogram finds the
-    scheme ~88 % of the time but the pattern only at chance (~21 %)."""
+    gets 1/5.  Measured (1200 train / 600 test, 128 px): class 7 % (mean RGB),
+    12 % (mean+std), 16 % (64-bin colour histogram); the histogram finds the
+    scheme 89 % of the time but the pattern only at chance (20 %)."""
     (x_tr, y_tr), (x_te, y_te) = split
     f_tr, f_te = _colour_features(x_tr), _colour_features(x_te)
     for name in f_tr:
@@ -401,7 +401,7 @@ def test_colour_alone_does_not_identify_the_class(split, one_torch_thread):
 @pytest.mark.slow
 def test_greyscale_alone_does_not_identify_the_class(split, one_torch_thread):
     """Chance is 1/20; a perfect pattern detector blind to colour gets 1/4.
-    Measured: class ~19 %, pattern ~76 %, scheme ~28 % (chance 25 %)."""
+    Measured: class 17 %, pattern 68 %, scheme 25 % (chance 25 %)."""
     (x_tr, y_tr), (x_te, y_te) = split
     f_tr, f_te = _greyscale_features(x_tr), _greyscale_features(x_te)
     acc = _accuracies(f_tr, y_tr, f_te, y_te)

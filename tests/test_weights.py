@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from support import calibrate_batchnorm, photo_batch
 from xception_core import weights as W
 from xception_core.convert import ours_to_timm
 from xception_core.model import Xception, XceptionConfig
@@ -128,11 +129,14 @@ def test_import_timm_layout_round_trip(home, tiny_model, timm_file):
     assert _ids(home) == [W.BUNDLED_ID, *W.PRETRAINED, "tiny"]
 
 
-def test_import_real_timm_legacy_xception(home, tmp_path):
-    """The real timm layout (paper widths, 10 classes): identical tensors and logits."""
+def test_import_real_timm_legacy_xception(home, tmp_path, photos):
+    """The real timm layout (paper widths, 10 classes) through the import path: identical
+    tensors and logits. The BatchNorms are randomised and calibrated, so an import that
+    mixed two of them up would change the logits."""
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
-    ref = timm.create_model("legacy_xception", pretrained=False, num_classes=10).eval()
+    ref = timm.create_model("legacy_xception", pretrained=False, num_classes=10)
+    calibrate_batchnorm(ref, photo_batch(photos, 80), seed=3)
     path = tmp_path / "legacy.pth"
     torch.save(ref.state_dict(), path)
 
@@ -142,9 +146,11 @@ def test_import_real_timm_legacy_xception(home, tmp_path):
     back = ours_to_timm(model.state_dict(), card.config)
     for k, v in ref.state_dict().items():
         assert torch.equal(back[k], v), k
-    x = _x(96, 1)
+    x = photo_batch(photos[:2], 80)
     with torch.no_grad():
-        assert torch.equal(model(x), ref(x))
+        expected = ref(x)
+        assert torch.equal(model(x), expected)
+    assert (expected[0] - expected[1]).abs().max() > 0.1  # the logits depend on the input
 
 
 def test_import_our_layout_torch_and_safetensors(home, tmp_path, tiny_model):
@@ -731,11 +737,12 @@ def test_download_unknown_id(home):
 
 
 @pytest.mark.slow
-def test_download_full_imagenet_layout(home, tmp_path, server):
+def test_download_full_imagenet_layout(home, tmp_path, server, photos):
     """The real thing at full size: a 1000-class timm legacy_xception file served locally."""
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
-    ref = timm.create_model("legacy_xception", pretrained=False).eval()
+    ref = timm.create_model("legacy_xception", pretrained=False)
+    calibrate_batchnorm(ref, photo_batch(photos, 80), seed=4)
     buf = io.BytesIO()
     torch.save(ref.state_dict(), buf)
     body = buf.getvalue()
@@ -748,9 +755,11 @@ def test_download_full_imagenet_layout(home, tmp_path, server):
     assert card.class_names[0] == "tench"
     assert W.default_model_id(home) == "xception-imagenet"
     model, _ = W.load_model("xception-imagenet", home=home)
-    x = _x(96, 1)
+    x = photo_batch(photos[:2], 80)
     with torch.no_grad():
-        assert torch.equal(model(x), ref(x))
+        expected = ref(x)
+        assert torch.equal(model(x), expected)
+    assert (expected[0] - expected[1]).abs().max() > 0.1  # the logits depend on the input
     assert not any(p.suffix == ".part" for p in _files(home))
 
 

@@ -176,9 +176,17 @@ def sensitivity(explain: Callable[..., torch.Tensor], x: torch.Tensor, target: i
     :data:`SENSITIVITY_SAMPLES` inputs within radius :data:`SENSITIVITY_RADIUS`, each
     explained on its own (``explain`` sees one image at a time).
     """
+
+    def explain_as_tuple(inputs: Any, **kwargs: Any) -> Any:
+        # Captum passes tuples and iterates over what comes back: from a bare [1, C, H, W]
+        # tensor it would take one [C, H, W] map and norm it per channel, not as a whole.
+        # Contiguous: Captum flattens with ``view``, which a channels_last tensor refuses.
+        out = explain(inputs, **kwargs).contiguous()
+        return (out,) if isinstance(inputs, tuple) else out
+
     with seeded(seed, x.device):
         value = captum_sensitivity_max(
-            explain,
+            explain_as_tuple,
             x,
             perturb_radius=SENSITIVITY_RADIUS,
             n_perturb_samples=SENSITIVITY_SAMPLES,
