@@ -19,6 +19,12 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
+from xception_core.attributions import AttributionError, UnknownMethodError
+from xception_core.decode import ImageDecodeError
+from xception_core.introspect import UnknownLayerError
+from xception_core.render import RenderError
+from xception_core.weights import Command, UnknownModelError, WeightsError, WeightsMissingError
+
 from .context import request_id_var
 
 log = logging.getLogger("api.errors")
@@ -126,15 +132,23 @@ def api_error_response(exc: ApiError, instance: str | None = None) -> JSONRespon
 
 # --------------------------------------------------------------------------- translating core errors
 
+#: The command line the server's operator installs weights with (a remedy's commands name it).
+SERVER_PROGRAM = "xception-demo"
+
+
+def _on_the_server(command: Command) -> str:
+    """How the API words a command of a weights error's remedy (``xception_core.weights.Command``):
+    a client cannot run it, the server's operator can; listing models is an API call."""
+    if command.args == ("models",):
+        return "see GET /v1/models"
+    return f"run on the server: {command.line(SERVER_PROGRAM)}"
+
 
 def translate(exc: BaseException) -> ApiError | None:
     """The :class:`ApiError` for an exception of the core library (None if not one of them)."""
-    from xception_core import preprocess, weights
-    from xception_core.introspect import UnknownLayerError
-
     if isinstance(exc, ApiError):
         return exc
-    if isinstance(exc, preprocess.ImageDecodeError):
+    if isinstance(exc, ImageDecodeError):
         status = {
             "unsupported_format": 415,
             "image_too_large": 413,
@@ -145,26 +159,21 @@ def translate(exc: BaseException) -> ApiError | None:
         return ApiError(status, str(getattr(exc, "code", "image-error")).replace("_", "-"), str(exc))
     if isinstance(exc, UnknownLayerError):
         return ApiError(422, "unknown-layer", str(exc), parameter="layer")
-    if isinstance(exc, weights.UnknownModelError):
-        return ApiError(404, "unknown-model", str(exc), parameter="model")
-    if isinstance(exc, weights.WeightsMissingError):
-        return ApiError(409, "model-weights-missing", str(exc))
-    if isinstance(exc, weights.WeightsError):
+    if isinstance(exc, UnknownModelError):
+        return ApiError(404, "unknown-model", exc.explain(_on_the_server), parameter="model")
+    if isinstance(exc, WeightsMissingError):
+        return ApiError(409, "model-weights-missing", exc.explain(_on_the_server))
+    if isinstance(exc, WeightsError):
         return ApiError(
-            503, "model-unavailable", f"the model could not be loaded: {exc}", headers={"Retry-After": "60"}
+            503,
+            "model-unavailable",
+            f"the model could not be loaded: {exc.explain(_on_the_server)}",
+            headers={"Retry-After": "60"},
         )
-    try:
-        from xception_core import attributions
-    except ImportError:  # pragma: no cover - during development
-        attributions = None  # type: ignore[assignment]
-    if attributions is not None and isinstance(exc, attributions.AttributionError):
-        slug = "unknown-method" if isinstance(exc, attributions.UnknownMethodError) else "invalid-attribution-parameter"
+    if isinstance(exc, AttributionError):
+        slug = "unknown-method" if isinstance(exc, UnknownMethodError) else "invalid-attribution-parameter"
         return ApiError(422, slug, str(exc), parameter=getattr(exc, "param", None))
-    try:
-        from xception_core import render
-    except ImportError:  # pragma: no cover
-        render = None  # type: ignore[assignment]
-    if render is not None and isinstance(exc, render.RenderError):
+    if isinstance(exc, RenderError):
         return ApiError(422, "invalid-rendering-parameter", str(exc))
     return None
 

@@ -21,11 +21,12 @@ from fastapi.openapi.utils import get_openapi
 
 from . import errors, logs
 from .deps import require_api_key
+from .examples import code_samples
 from .limits import BodyLimitMiddleware
 from .metrics import Metrics
 from .middleware import REQUEST_ID_HEADER, ApiKeyMiddleware, RequestContextMiddleware
 from .registry import ModelRegistry
-from .routers import activations, attributions, health, models, predict
+from .routers import activations, attributions, health, models, predict, samples
 from .service import Service
 from .settings import Settings
 
@@ -57,17 +58,16 @@ def default_registry(settings: Settings) -> ModelRegistry:
 
 
 def _problem_responses(schema: dict[str, Any]) -> dict[str, Any]:
-    """Error responses are application/problem+json with the Problem schema."""
-    from .examples import code_samples
-
+    """Error responses are application/problem+json with the Problem schema; every operation
+    gets its curl example (``x-codeSamples``)."""
     ref = {"$ref": "#/components/schemas/Problem"}
-    samples = code_samples()
+    curl = code_samples()
     for path, path_item in schema.get("paths", {}).items():
         for method, operation in path_item.items():
             if not isinstance(operation, dict):
                 continue
-            if (method, path) in samples:
-                operation["x-codeSamples"] = samples[(method, path)]
+            if (method, path) in curl:
+                operation["x-codeSamples"] = curl[(method, path)]
             for code, response in operation.get("responses", {}).items():
                 if code[:1] in ("4", "5"):
                     response["content"] = {"application/problem+json": {"schema": ref}}
@@ -121,7 +121,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
 
     app.include_router(health.build(settings))
     secured = [Depends(require_api_key)]
-    for module in (models, predict, activations, attributions):
+    for module in (models, samples, predict, activations, attributions):
         app.include_router(module.build(settings), dependencies=secured)
 
     # add_middleware: the last added runs first (outermost).

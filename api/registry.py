@@ -41,7 +41,7 @@ from xception_core import weights
 from xception_core.engine import Predictor
 from xception_core.fuse import fuse_for_inference
 from xception_core.model import MIN_INPUT_SIZE, SeparableConv2d, Xception
-from xception_core.preprocess import PreprocessConfig
+from xception_core.transform import PreprocessConfig
 from xception_core.profile import ModelProfile, profile_model
 
 from .errors import ApiError

@@ -93,6 +93,7 @@ class SeparableRow(BaseModel):
     pointwise_params: int
     depthwise_macs: int
     pointwise_macs: int
+    regular_params: int = Field(description="Parameters of a regular 3x3 convolution with the same channels (the other end of the spectrum).")
 
 
 class LayerTable(BaseModel):
@@ -113,6 +114,23 @@ class ClassList(BaseModel):
     model: str
     num_classes: int
     classes: list[ClassEntry]
+
+
+class SpectrumPoint(BaseModel):
+    segments: int = Field(description="k: 1 = a regular convolution, `in_channels` = depthwise separable, between: Inception-like.")
+    kind: Literal["regular", "inception-like", "depthwise separable"]
+    label: str = Field(description="How to show the point, e.g. `k = 4`.")
+    params: int = Field(description="Parameters of that layer (no bias, no BatchNorm).")
+    macs: int = Field(description="Multiply-accumulates at the layer's output size.")
+
+
+class LayerSpectrum(BaseModel):
+    model: str
+    layer: str = Field(description="The separable layer.")
+    in_channels: int
+    out_channels: int
+    output_size: list[int] = Field(description="[H, W] of the layer's output at the model's input size.")
+    points: list[SpectrumPoint] = Field(description="From a regular convolution (k = 1) to the depthwise separable one.")
 
 
 # --------------------------------------------------------------------------- predictions
@@ -277,3 +295,21 @@ class AttributionResponse(BaseModel):
     attribution_ms: float = Field(description="Time of the attribution itself.")
     quality_ms: float = Field(description="Time of the quality figures.")
     device: str
+
+
+# --------------------------------------------------------------------------- samples
+
+
+class SampleInfo(BaseModel):
+    id: str = Field(description="Use it in GET /v1/samples/{sample_id}.")
+    kind: Literal["photo", "generated"] = Field(description="A photograph (scikit-image's) or a generated image of a class.")
+    title: str
+    media_type: str = Field(description="Content type of the image bytes.")
+    variants: int = Field(description="How many images the sample has (`variant` 0..variants-1): 1 for a photograph.")
+    credit: str | None = Field(None, description="Photographs: who took it.")
+    class_index: int | None = Field(None, description="Generated samples: the true class (an index of the bundled model's classes).")
+    label: str | None = Field(None, description="Generated samples: the true class's name.")
+
+
+class SampleList(BaseModel):
+    samples: list[SampleInfo]

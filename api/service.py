@@ -26,7 +26,6 @@ replica of the model, whose forward passes check the request's deadline.
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import logging
 import math
@@ -40,9 +39,10 @@ import numpy as np
 import torch
 
 from xception_core import attributions as core_attr
-from xception_core import render
+from xception_core import inference, render
+from xception_core.decode import decode_image
 from xception_core.introspect import decompose, forward_with_capture
-from xception_core.preprocess import decode_image, eval_transform
+from xception_core.transform import eval_transform, to_pixels
 
 from .batching import MicroBatcher
 from .cache import ByteLRU
@@ -58,13 +58,6 @@ PRECISION_LABELS = {"fp32": "fp32", "fp16": "mixed", "bf16": "bf16"}
 log = logging.getLogger("api.service")
 
 PARTS = ("depthwise", "pointwise", "input")
-SORTS = ("mean", "max", "attribution")
-NORMALIZE = ("channel", "layer")
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
 
 def b64png(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
@@ -90,14 +83,6 @@ def tile_png(array2d: np.ndarray, tile_px: int, colormap: str, vmin: float | Non
     rows = np.minimum(np.arange(th) * h // th, h - 1)
     cols = np.minimum(np.arange(tile_px) * w // tile_px, w - 1)
     return render.to_png(array2d[rows][:, cols], colormap, vmin, vmax)
-
-
-def input_image(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """The preprocessed input ``[3, S, S]`` back as uint8 RGB ``[S, S, 3]`` (what the model saw)."""
-    m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
-    s = torch.tensor(std, dtype=torch.float32)[:, None, None]
-    rgb = (x.float().cpu() * s + m).clamp(0, 1).mul(255).round().to(torch.uint8)
-    return rgb.permute(1, 2, 0).contiguous().numpy()
 
 
 @dataclass
@@ -282,11 +267,7 @@ class Service:
 
     def _top(self, entry: LoadedModel, logits: torch.Tensor, k: int) -> list[dict[str, Any]]:
         # NumPy on a CPU tensor's memory (no torch kernel on the event loop); <= a few thousand values.
-        z = logits.numpy().astype(np.float64)
-        p = np.exp(z - z.max())
-        p /= p.sum()
-        order = np.argsort(-p, kind="stable")[:k]
-        return [{"index": int(i), "label": entry.class_names[int(i)], "probability": float(p[i])} for i in order]
+        return [p.to_dict() for p in inference.top_k(logits.numpy()[None], k, entry.class_names)[0]]
 
     def _check_top_k(self, entry: LoadedModel, top_k: int) -> None:
         if top_k > entry.num_classes:
@@ -768,7 +749,7 @@ class Service:
             headers["X-Shape"] = ",".join(map(str, raw.shape))
             headers["Content-Disposition"] = f'attachment; filename="{method}.{array}.npy"'
             return BinaryResult(npy_bytes(raw.numpy().astype(np.float32)), "application/x-npy", headers)
-        image = input_image(x, entry.preprocess.mean, entry.preprocess.std)
+        image = to_pixels(x, entry.preprocess)
         overlay = render.overlay_png(image, r.heatmap.numpy(), sign=sign, opacity=opacity, colormap=colormap)  # type: ignore[arg-type]
         if fmt == "png":
             return BinaryResult(overlay, "image/png", headers)

@@ -132,7 +132,8 @@ def own_predictor(model_name: str, input_size: int, backend: str, precision: str
     """Our model, built as the server built it, through the same backend, and the images
     preprocessed as the server does; None for a model that is not ``random-*``."""
     from xception_core.engine import Predictor
-    from xception_core.preprocess import PreprocessConfig, decode_image, eval_transform
+    from xception_core.decode import decode_image
+    from xception_core.transform import PreprocessConfig, eval_transform
 
     if not model_name.startswith("random-"):
         return None

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from xception_core.quality import attribution_quality, randomized_copy
+from xception_core.attributions import attribution_quality, randomized_copy
 from xception_core.weights import load_model
 
 

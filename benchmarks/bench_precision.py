@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from xception_core import synthetic
     from xception_core.engine import Predictor
-    from xception_core.preprocess import eval_transform
+    from xception_core.transform import eval_transform
     from xception_core.weights import BUNDLED_ID, load_model
 
     started = time.perf_counter()

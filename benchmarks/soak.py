@@ -71,7 +71,7 @@ def serve(model: str, port: int, input_size: int | None) -> None:
     from api.main import create_app, default_registry
     from api.registry import InMemoryModel, ModelRegistry
     from api.settings import Settings
-    from xception_core.preprocess import PreprocessConfig
+    from xception_core.transform import PreprocessConfig
 
     settings = Settings(host="127.0.0.1", port=port, access_log=False)
     if model.startswith("random-"):

@@ -1,5 +1,5 @@
 """Deployment of Xception Explorer beyond one process: Ray Serve (``deploy.serve_app``).
 
 Docker images and compose live at the repository root (``Dockerfile.api``,
-``Dockerfile.ui``, ``docker-compose.yml``); ``deploy/README.md`` explains all of it.
+``Dockerfile.ui``, ``docker-compose.yml``); the README's section "Deployment" explains all of it.
 """

@@ -16,7 +16,7 @@ are keyed by its sha256 -- so any replica can answer any request: no session
 affinity is needed. (A repeated image may land on another replica and miss
 that replica's cache; it is recomputed, never wrong.)
 
-Run it (see ``deploy/README.md``)::
+Run it (the README's section "Ray Serve" explains every argument)::
 
     serve run deploy/serve_config.yaml                       # one machine or a cluster
     serve run deploy.serve_app:build_app gpus_per_replica=1 max_replicas=4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from support import SMALL, sample_photos
 from xception_core.model import XceptionConfig
@@ -23,3 +24,9 @@ def small_config() -> XceptionConfig:
 @pytest.fixture(scope="session")
 def photos() -> list[np.ndarray]:
     return sample_photos()
+
+
+@pytest.fixture(scope="session")
+def chelsea(photos) -> Image.Image:
+    """scikit-image's cat photograph as an RGB PIL image."""
+    return Image.fromarray(photos[1]).convert("RGB")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from xception_core import synthetic
-from xception_core.quality import attribution_quality, randomized_copy
+from xception_core.attributions import attribution_quality, randomized_copy
 from xception_core.train import accuracy
 from xception_core.weights import BUNDLED_ID, bundled_dir, default_model_id, list_models, load_model
 

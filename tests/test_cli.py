@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from xception_core.convert import ours_to_timm
-from xception_core.inference import classify, load_image_tensor
+from xception_core.inference import classify
 from xception_core.model import Xception
-from xception_core.preprocess import PreprocessConfig
-from xception_core.weights import import_weights, load_model
+from xception_core.transform import preprocess_bytes
+from xception_core.weights import get_card, import_weights, load_model
 from xception_demo.cli import main
 
 
@@ -41,7 +41,7 @@ def test_info_json_matches_the_paper(capsys):
     assert code == 0
     info = json.loads(out)
     assert info["total_params"] == 22_855_952
-    assert info["total_macs"] == 8_357_403_496  # conv and FC multiply-accumulates at 299 px (the paper's ~8.4 G)
+    assert info["total_macs"] == 8_357_403_496
     assert len(info["separable_layers"]) == 34
     row = info["layers"][0]
     assert {"name", "flow", "kind", "in_channels", "out_channels", "output_size", "params", "macs"} <= set(row)
@@ -82,7 +82,7 @@ def test_predict_json_contract(capsys, tmp_path, imported_small):
     model, card = load_model(imported_small)
     for r, f in zip(result, files):
         assert [set(p) for p in r["predictions"]] == [{"index", "label", "probability"}] * 3
-        probs = classify(model, load_image_tensor(open(f, "rb").read(), card.preprocess)[None])[0]
+        probs = classify(model, preprocess_bytes(open(f, "rb").read(), card.preprocess)[None])[0]
         expected = torch.topk(probs, 3).indices.tolist()
         assert [p["index"] for p in r["predictions"]] == expected
         assert r["predictions"][0]["label"] == f"thing {expected[0]}"
@@ -98,7 +98,7 @@ def test_eval_exact_top1_top5(capsys, tmp_path, imported_small):
         for i in range(4):
             data = _png(100 * c + i)
             (root / f"class{c}" / f"{i}.png").write_bytes(data)
-            probs = classify(model, load_image_tensor(data, card.preprocess)[None])[0]
+            probs = classify(model, preprocess_bytes(data, card.preprocess)[None])[0]
             top = torch.topk(probs, 5).indices.tolist()
             hits1 += top[0] == c
             hits5 += c in top
@@ -156,8 +156,29 @@ def test_weights_download_offline_names_url_and_manual_route(capsys, monkeypatch
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     code, _, err = run_cli(capsys, "weights", "download", "xception-imagenet", "--quiet")
     assert code == 1
-    assert "xception-43020ad28.pth" in err and "--file" in err
+    assert "then run: xception-demo weights download xception-imagenet --file PATH/xception-43020ad28.pth" in err
     assert "Traceback" not in err
+
+
+def test_weights_remedies_are_this_programs_command_lines(capsys, tmp_path, imported_small):
+    """The core names no program: the CLI words each remedy's commands as its own command lines."""
+    image = tmp_path / "a.png"
+    image.write_bytes(_png(0))
+    code, _, err = run_cli(capsys, "predict", str(image), "--model", "xception-imagenet")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: weights of xception-imagenet are not in the cache (")
+    assert "; run: xception-demo weights download xception-imagenet (offline: download https://" in err
+    assert "then run: xception-demo weights download xception-imagenet --file PATH/xception-43020ad28.pth)" in err
+
+    code, _, err = run_cli(capsys, "weights", "import", str(image), "--name", "xception-imagenet")
+    assert code == 1
+    assert "reserved for a built-in model; choose another --name; to fill it, run: " in err
+    assert "run: xception-demo weights download xception-imagenet (or with --file PATH)" in err
+
+    get_card(imported_small).weights_path.unlink()
+    code, _, err = run_cli(capsys, "predict", str(image), "--model", imported_small)
+    assert code == 1
+    assert f"to re-import it, run: xception-demo weights import FILE --name {imported_small} --overwrite" in err
 
 
 def test_weights_download_from_a_local_file(capsys, tmp_path, small_config, monkeypatch):
@@ -178,3 +199,15 @@ def test_weights_download_from_a_local_file(capsys, tmp_path, small_config, monk
     model, card = load_model("xception-imagenet")
     assert card.status == "available"
     assert torch.equal(model.fc.weight, state["fc.weight"])
+
+
+def test_unknown_ablation_variant_is_refused_before_training_with_the_list(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "ablate", "--out", str(tmp_path / "ab"), "--variants", "gelu+residual", "--quiet")
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "gelu+residual" in err and "none+residual" in err and "none-no-residual" in err
+    assert not (tmp_path / "ab" / "ablation.csv").exists()
+
+
+def test_export_refuses_an_old_opset(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "export", "onnx", "--out", str(tmp_path / "x.onnx"), "--opset", "12")
+    assert code == 1 and err.strip() == "error: --opset must be at least 13"

@@ -197,9 +197,8 @@ def _cmd(path: Path) -> list[str]:
 
 
 def test_images_run_existing_cli_commands_on_the_ports_compose_expects(compose):
-    from xception_demo.cli import _register_extras, build_parser
+    from xception_demo.cli import build_parser
 
-    _register_extras()
     parser = build_parser()
     services = compose["services"]
 
@@ -234,4 +233,40 @@ def test_readme_gives_the_commands():
         "weights download xception-imagenet --file",
     ):
         assert command in text, command
-    assert "| exercised in CI | not exercised in CI |" in text
+    assert "not exercised in CI" in text  # the deployment table says what CI leaves out
+
+
+def _third_party_imports(path: Path, top_level_only: bool) -> set[str]:
+    import ast
+    import sys
+
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    names = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n not in ("ui", "xception_demo", "__future__")}
+
+
+def test_ui_image_has_what_the_app_and_its_command_line_import_and_no_pytorch():
+    import tomllib
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["ui"]
+    installed = {re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower() for requirement in extra}
+    assert not installed & {"torch", "torchvision", "captum", "xception-explorer"}, installed
+    # every module of the app, and what the command line imports before a command runs
+    needed = set()
+    for path in (ROOT / "ui").rglob("*.py"):
+        needed |= _third_party_imports(path, top_level_only=False)
+    for path in (ROOT / "xception_demo").glob("*.py"):
+        needed |= _third_party_imports(path, top_level_only=True)
+    distribution = {"PIL": "pillow"}
+    assert {distribution.get(n, n).lower() for n in needed} <= installed, needed
+    ui = _instructions(DOCKERFILES["ui"])
+    copied = {source for word, args in ui if word == "COPY" for source in _copy_sources(args)}
+    assert copied == {"pyproject.toml", "README.md", "xception_demo", "ui"}
+    runs = " ".join(args for word, args in ui if word == "RUN")
+    assert "torch" not in runs and "['optional-dependencies']['ui']" in runs and "--no-deps ." in runs

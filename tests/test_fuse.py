@@ -99,7 +99,7 @@ def test_api_predicts_with_the_fused_model(photos, fuse):
     from api.main import create_app
     from api.registry import InMemoryModel, ModelRegistry
     from api.settings import Settings
-    from xception_core.preprocess import PreprocessConfig
+    from xception_core.transform import PreprocessConfig
 
     model, batch = _calibrated(SMALL, photos, 96)
     names = [f"class {i}" for i in range(SMALL.num_classes)]
@@ -122,7 +122,7 @@ def test_registry_choice_wins_over_the_setting(photos):
     from api.main import create_app
     from api.registry import InMemoryModel, ModelRegistry
     from api.settings import Settings
-    from xception_core.preprocess import PreprocessConfig
+    from xception_core.transform import PreprocessConfig
 
     model, _ = _calibrated(SMALL, photos, 96)
     names = [f"class {i}" for i in range(SMALL.num_classes)]

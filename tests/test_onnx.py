@@ -10,7 +10,7 @@ import torch
 
 from support import calibrate_batchnorm, photo_batch
 from xception_core.model import Xception
-from xception_core.preprocess import PreprocessConfig
+from xception_core.transform import PreprocessConfig
 
 onnx = pytest.importorskip("onnx", reason="needs onnx: pip install 'xception-explorer[deploy]'")
 pytest.importorskip("onnxruntime", reason="needs onnxruntime: pip install 'xception-explorer[deploy]'")
@@ -52,12 +52,12 @@ def test_onnxruntime_matches_pytorch_for_batches_of_1_and_3(tmp_path, calibrated
 
 
 def test_cli_export_onnx_writes_a_checked_file_with_its_card(tmp_path, calibrated, capsys):
-    from xception_core.weights import import_weights
+    from xception_core.weights import CardOverrides, import_weights
 
     checkpoint = tmp_path / "tiny.pt"
     torch.save(calibrated.state_dict(), checkpoint)
     names = [f"thing {i}" for i in range(calibrated.config.num_classes)]
-    import_weights(checkpoint, "tiny-onnx", format="ours", labels=names, preprocess=PreprocessConfig(input_size=SIZE))
+    import_weights(checkpoint, "tiny-onnx", format="ours", labels=names, card=CardOverrides(preprocess=PreprocessConfig(input_size=SIZE)))
 
     out = tmp_path / "tiny.onnx"
     assert main(["export", "onnx", "--model", "tiny-onnx", "--out", str(out), "--json"]) == 0

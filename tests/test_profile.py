@@ -1,14 +1,62 @@
 import pytest
+import timm
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+from support import SMALL
 from xception_core.model import Xception, XceptionConfig
 from xception_core.profile import profile_model, segment_spectrum
+
+PAPER_MACS = 8_357_403_496  # at 299 px, convolutions and the classifier
+
+
+def _counted_macs(model: torch.nn.Module, size: int) -> tuple[int, dict[str, int]]:
+    """PyTorch's own count on the meta device: FLOPs / 2 of every convolution and matrix product,
+    in total and per module (named as in ``named_modules``)."""
+    with FlopCounterMode(display=False) as counter:
+        model(torch.empty(1, 3, size, size, device="meta"))
+    counts = counter.get_flop_counts()
+    assert {str(op) for op in counts["Global"]} == {"aten.convolution", "aten.addmm"}
+    root = type(model).__name__ + "."
+    per_module = {k[len(root):]: sum(v.values()) // 2 for k, v in counts.items() if k.startswith(root)}
+    return counter.get_total_flops() // 2, per_module
 
 
 def test_paper_totals():
     profile = profile_model(XceptionConfig(), 299)
     assert profile.total_params == 22_855_952
-    assert profile.total_macs == pytest.approx(8.36e9, rel=0.005)
+    assert profile.total_macs == PAPER_MACS
     assert len(profile.separable) == 34
+
+
+def test_macs_equal_pytorch_flop_counter_for_ours_and_timm():
+    with torch.device("meta"):
+        ours = Xception(XceptionConfig())
+        reference = timm.create_model("legacy_xception", pretrained=False)
+    total, per_module = _counted_macs(ours, 299)
+    assert total == PAPER_MACS
+    assert _counted_macs(reference, 299)[0] == PAPER_MACS
+    for layer in profile_model(XceptionConfig(), 299).layers:
+        assert layer.macs == per_module.get(layer.name, 0), layer.name
+
+
+@pytest.mark.parametrize(
+    "config, size",
+    [
+        pytest.param(XceptionConfig(), 150, id="paper-150"),
+        pytest.param(XceptionConfig(), 71, id="paper-71"),
+        pytest.param(XceptionConfig(residual=False), 299, id="no-residual-299"),
+        pytest.param(XceptionConfig(intermediate_activation="elu"), 96, id="elu-96"),
+        pytest.param(SMALL, 96, id="small-96"),
+    ],
+)
+def test_macs_equal_pytorch_flop_counter_at_other_sizes_and_configs(config, size):
+    with torch.device("meta"):
+        model = Xception(config)
+    total, per_module = _counted_macs(model, size)
+    profile = profile_model(config, size)
+    assert profile.total_macs == total
+    assert [layer.macs for layer in profile.layers] == [per_module.get(layer.name, 0) for layer in profile.layers]
 
 
 def test_shapes_along_the_flows():

@@ -1,4 +1,4 @@
-"""Attribution quality metrics on hand-made maps with known answers (xception_core.quality)."""
+"""Attribution quality metrics on hand-made maps with known answers (xception_core.attributions.localisation)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from xception_core.quality import (
+from xception_core.attributions import (
     mask_area_fraction,
     pointing_game_hit,
     positive_mass_in_mask,

@@ -23,7 +23,7 @@ from PIL import Image
 
 from support import calibrate_batchnorm, photo_batch
 from xception_core.model import Xception
-from xception_core.preprocess import PreprocessConfig
+from xception_core.transform import PreprocessConfig
 
 serve_app = pytest.importorskip("deploy.serve_app", reason="needs ray[serve]: pip install 'xception-explorer[deploy]'")
 
@@ -98,7 +98,7 @@ def _png(photo: np.ndarray, width: int = 112) -> bytes:
 
 
 def _import_tiny_model(home: Path, photos, small_config) -> None:
-    from xception_core.weights import import_weights
+    from xception_core.weights import CardOverrides, import_weights
 
     torch.manual_seed(0)
     model = Xception(small_config)
@@ -106,7 +106,7 @@ def _import_tiny_model(home: Path, photos, small_config) -> None:
     path = home.parent / "tiny.pt"
     torch.save(model.state_dict(), path)
     names = [f"class {i}" for i in range(small_config.num_classes)]
-    import_weights(path, MODEL_ID, format="ours", labels=names, home=home, preprocess=PreprocessConfig(input_size=INPUT_SIZE))
+    import_weights(path, MODEL_ID, format="ours", labels=names, home=home, card=CardOverrides(preprocess=PreprocessConfig(input_size=INPUT_SIZE)))
 
 
 def _same(a, b, path="") -> None:
@@ -187,6 +187,8 @@ def test_two_serve_replicas_answer_like_the_plain_app(tmp_path, photos, small_co
                 r = client.post(path, files={"image": ("image.png", data, "image/png")})
                 assert r.status_code == 200, r.text
                 expected.append(r.content if kind else r.json())
+        bad_expected = client.post("/v1/predict", files={"image": ("x.png", b"not an image", "image/png")})
+    assert bad_expected.status_code == 415, bad_expected.text
 
     port = _free_port()
     pythonpath = os.pathsep.join([str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
@@ -217,7 +219,10 @@ def test_two_serve_replicas_answer_like_the_plain_app(tmp_path, photos, small_co
                     got.append(r.content if kind else r.json())
             # errors keep their problem+json form through the proxy
             bad = http.post("/v1/predict", files={"image": ("x.png", b"not an image", "image/png")})
-            assert bad.status_code in (415, 422) and bad.headers["content-type"].startswith("application/problem+json")
+            assert bad.status_code == bad_expected.status_code
+            assert bad.headers["content-type"].startswith("application/problem+json")
+            same_problem = {k: v for k, v in bad_expected.json().items() if k != "request_id"}
+            assert {k: v for k, v in bad.json().items() if k != "request_id"} == same_problem
 
         for i, (want, have) in enumerate(zip(expected, got)):
             if isinstance(want, bytes):

@@ -1,39 +1,125 @@
-"""Our model against timm's legacy_xception, the reference implementation."""
+"""Our model against timm's legacy_xception, the reference implementation.
+
+Every timm model here has random BatchNorm weights and biases and running
+statistics calibrated on real photographs (``calibrate_batchnorm(..., seed=)``):
+with timm's defaults every BatchNorm is the same function, and a conversion
+that mixed up two of them would give the same logits.
+"""
+
+import importlib
 
 import pytest
 import timm
 import torch
+from torch import nn
 
 from support import calibrate_batchnorm, photo_batch
-from xception_core.convert import StateDictMismatch, infer_timm_config, ours_to_timm, timm_to_ours
-from xception_core.model import Xception
+from xception_core.convert import BN_KEYS, StateDictMismatch, infer_timm_config, ours_to_timm, timm_to_ours
+from xception_core.model import Xception, XceptionConfig
+
+SMALL_INPUT = 80  # the paper model at 80 px: the whole comparison takes about a second
+TOLERANCE = 1e-4
+
+
+def _timm_legacy_xception(photos, size: int, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    reference = timm.create_model("legacy_xception", pretrained=False)
+    calibrate_batchnorm(reference, photo_batch(photos, size), seed=seed)
+    return reference
+
+
+@pytest.fixture(scope="module")
+def timm_small_input(photos):
+    return _timm_legacy_xception(photos, SMALL_INPUT, seed=0)
 
 
 @pytest.fixture(scope="module")
 def calibrated_timm(photos):
+    return _timm_legacy_xception(photos, 299, seed=1)
+
+
+def _ours(reference: nn.Module, config: XceptionConfig | None = None) -> Xception:
+    config = config or infer_timm_config(reference.state_dict())
+    ours = Xception(config).eval()
+    ours.load_state_dict(timm_to_ours(reference.state_dict(), config))
+    return ours
+
+
+def _assert_same_logits(ours: nn.Module, reference: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        expected = reference(batch)
+        actual = ours(batch)
+    # The comparison only means something if the logits depend on the input.
+    assert (expected[0] - expected[1]).abs().max() > 1000 * TOLERANCE
+    assert (actual - expected).abs().max().item() <= TOLERANCE
+    return expected
+
+
+def _swap_batchnorms(state: dict[str, torch.Tensor], a: str, b: str) -> dict[str, torch.Tensor]:
+    swapped = dict(state)
+    for key in BN_KEYS:
+        swapped[f"{a}.{key}"], swapped[f"{b}.{key}"] = state[f"{b}.{key}"], state[f"{a}.{key}"]
+    return swapped
+
+
+def test_logits_match_timm_at_a_small_input(timm_small_input, photos):
+    ours = _ours(timm_small_input)
+    batch = photo_batch(photos, SMALL_INPUT)
+    expected = _assert_same_logits(ours, timm_small_input, batch)
+    # and the comparison sees a conversion that swaps two BatchNorms of one middle block
+    state = _swap_batchnorms(ours.state_dict(), "middle.block9.bn1", "middle.block9.bn2")
+    ours.load_state_dict(state)
+    with torch.no_grad():
+        assert (ours(batch) - expected).abs().max() > 100 * TOLERANCE
+
+
+def _narrow_timm(num_classes: int, stem: tuple, entry: tuple, middle: int, exit_: tuple) -> nn.Module:
+    """timm's own legacy_xception classes at narrow widths.
+
+    timm builds only the paper widths, so its modules are replaced by narrower
+    instances of its own ``Block`` and ``SeparableConv2d``; its forward (8 middle
+    blocks, written out) runs unchanged.
+    """
+    tx = importlib.import_module("timm.models.xception")
+    with torch.device("meta"):  # the paper-sized modules are thrown away
+        model = tx.Xception(num_classes=num_classes)
+    model.conv1, model.bn1 = nn.Conv2d(3, stem[0], 3, 2, 0, bias=False), nn.BatchNorm2d(stem[0])
+    model.conv2, model.bn2 = nn.Conv2d(stem[0], stem[1], 3, bias=False), nn.BatchNorm2d(stem[1])
+    model.block1 = tx.Block(stem[1], entry[0], 2, 2, start_with_relu=False)
+    model.block2 = tx.Block(entry[0], entry[1], 2, 2)
+    model.block3 = tx.Block(entry[1], entry[2], 2, 2)
+    for i in range(4, 12):
+        setattr(model, f"block{i}", tx.Block(middle, middle, 3, 1))
+    model.block12 = tx.Block(middle, exit_[0], 2, 2, grow_first=False)
+    model.conv3, model.bn3 = tx.SeparableConv2d(exit_[0], exit_[1], 3, 1, 1), nn.BatchNorm2d(exit_[1])
+    model.conv4, model.bn4 = tx.SeparableConv2d(exit_[1], exit_[2], 3, 1, 1), nn.BatchNorm2d(exit_[2])
+    model.fc = nn.Linear(exit_[2], num_classes)
+    assert not any(t.is_meta for t in model.state_dict().values())
+    return model
+
+
+def test_logits_match_timm_code_at_a_small_configuration(photos):
+    """A narrow configuration through timm's own forward: config inference and renaming at other widths."""
     torch.manual_seed(0)
-    reference = timm.create_model("legacy_xception", pretrained=False)
-    calibrate_batchnorm(reference, photo_batch(photos, 299))
-    return reference
+    reference = _narrow_timm(7, (8, 16), (16, 24, 32), 32, (40, 48, 56))
+    calibrate_batchnorm(reference, photo_batch(photos, 96), seed=2)
+    config = infer_timm_config(reference.state_dict())
+    assert config == XceptionConfig(
+        num_classes=7, stem_channels=(8, 16), entry_channels=(16, 24, 32), middle_repeats=8, exit_channels=(40, 48, 56)
+    )
+    ours = _ours(reference, config)
+    for size in (96, 71):
+        _assert_same_logits(ours, reference, photo_batch(photos, size))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("size", [299, 150])
 def test_logits_match_timm_on_real_photos(calibrated_timm, photos, size):
-    config = infer_timm_config(calibrated_timm.state_dict())
-    ours = Xception(config).eval()
-    ours.load_state_dict(timm_to_ours(calibrated_timm.state_dict(), config))
-    batch = photo_batch(photos, size)
-    with torch.no_grad():
-        expected = calibrated_timm(batch)
-        actual = ours(batch)
-    # The comparison only means something if the logits depend on the input.
-    assert (expected[0] - expected[1]).abs().max() > 0.1  # 1000x the tolerance
-    assert (actual - expected).abs().max().item() <= 1e-4
+    _assert_same_logits(_ours(calibrated_timm), calibrated_timm, photo_batch(photos, size))
 
 
-def test_conversion_back_gives_timms_state_dict_exactly(calibrated_timm):
-    state = calibrated_timm.state_dict()
+def test_conversion_back_gives_timms_state_dict_exactly(timm_small_input):
+    state = timm_small_input.state_dict()
     config = infer_timm_config(state)
     back = ours_to_timm(timm_to_ours(state, config), config)
     assert list(back) == list(state)
@@ -64,4 +150,5 @@ def test_old_checkpoints_without_num_batches_tracked_load(small_config):
     state = ours_to_timm(Xception(small_config).state_dict(), small_config)
     old = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     converted = timm_to_ours(old, small_config)
+    assert all(int(converted[k]) == 0 for k in converted if k.endswith("num_batches_tracked"))
     Xception(small_config).load_state_dict(converted, strict=True)

@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from support import calibrate_batchnorm, photo_batch
 from xception_core import weights as W
 from xception_core.convert import ours_to_timm
 from xception_core.model import Xception, XceptionConfig
-from xception_core.preprocess import PreprocessConfig
+from xception_core.transform import PreprocessConfig
 
 TINY = XceptionConfig(
     num_classes=5,
@@ -128,11 +129,14 @@ def test_import_timm_layout_round_trip(home, tiny_model, timm_file):
     assert _ids(home) == [W.BUNDLED_ID, *W.PRETRAINED, "tiny"]
 
 
-def test_import_real_timm_legacy_xception(home, tmp_path):
-    """The real timm layout (paper widths, 10 classes): identical tensors and logits."""
+def test_import_real_timm_legacy_xception(home, tmp_path, photos):
+    """The real timm layout (paper widths, 10 classes) through the import path: identical
+    tensors and logits. The BatchNorms are randomised and calibrated, so an import that
+    mixed two of them up would change the logits."""
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
-    ref = timm.create_model("legacy_xception", pretrained=False, num_classes=10).eval()
+    ref = timm.create_model("legacy_xception", pretrained=False, num_classes=10)
+    calibrate_batchnorm(ref, photo_batch(photos, 80), seed=3)
     path = tmp_path / "legacy.pth"
     torch.save(ref.state_dict(), path)
 
@@ -142,9 +146,11 @@ def test_import_real_timm_legacy_xception(home, tmp_path):
     back = ours_to_timm(model.state_dict(), card.config)
     for k, v in ref.state_dict().items():
         assert torch.equal(back[k], v), k
-    x = _x(96, 1)
+    x = photo_batch(photos[:2], 80)
     with torch.no_grad():
-        assert torch.equal(model(x), ref(x))
+        expected = ref(x)
+        assert torch.equal(model(x), expected)
+    assert (expected[0] - expected[1]).abs().max() > 0.1  # the logits depend on the input
 
 
 def test_import_our_layout_torch_and_safetensors(home, tmp_path, tiny_model):
@@ -187,7 +193,7 @@ def test_ablation_configs_from_our_layout(home, tmp_path):
     torch.save(model.state_dict(), path)
     # residual on/off is visible in the keys; the activation is not (no parameters)
     assert W.infer_config(model.state_dict()) == XceptionConfig(**{**cfg.to_dict(), "intermediate_activation": "none"})
-    card = W.import_weights(path, "ablation", config=cfg, home=home)
+    card = W.import_weights(path, "ablation", home=home, card=W.CardOverrides(config=cfg))
     assert card.config == cfg
     loaded, _ = W.load_model("ablation", home=home)
     _assert_same_model(loaded, model)
@@ -381,7 +387,7 @@ def test_failure_while_storing_leaves_nothing(home, timm_file, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(W, "_write_text_atomic", boom)
+    monkeypatch.setattr("xception_core.weights.installed.write_text_atomic", boom)
     with pytest.raises(OSError, match="disk full"):
         W.import_weights(timm_file, "tiny", home=home)
     _assert_nothing_registered(home)
@@ -393,7 +399,7 @@ def test_failed_overwrite_keeps_the_previous_version(home, timm_file, tiny_model
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(W, "_stage_safetensors", boom)
+    monkeypatch.setattr("xception_core.weights.installed.stage_safetensors", boom)
     with pytest.raises(OSError):
         W.import_weights(timm_file, "tiny", home=home, overwrite=True)
     model, _ = W.load_model("tiny", home=home)
@@ -431,13 +437,13 @@ def test_missing_weights_say_how_to_get_them(home, timm_file):
     with pytest.raises(W.WeightsMissingError) as err:
         W.load_model("xception-imagenet", home=home)
     message = str(err.value)
-    assert "xception-demo weights download xception-imagenet" in message
+    assert err.value.remedy.commands[0].args == ("weights", "download", "xception-imagenet")
     assert "--file" in message and "xception-43020ad28.pth" in message
 
     W.import_weights(timm_file, "tiny", home=home)
     (home / "models" / "tiny" / "model.safetensors").unlink()
     assert W.get_card("tiny", home=home).status == "missing"
-    with pytest.raises(W.WeightsMissingError, match="xception-demo weights import FILE --name tiny --overwrite"):
+    with pytest.raises(W.WeightsMissingError, match="`weights import FILE --name tiny --overwrite`"):
         W.load_model("tiny", home=home)
 
 
@@ -608,7 +614,7 @@ def _expect_download_failure(home, exc_type, call, *fragments):
     return message
 
 
-MANUAL = f"then run: xception-demo weights download {TINY_PRETRAINED} --file"
+MANUAL = f"then run `weights download {TINY_PRETRAINED} --file"
 
 
 def test_download_wrong_hash(home, server, tiny_pretrained):
@@ -704,7 +710,7 @@ def test_download_offline_default_url(home):
         W.download_weights(home=home, progress=False)
     message = str(err.value)
     assert url in message and "host name lookup failed" in message
-    assert "xception-demo weights download xception-imagenet --file PATH/xception-43020ad28.pth" in message
+    assert "`weights download xception-imagenet --file PATH/xception-43020ad28.pth`" in message
     assert _files(home) == []
 
 
@@ -731,11 +737,12 @@ def test_download_unknown_id(home):
 
 
 @pytest.mark.slow
-def test_download_full_imagenet_layout(home, tmp_path, server):
+def test_download_full_imagenet_layout(home, tmp_path, server, photos):
     """The real thing at full size: a 1000-class timm legacy_xception file served locally."""
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
-    ref = timm.create_model("legacy_xception", pretrained=False).eval()
+    ref = timm.create_model("legacy_xception", pretrained=False)
+    calibrate_batchnorm(ref, photo_batch(photos, 80), seed=4)
     buf = io.BytesIO()
     torch.save(ref.state_dict(), buf)
     body = buf.getvalue()
@@ -748,9 +755,11 @@ def test_download_full_imagenet_layout(home, tmp_path, server):
     assert card.class_names[0] == "tench"
     assert W.default_model_id(home) == "xception-imagenet"
     model, _ = W.load_model("xception-imagenet", home=home)
-    x = _x(96, 1)
+    x = photo_batch(photos[:2], 80)
     with torch.no_grad():
-        assert torch.equal(model(x), ref(x))
+        expected = ref(x)
+        assert torch.equal(model(x), expected)
+    assert (expected[0] - expected[1]).abs().max() > 0.1  # the logits depend on the input
     assert not any(p.suffix == ".part" for p in _files(home))
 
 
@@ -759,7 +768,7 @@ def test_download_full_imagenet_layout(home, tmp_path, server):
 
 def test_bundled_model(monkeypatch, tmp_path, tiny_model, home):
     bundled = tmp_path / "bundled"
-    monkeypatch.setattr(W, "bundled_dir", lambda: bundled)
+    monkeypatch.setattr("xception_core.weights.bundled.bundled_dir", lambda: bundled)
     missing = W.bundled_card()
     assert missing.status == "missing" and missing.id == W.BUNDLED_ID
     with pytest.raises(W.WeightsMissingError, match="reinstall"):

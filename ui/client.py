@@ -186,6 +186,21 @@ class ApiClient:
     def classes(self, model_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/models/{model_id}/classes")
 
+    def spectrum(self, model_id: str, layer: str, *, points: int = 4) -> dict[str, Any]:
+        """The paper's spectrum for one separable layer: ``{"layer", "in_channels", "out_channels",
+        "output_size", "points": [{"segments", "kind", "label", "params", "macs"}]}``."""
+        return self._json("GET", f"/v1/models/{model_id}/layers/{layer}/spectrum", params={"points": points})
+
+    # ------------------------------------------------------------------ samples
+
+    def samples(self) -> list[dict[str, Any]]:
+        """Sample images: ``[{"id", "kind" (photo | generated), "title", "media_type", "variants", ...}]``."""
+        return list(self._json("GET", "/v1/samples").get("samples", []))
+
+    def sample(self, sample_id: str, *, variant: int = 0) -> bytes:
+        """The image bytes of one sample (JPEG or PNG)."""
+        return self._request("GET", f"/v1/samples/{sample_id}", params={"variant": variant}).content
+
     def methods(self) -> dict[str, Any]:
         """The attribution methods with their parameters (kinds, defaults, ranges)."""
         return self._json("GET", "/v1/methods")

@@ -13,6 +13,7 @@ does not ask the API twice; errors are never cached.
 from __future__ import annotations
 
 import hashlib
+import mimetypes
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,7 +50,7 @@ class ImageInput:
 
     data: bytes = field(repr=False)
     name: str
-    source: str  # "upload", "photo" or "generated"
+    source: str  # "upload", or a sample's kind: "photo" or "generated"
     true_index: int | None = None  # generated samples know their class
     true_label: str | None = None
     image_id: str = ""
@@ -100,6 +101,25 @@ def layers(url: str, model: str) -> dict[str, Any]:
 @st.cache_data(ttl=3600, show_spinner=False)
 def classes(url: str, model: str) -> list[str]:
     return [c["label"] for c in client(url).classes(model)["classes"]]
+
+
+@st.cache_data(ttl=3600, show_spinner=False)
+def spectrum(url: str, model: str, layer: str) -> dict[str, Any]:
+    return client(url).spectrum(model, layer)
+
+
+@st.cache_data(ttl=3600, show_spinner=False)
+def samples(url: str) -> list[dict[str, Any]]:
+    return client(url).samples()
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def sample_image(url: str, sample: dict[str, Any], variant: int = 0) -> ImageInput:
+    """A sample as the image to analyse (``sample`` as GET /v1/samples lists it; the bytes never change)."""
+    data = client(url).sample(sample["id"], variant=variant)
+    extension = mimetypes.guess_extension(sample["media_type"]) or ""
+    name = sample["id"] if sample["variants"] == 1 else f"{sample['id']}-{variant}"
+    return ImageInput(data, name + extension, sample["kind"], true_index=sample.get("class_index"), true_label=sample.get("label"))
 
 
 @st.cache_data(ttl=3600, show_spinner=False)

@@ -9,8 +9,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import streamlit as st
-from PIL import Image
+from PIL import Image, ImageOps
 
 from . import session
 from .client import ApiError, problem_json
@@ -61,8 +62,6 @@ def b64(png: str) -> bytes:
 @st.cache_data(max_entries=32, show_spinner=False)
 def kernel_png(kernel: list[list[float]], cell_px: int = 16) -> bytes:
     """A small depthwise kernel as a PNG: white at 0, red positive, blue negative, symmetric scale."""
-    import numpy as np
-
     k = np.asarray(kernel, dtype=np.float32)
     t = np.abs(k) / max(float(np.abs(k).max()), 1e-12)
     fade = (255 * (1 - t)).astype(np.uint8)
@@ -95,8 +94,6 @@ def preview_png(image_id: str, _data: bytes, max_side: int = 640) -> tuple[bytes
 @st.cache_data(max_entries=32, show_spinner=False)
 def thumbnail(key: str, _data: bytes, size: tuple[int, int] = (240, 180)) -> bytes:
     """A centre-cropped PNG thumbnail of fixed size (a gallery of even tiles)."""
-    from PIL import ImageOps
-
     with Image.open(io.BytesIO(_data)) as img:
         thumb = ImageOps.fit(img.convert("RGB"), size, Image.Resampling.LANCZOS)
     buf = io.BytesIO()
@@ -151,11 +148,11 @@ def require_image() -> session.ImageInput:
     if image is not None:
         return image
     st.info("No image yet: upload one or pick a sample on the **Predict** page.", icon=":material/image:")
-    if st.button("Use a sample photo (Chelsea the cat)", key="use_default_sample"):
-        from . import samples
-
-        session.set_image(session.ImageInput(samples.photo_bytes("chelsea"), "chelsea.jpg", "photo"))
-        st.rerun()
+    with api_errors():
+        photo = next((s for s in session.samples(session.api_url()) if s["kind"] == "photo"), None)
+        if photo is not None and st.button(f"Use a sample photo ({photo['title']})", key="use_default_sample"):
+            session.set_image(session.sample_image(session.api_url(), photo))
+            st.rerun()
     st.page_link(PREDICT_PAGE, label="Go to Predict", icon=":material/arrow_forward:")
     st.stop()
     raise AssertionError("unreachable")

@@ -44,7 +44,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .export import onnx_bytes, onnx_logits, onnx_session
 from .fuse import fuse_for_inference
+from .model import model_device
 
 __all__ = ["BACKENDS", "PRECISIONS", "EngineInfo", "Predictor", "native_reduced_precision"]
 
@@ -146,7 +148,7 @@ class Predictor:
             raise ValueError(f"guard_top must be at least 1, got {guard_top}")
         self.guard_top = int(guard_top)
         self.input_size = int(input_size)
-        self.device = next(model.parameters()).device
+        self.device = model_device(model)
         self.model = fuse_for_inference(model) if fuse else model.eval()
         self.notes: list[str] = []
         self._lock = threading.Lock()
@@ -207,8 +209,6 @@ class Predictor:
         missing = _missing_onnx()
         if missing:
             raise RuntimeError(f"{missing} is not installed (pip install onnx onnxruntime)")
-        from .export import onnx_bytes, onnx_logits, onnx_session
-
         session = onnx_session(onnx_bytes(self.model, input_size=self.input_size), threads=torch.get_num_threads())
 
         def forward(x: torch.Tensor) -> torch.Tensor:

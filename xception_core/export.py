@@ -25,15 +25,14 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from .model import Xception
-    from .weights import ModelCard
+from .model import Xception, model_device
+from .weights import ModelCard, default_model_id, load_model
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -206,7 +205,7 @@ def compare_with_torch(
     session = onnx_session(path)
     generator = torch.Generator().manual_seed(seed)
     model = model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     worst = 0.0
     for n in batches:
         x = torch.rand(n, model.config.in_chans, input_size, input_size, generator=generator) * 2 - 1
@@ -234,8 +233,6 @@ def export_onnx(
     and its logits must lie within ``atol`` of PyTorch's, else :class:`ExportError`
     (the file is kept, so it can be inspected).
     """
-    from .weights import default_model_id, load_model
-
     _require_onnx()
     if check:
         _require_onnxruntime()

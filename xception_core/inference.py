@@ -6,10 +6,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
+from .folders import list_class_folder
 from .locks import model_lock
-from .preprocess import ALLOWED_FORMATS, PreprocessConfig, eval_transform, decode_image
+from .model import model_device
+from .transform import PreprocessConfig, preprocess_bytes
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -21,12 +26,8 @@ class Prediction:
         return {"index": self.index, "label": self.label, "probability": self.probability}
 
 
-def model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def classify(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """Softmax probabilities ``[N, classes]`` (float32, on the CPU) for a preprocessed batch.
+def predict_logits(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Logits ``[N, classes]`` (float32, on the CPU) for a preprocessed batch.
 
     Holds the model's shared lock: a hook-based attribution running at the same
     time (exclusive) would otherwise see this forward pass.
@@ -34,42 +35,32 @@ def classify(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
     device = model_device(model)
     with model_lock(model).shared(), torch.inference_mode():
         logits = model(batch.to(device).contiguous(memory_format=torch.channels_last))
-        return torch.softmax(logits.float(), dim=1).cpu()
+        return logits.float().cpu()
 
 
-def top_k(probabilities: torch.Tensor, k: int, class_names: Sequence[str]) -> list[list[Prediction]]:
-    """The ``k`` most probable classes of each row, most probable first."""
-    k = max(1, min(k, probabilities.shape[1]))
-    values, indices = torch.topk(probabilities, k, dim=1)
-    return [
-        [Prediction(int(i), class_names[int(i)], float(p)) for p, i in zip(row_p, row_i)]
-        for row_p, row_i in zip(values.tolist(), indices.tolist())
-    ]
+def classify(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Softmax probabilities ``[N, classes]`` (float32, on the CPU) for a preprocessed batch."""
+    return torch.softmax(predict_logits(model, batch), dim=1)
 
 
-def load_image_tensor(data: bytes, cfg: PreprocessConfig, max_pixels: int | None = None) -> torch.Tensor:
-    kwargs = {} if max_pixels is None else {"max_pixels": max_pixels}
-    return eval_transform(decode_image(data, formats=ALLOWED_FORMATS, **kwargs), cfg)
+def top_k(logits: torch.Tensor | np.ndarray, k: int, class_names: Sequence[str]) -> list[list[Prediction]]:
+    """The ``k`` most probable classes of each row of ``logits`` ``[N, classes]``, most probable first.
 
-
-def list_class_folder(root: str | Path) -> tuple[list[str], list[tuple[Path, int]]]:
-    """Class names (sorted sub-folder names) and ``(image, class index)`` pairs.
-
-    The layout is the generator's (:func:`synthetic.list_image_folder`): hidden
-    files, object masks and top-level files are not samples.
+    The softmax is taken in float64 with NumPy (so the API can call this on its event loop
+    without a torch kernel); equal probabilities keep class order. ``k`` is clamped to
+    1..classes.
     """
-    from .synthetic import list_image_folder
-
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a folder; expected one sub-folder per class")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise FileNotFoundError(f"{root} has no class sub-folders")
-    samples = list_image_folder(root)
-    if not samples:
-        raise FileNotFoundError(f"{root} has class folders but no images")
-    return classes, samples
+    z = np.asarray(logits.detach().cpu() if isinstance(logits, torch.Tensor) else logits, dtype=np.float64)
+    if z.ndim != 2:
+        raise ValueError(f"logits must be [N, classes], got shape {list(z.shape)}")
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    k = max(1, min(int(k), z.shape[1]))
+    order = np.argsort(-p, axis=1, kind="stable")[:, :k]
+    return [
+        [Prediction(int(i), class_names[int(i)], float(row[i])) for i in row_order]
+        for row, row_order in zip(p, order)
+    ]
 
 
 @dataclass(frozen=True)
@@ -94,15 +85,12 @@ def evaluate_folder(
     hits1 = hits5 = 0
     chunks = range(0, len(samples), batch_size)
     if progress:
-        from tqdm import tqdm
-
         chunks = tqdm(chunks, desc="eval", unit="batch")
     for start in chunks:
         chunk = samples[start : start + batch_size]
-        batch = torch.stack([load_image_tensor(path.read_bytes(), cfg) for path, _ in chunk])
+        batch = torch.stack([preprocess_bytes(path.read_bytes(), cfg) for path, _ in chunk])
         probs = classify(model, batch)
-        k = min(5, probs.shape[1])
-        top = torch.topk(probs, k, dim=1).indices
+        top = torch.topk(probs, min(5, probs.shape[1]), dim=1).indices
         labels = torch.tensor([label for _, label in chunk])
         hits1 += int((top[:, 0] == labels).sum())
         hits5 += int((top == labels[:, None]).any(dim=1).sum())

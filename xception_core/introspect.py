@@ -95,7 +95,9 @@ class Decomposition:
     ``weights[i]`` is the 1x1 weight ``W[channel, i]``; ``contributions[k]`` is
     the map ``W[channel, order[k]] * a_order[k]`` where ``a`` is the pointwise
     input (the depthwise output after the intermediate activation, identical to
-    it in the paper configuration); ``energy`` ranks them (sum of squares).
+    it in the paper configuration); ``energy`` ranks them: the sum of squares
+    of each map, largest first, equal energies (dead channels, say) in channel
+    order.
     ``total`` is the sum over *all* channels and equals the pointwise output;
     ``rest`` is what the channels outside the top contribute.
     """
@@ -130,7 +132,9 @@ def decompose(
         maps = weights[:, None, None] * a
         energy = maps.pow(2).sum(dim=(1, 2))
         k = min(top, in_channels)
-        top_energy, order = torch.topk(energy, k)
+        # topk's order among equal values is unspecified; a stable sort is not
+        order = torch.argsort(energy, descending=True, stable=True)[:k]
+        top_energy = energy[order]
         total = maps.sum(dim=0)
         contributions = maps[order]
         rest = total - contributions.sum(dim=0)

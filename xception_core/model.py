@@ -329,3 +329,9 @@ class Xception(nn.Module):
 def xception(**overrides: Any) -> Xception:
     """Build an Xception; keyword arguments override :class:`XceptionConfig` fields."""
     return Xception(XceptionConfig(**overrides))
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s parameters (the CPU for a module without any)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")

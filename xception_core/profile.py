@@ -46,6 +46,7 @@ class SeparableProfile:
     pointwise_params: int
     depthwise_macs: int
     pointwise_macs: int
+    regular_params: int  # a regular 3x3 convolution with the same channels (the spectrum's k = 1)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -76,26 +77,79 @@ class ModelProfile:
 def segment_spectrum(
     in_channels: int, out_channels: int, segments: int, kernel: int = 3, output_hw: int = 1
 ) -> tuple[int, int]:
-    """Parameters and MACs of the paper's spectrum for one layer.
+    """Parameters and MACs of the paper's spectrum for one layer (no bias, no BatchNorm).
 
-    ``segments`` = 1 is a regular ``kernel x kernel`` convolution; ``segments`` =
-    ``in_channels`` is a depthwise-separable one (in Xception's order: 1x1 after
-    the spatial convolution). In between, an Inception-like module: a 1x1
-    convolution then a spatial convolution per segment of
-    ``out_channels / segments`` channels (grouped convolution).
+    Chollet (2017), section 2: ``segments`` = 1 is a regular ``kernel x kernel``
+    convolution, ``in_channels * out_channels * kernel^2``; ``segments`` =
+    ``in_channels`` is a depthwise-separable one (in Xception's order: 1x1 after the
+    spatial convolution), ``in_channels * kernel^2 + in_channels * out_channels``. In
+    between, an Inception-like module: a 1x1 convolution then a spatial convolution per
+    segment of ``out_channels / segments`` channels (grouped convolution),
+    ``in_channels * out_channels + segments * (out_channels / segments)^2 * kernel^2``.
+    MACs = parameters x ``output_hw`` (the number of output positions, H x W).
     """
+    if in_channels < 1 or out_channels < 1:
+        raise ValueError("channel counts must be positive")
     if not 1 <= segments <= in_channels:
         raise ValueError(f"segments must be in 1..{in_channels}")
+    k2 = kernel * kernel
     if segments == 1:
-        params = in_channels * out_channels * kernel * kernel
+        params = in_channels * out_channels * k2
     elif segments == in_channels:
-        params = in_channels * kernel * kernel + in_channels * out_channels
+        params = in_channels * k2 + in_channels * out_channels
     else:
         if out_channels % segments:
-            raise ValueError(f"segments must divide {out_channels}")
+            raise ValueError(f"segments must divide the {out_channels} output channels")
         per = out_channels // segments
-        params = in_channels * out_channels + segments * per * per * kernel * kernel
+        params = in_channels * out_channels + segments * per * per * k2
     return params, params * output_hw
+
+
+@dataclass(frozen=True)
+class SpectrumPoint:
+    """One point of a layer's spectrum: ``segments`` = k, its kind, parameters and MACs."""
+
+    segments: int
+    kind: str  # "regular", "inception-like" or "depthwise separable"
+    params: int
+    macs: int
+
+    @property
+    def label(self) -> str:
+        if self.kind == "regular":
+            return "k = 1 (regular conv)"
+        if self.kind == "depthwise separable":
+            return f"k = {self.segments} (separable)"
+        return f"k = {self.segments}"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "label": self.label}
+
+
+#: Inception-like segment counts a spectrum shows, in order of preference (3 and 4 as in
+#: Inception V3, then powers of two).
+SEGMENT_CANDIDATES = (3, 4, 8, 16, 32, 64, 128, 256)
+
+
+def spectrum_segments(in_channels: int, out_channels: int, count: int = 4) -> list[int]:
+    """k = 1, up to ``count`` Inception-like segment counts (each divides ``out_channels`` and is
+    below ``in_channels``), and k = ``in_channels``."""
+    middle = [k for k in SEGMENT_CANDIDATES if 1 < k < in_channels and out_channels % k == 0][:count]
+    return sorted({1, *middle, in_channels})
+
+
+def layer_spectrum(
+    in_channels: int, out_channels: int, output_size: tuple[int, int] | list[int], count: int = 4
+) -> list[SpectrumPoint]:
+    """The paper's spectrum for one 3x3 layer at an ``(H, W)`` output, from a regular convolution
+    to a depthwise separable one (:func:`spectrum_segments` chooses the points)."""
+    h, w = (int(v) for v in output_size)
+    points = []
+    for k in spectrum_segments(in_channels, out_channels, count):
+        params, macs = segment_spectrum(in_channels, out_channels, k, output_hw=h * w)
+        kind = "regular" if k == 1 else "depthwise separable" if k == in_channels else "inception-like"
+        points.append(SpectrumPoint(k, kind, params, macs))
+    return points
 
 
 def _flow(name: str) -> str:
@@ -161,7 +215,7 @@ def _profile(config: XceptionConfig, input_size: int) -> ModelProfile:
         separable.append(
             SeparableProfile(
                 name, dw.flow, dw.in_channels, pw.out_channels, pw.output_size,
-                dw.params, pw.params, dw.macs, pw.macs,
+                dw.params, pw.params, dw.macs, pw.macs, segment_spectrum(dw.in_channels, pw.out_channels, 1)[0],
             )
         )
     return ModelProfile(

@@ -20,7 +20,8 @@ from torch import nn
 
 from . import synthetic
 from .model import Xception, XceptionConfig
-from .preprocess import PreprocessConfig
+from .transform import PreprocessConfig
+from .weights import export_bundled
 
 
 @dataclass(frozen=True)
@@ -208,8 +209,6 @@ def preprocess_for(config: TrainConfig) -> PreprocessConfig:
 
 def save(result: TrainResult, directory: str | Path, model_id: str, description: str | None = None):
     """Write ``<directory>/<model_id>.safetensors`` and its JSON model card; returns the card."""
-    from .weights import export_bundled
-
     return export_bundled(
         result.model,
         class_names=synthetic.CLASS_NAMES,

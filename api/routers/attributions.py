@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, File, Query, UploadFile
 
 from xception_core import attributions as core_attr
 from xception_core import render
+from xception_core.attributions import format_value
 
 from ..deps import deadline, get_service, read_image
 from ..schemas import AttributionResponse, MethodList
@@ -22,12 +23,6 @@ OverlayColormap = Literal[render.COLORMAPS]  # type: ignore[valid-type]
 
 _STEP_PARAMS = {"n_steps"}
 _SAMPLE_PARAMS = {"nt_samples", "n_samples"}
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return str(v)
 
 
 def param_bounds(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -67,16 +62,16 @@ def method_params_dependency(settings: Settings):
         if name in common:
             where = "all methods"
             p0 = info["methods"][0][1]
-            notes = f"default {_fmt(p0.default)}"
+            notes = f"default {format_value(p0.default)}"
         else:
             where = ", ".join(m for m, _ in info["methods"])
             notes = "; ".join(
-                f"{m}: default {_fmt(p.default)}" + (f", {_fmt(p.minimum)}..{_fmt(p.maximum)}" if p.minimum is not None else "")
+                f"{m}: default {format_value(p.default)}" + (f", {format_value(p.minimum)}..{format_value(p.maximum)}" if p.minimum is not None else "")
                 for m, p in info["methods"]
             )
         rng = ""
         if info["min"] is not None or info["max"] is not None:
-            rng = f" Range {_fmt(info['min'])}..{_fmt(info['max'])}."
+            rng = f" Range {format_value(info['min'])}..{format_value(info['max'])}."
         description = f"{info['description'][:1].upper()}{info['description'][1:]}. For {where} ({notes}).{rng}"
         query = Query(
             ge=info["min"] if kind in ("int", "float") else None,

@@ -1,21 +1,35 @@
-"""GET /v1/models, /v1/models/{id}, /v1/models/{id}/layers, /v1/models/{id}/classes."""
+"""GET /v1/models, /v1/models/{id}, /v1/models/{id}/layers, /v1/models/{id}/layers/{layer}/spectrum,
+/v1/models/{id}/classes."""
 
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Query
 from starlette.concurrency import run_in_threadpool
 
-from xception_core.profile import profile_model
+from xception_core.profile import SEGMENT_CANDIDATES, layer_spectrum, profile_model
 from xception_core.weights import ModelCard
 
 from ..deps import get_service
-from ..schemas import ClassList, LayerTable, ModelDetail, ModelList
+from ..errors import invalid_choice
+from ..schemas import ClassList, LayerSpectrum, LayerTable, ModelDetail, ModelList, Problem
 from ..service import Service
 from ..settings import Settings
 from .common import problems
 
 ModelId = Annotated[str, Path(max_length=200, description="Model id, as listed by GET /v1/models.")]
+LayerName = Annotated[
+    str, Path(max_length=100, description="Separable layer, e.g. `middle.block5.sep1` (GET /v1/models/{id}/layers lists them).")
+]
+SpectrumPoints = Annotated[
+    int,
+    Query(
+        ge=0,
+        le=len(SEGMENT_CANDIDATES),
+        description=f"How many Inception-like segment counts to show between the two ends: 0..{len(SEGMENT_CANDIDATES)} "
+        f"(the first of {', '.join(map(str, SEGMENT_CANDIDATES))} that divide the output channels and are below the input channels).",
+    ),
+]
 
 
 def _summary(service: Service, card: ModelCard, default: str) -> dict[str, Any]:
@@ -78,6 +92,35 @@ def build(settings: Settings) -> APIRouter:
             "total_macs": profile.total_macs,
             "layers": d["layers"],
             "separable_layers": d["separable_layers"],
+        }
+
+    @router.get(
+        "/{model_id}/layers/{layer}/spectrum",
+        response_model=LayerSpectrum,
+        summary="The paper's spectrum for one layer",
+        responses={**problems(401, 422), 404: {"model": Problem, "description": "Unknown model or layer (the detail lists the valid ones)."}},
+    )
+    async def get_layer_spectrum(
+        model_id: ModelId, layer: LayerName, points: SpectrumPoints = 4, service: Service = Depends(get_service)
+    ) -> dict[str, Any]:
+        """Parameters and MACs of a 3x3 layer with this separable layer's channels and output size, from
+        a regular convolution (k = 1 segment) through Inception-like modules (a 1x1 convolution, then a 3x3
+        convolution per segment of C_out / k channels) to the depthwise separable convolution (k = C_in)
+        — Chollet (2017), section 2. Regular: C_in·C_out·9; k segments: C_in·C_out + k·(C_out/k)²·9;
+        separable: C_in·9 + C_in·C_out; MACs = parameters × H × W."""
+        card = await run_in_threadpool(service.registry.card, model_id)
+        profile = await service.inference_pool.run(_profile, card)
+        rows = {s.name: s for s in profile.separable}
+        if layer not in rows:
+            raise invalid_choice("layer", layer, list(rows), status=404)
+        row = rows[layer]
+        return {
+            "model": card.id,
+            "layer": row.name,
+            "in_channels": row.in_channels,
+            "out_channels": row.out_channels,
+            "output_size": list(row.output_size),
+            "points": [p.to_dict() for p in layer_spectrum(row.in_channels, row.out_channels, row.output_size, points)],
         }
 
     @router.get("/{model_id}/classes", response_model=ClassList, summary="Class names", responses=problems(401, 404))

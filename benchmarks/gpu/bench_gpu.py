@@ -112,7 +112,8 @@ def api_round_trip(model) -> tuple[str, str, bool]:
     from api.main import create_app
     from api.registry import InMemoryModel, ModelRegistry
     from api.settings import Settings
-    from xception_core.preprocess import PreprocessConfig, decode_image, eval_transform
+    from xception_core.decode import decode_image
+    from xception_core.transform import PreprocessConfig, eval_transform
 
     names = [f"class {i}" for i in range(model.config.num_classes)]
     cfg = PreprocessConfig()

@@ -99,7 +99,7 @@ def png(png_images) -> bytes:
 
 @functools.lru_cache(maxsize=1)
 def _tiny_model() -> Xception:
-    from xception_core.preprocess import eval_transform
+    from xception_core.transform import eval_transform
 
     torch.manual_seed(0)
     model = Xception(SMALL)

@@ -17,7 +17,8 @@ from api.main import create_app
 from api.registry import InMemoryModel, ModelRegistry
 from api.settings import Settings
 from xception_core.model import Xception
-from xception_core.preprocess import PreprocessConfig, decode_image, eval_transform
+from xception_core.decode import decode_image
+from xception_core.transform import PreprocessConfig, eval_transform
 
 INPUT_SIZE = 96
 CLASS_NAMES = ["tench", "goldfish", "shark", "crane", "crane", "maillot", "toilet tissue"]

@@ -43,7 +43,26 @@ def test_readyz_explains_a_default_model_without_weights(tmp_path):
         # the model list still shows it, as missing; analysis on it is a 409 that says how to fix it
         models = {m["id"]: m for m in c.get("/v1/models").json()["models"]}
         assert models["xception-imagenet"]["status"] == "missing"
-        assert_problem(c.post("/v1/predict?model=xception-imagenet", files=files(b"x")), 409, "weights download")
+        body = assert_problem(
+            c.post("/v1/predict?model=xception-imagenet", files=files(b"x")),
+            409,
+            "run on the server: xception-demo weights download xception-imagenet (offline: download https://",
+            "then run on the server: xception-demo weights download xception-imagenet --file PATH/xception-43020ad28.pth)",
+        )
+        assert body["type"].endswith(":model-weights-missing")
+
+
+def test_weights_remedies_are_worded_for_api_clients(monkeypatch, tmp_path):
+    """A remedy's commands are things the server's operator runs; listing models is an API call."""
+    from api.errors import translate
+    from xception_core.weights import BUNDLED_ID, WeightsMissingError, bundled, load_model
+
+    monkeypatch.setattr(bundled, "bundled_dir", lambda: tmp_path / "no-bundled-files")
+    with pytest.raises(WeightsMissingError) as err:
+        load_model(BUNDLED_ID)
+    problem = translate(err.value)
+    assert problem.status == 409 and problem.slug == "model-weights-missing"
+    assert problem.detail.endswith("; reinstall xception-explorer, or use another model (see GET /v1/models)")
 
 
 def _png(model) -> bytes:
@@ -202,7 +221,10 @@ def test_an_imported_model_is_hosted_from_the_cache(tiny_model, tmp_path, png):
     ckpt = tmp_path / "tiny.pth"
     torch.save(tiny_model.state_dict(), ckpt)
     home = tmp_path / "home"
-    weights.import_weights(ckpt, "my-tiny", labels=list(CLASS_NAMES), home=home, preprocess=PREPROCESS, config=tiny_model.config)
+    weights.import_weights(
+        ckpt, "my-tiny", labels=list(CLASS_NAMES), home=home,
+        card=weights.CardOverrides(preprocess=PREPROCESS, config=tiny_model.config),
+    )
     registry = ModelRegistry(home=home, device="cpu", default_model="my-tiny")
     with TestClient(create_app(make_settings(preload_default_model=False), registry=registry)) as c:
         models = {m["id"]: m for m in c.get("/v1/models").json()["models"]}

@@ -47,10 +47,11 @@ def test_settings_readme_lists_every_setting():
 
 
 def test_api_readme_has_a_curl_example_for_every_endpoint(app):
-    from api.examples import EXAMPLES, readme_api
+    from api.examples import EXAMPLES
+    from api.readme import readme_api
 
     text = (API_DIR / "README_API.md").read_text(encoding="utf-8")
-    assert text == readme_api(), "run: python -m api.examples"
+    assert text == readme_api(), "run: python -m api.readme"
     documented = {(m, p) for m, p, _, _ in EXAMPLES}
     routes = {(method.upper(), path) for path, item in app.openapi()["paths"].items() for method in item}
     assert routes == documented

@@ -66,9 +66,9 @@ def demo_environment(home: Path) -> dict[str, str]:
 
 
 def start_up(home: Path, timeout: float = 300.0) -> Demo:
-    """``run_up`` on two free ports of 127.0.0.1 (``python -m ui.launch up``), once it says it is ready."""
+    """``run_up`` on two free ports of 127.0.0.1 (``python -m xception_demo up``), once it says it is ready."""
     api_port, ui_port = free_port(), free_port()
-    command = [sys.executable, "-m", "ui.launch", "up", "--host", "127.0.0.1", "--api-port", str(api_port), "--ui-port", str(ui_port)]
+    command = [sys.executable, "-m", "xception_demo", "up", "--host", "127.0.0.1", "--api-port", str(api_port), "--ui-port", str(ui_port)]
     process = subprocess.Popen(
         command, env=demo_environment(home), cwd=str(REPO_ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, start_new_session=True,

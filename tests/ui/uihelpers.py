@@ -24,7 +24,7 @@ from PIL import Image
 from support import calibrate_batchnorm
 from xception_core import synthetic
 from xception_core.model import Xception, XceptionConfig
-from xception_core.preprocess import PreprocessConfig, eval_transform
+from xception_core.transform import PreprocessConfig, eval_transform
 
 MODEL_ID = "tiny-ui"
 INPUT_SIZE = 96
@@ -133,13 +133,13 @@ def import_tiny_model(home: Path, name: str = MODEL_ID) -> str:
     ``xception-demo weights import`` does) so that a separate API process can serve it."""
     from safetensors.torch import save_file
 
-    from xception_core.weights import import_weights
+    from xception_core.weights import CardOverrides, import_weights
 
     checkpoint = home / "tiny.safetensors"
     home.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tiny_model().state_dict().items()}, str(checkpoint))
     import_weights(
         checkpoint, name, format="ours", labels=list(synthetic.CLASS_NAMES), home=home,
-        config=TINY_CONFIG, preprocess=PREPROCESS, description="tiny end-to-end test model",
+        card=CardOverrides(config=TINY_CONFIG, preprocess=PREPROCESS, description="tiny end-to-end test model"),
     )
     return name

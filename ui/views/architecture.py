@@ -9,7 +9,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from ui import session, spectrum, widgets
+from ui import session, widgets
+from ui.client import ApiError
 
 st.title("Architecture")
 st.caption(
@@ -130,13 +131,15 @@ if flow_separable:
             "pointwise params": [s["pointwise_params"] for s in flow_separable],
             "depthwise MACs": [s["depthwise_macs"] for s in flow_separable],
             "pointwise MACs": [s["pointwise_macs"] for s in flow_separable],
-            "regular conv params": [s["in_channels"] * s["out_channels"] * 9 for s in flow_separable],
+            "regular conv params": [s["regular_params"] for s in flow_separable],
         }
     )
     st.dataframe(
         sep_frame, hide_index=True, width="stretch",
         column_config={c: st.column_config.NumberColumn(format="localized") for c in sep_frame.columns[3:]},
     )
+
+widgets.download("Layer table (CSV)", pd.DataFrame(rows).to_csv(index=False).encode(), f"layers-{model}.csv", "text/csv", "dl_layers")
 
 st.subheader("The spectrum of the paper")
 st.caption(
@@ -150,15 +153,19 @@ widgets.forget_stale("spectrum_layer", names)
 chosen_name = st.selectbox("Layer", names, index=default, key="spectrum_layer",
                            format_func=lambda n: widgets.layer_label(next(s for s in separable if s["name"] == n)))
 chosen = next(s for s in separable if s["name"] == chosen_name)
-points = spectrum.layer_spectrum(chosen["in_channels"], chosen["out_channels"], chosen["output_size"])
+try:
+    points = session.spectrum(session.api_url(), model, chosen_name)["points"]
+except ApiError as error:
+    widgets.show_error(error)
+    st.stop()
 regular = points[0]
 spec_frame = pd.DataFrame(
     {
-        "segments": [p.label for p in points],
-        "kind": [p.kind for p in points],
-        "params": [p.params for p in points],
-        "MACs": [p.macs for p in points],
-        "vs regular": [f"{p.params / regular.params:.1%}" for p in points],
+        "segments": [p["label"] for p in points],
+        "kind": [p["kind"] for p in points],
+        "params": [p["params"] for p in points],
+        "MACs": [p["macs"] for p in points],
+        "vs regular": [f"{p['params'] / regular['params']:.1%}" for p in points],
     }
 )
 st.dataframe(
@@ -189,4 +196,3 @@ st.caption(
     f"({chosen['depthwise_params']:,} depthwise + {chosen['pointwise_params']:,} pointwise) and "
     f"{chosen['depthwise_macs'] + chosen['pointwise_macs']:,} MACs — the right end of the spectrum."
 )
-widgets.download("Layer table (CSV)", pd.DataFrame(rows).to_csv(index=False).encode(), f"layers-{model}.csv", "text/csv", "dl_layers")

@@ -10,7 +10,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from ui import samples, session, widgets
+from ui import session, widgets
 from ui.client import ApiError
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif"]
@@ -34,38 +34,44 @@ def _upload_picker() -> None:
         st.rerun()  # the sidebar, drawn before this page, shows the new image too
 
 
-def _photo_picker() -> None:
+def _photo_picker(photos: list[dict]) -> None:
     st.caption("Photographs that ship with scikit-image.")
     columns = st.columns(3)
-    for i, photo in enumerate(samples.PHOTOS):
+    for i, photo in enumerate(photos):
         with columns[i % 3]:
-            data = samples.photo_bytes(photo.name)
-            st.image(widgets.thumbnail(f"photo:{photo.name}", data), caption=photo.title, width="stretch")
-            if st.button("Use", key=f"photo_{photo.name}", width="stretch"):
-                session.set_image(session.ImageInput(data, f"{photo.name}.jpg", "photo"))
+            image = session.sample_image(session.api_url(), photo)
+            st.image(widgets.thumbnail(f"photo:{photo['id']}", image.data), caption=photo["title"], width="stretch")
+            if st.button("Use", key=f"photo_{photo['id']}", width="stretch"):
+                session.set_image(image)
                 st.rerun()
 
 
-def _generated_picker() -> None:
+def _generated_picker(generated: list[dict]) -> None:
     st.caption(
         "Generated images of the bundled model's classes: a spatial pattern drawn in a pair of colours. "
         "Telling the classes apart needs both the spatial and the cross-channel cue."
     )
     c1, c2 = st.columns([3, 1])
-    class_index = c1.selectbox(
-        "Class", range(samples.NUM_CLASSES), format_func=lambda i: f"{i}: {samples.CLASS_NAMES[i]}", key="generated_class"
+    position = c1.selectbox(
+        "Class", range(len(generated)), format_func=lambda i: f"{generated[i]['class_index']}: {generated[i]['label']}", key="generated_class"
     )
-    variant = c2.number_input("Variant", min_value=0, max_value=9999, value=0, step=1, key="generated_variant")
-    data = samples.generated_bytes(int(class_index), int(variant))
-    st.image(data, width=160, caption=f"true class: {samples.CLASS_NAMES[class_index]}", output_format="PNG")
+    sample = generated[position]
+    variant = c2.number_input("Variant", min_value=0, max_value=sample["variants"] - 1, value=0, step=1, key="generated_variant")
+    image = session.sample_image(session.api_url(), sample, int(variant))
+    st.image(image.data, width=160, caption=f"true class: {image.true_label}", output_format="PNG")
     if st.button("Use this image", key="use_generated"):
-        session.set_image(
-            session.ImageInput(
-                data, f"generated-{class_index:02d}-{variant}.png", "generated",
-                true_index=int(class_index), true_label=samples.CLASS_NAMES[class_index],
-            )
-        )
+        session.set_image(image)
         st.rerun()
+
+
+def _sample_picker(kind: str) -> None:
+    """The samples of one kind the API offers (GET /v1/samples)."""
+    with widgets.api_errors():
+        offered = [s for s in session.samples(session.api_url()) if s["kind"] == kind]
+        if kind == "photo":
+            _photo_picker(offered)
+        else:
+            _generated_picker(offered)
 
 
 with choose:
@@ -77,9 +83,9 @@ with choose:
     if source == SOURCES[0]:
         _upload_picker()
     elif source == SOURCES[1]:
-        _photo_picker()
+        _sample_picker("photo")
     else:
-        _generated_picker()
+        _sample_picker("generated")
 
 
 def _chart(predictions: list[dict]) -> alt.Chart:

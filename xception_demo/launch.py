@@ -1,6 +1,6 @@
 """Start the app: ``run_ui`` (the Streamlit app alone, against an API URL) and ``run_up``
-(API and app together, for a person at a browser). The CLI's ``xception-demo ui`` and
-``xception-demo up`` call these.
+(API and app together, for a person at a browser): what ``xception-demo ui`` and
+``xception-demo up`` run.
 
 Both run the servers as child processes and stop them cleanly on Ctrl-C or SIGTERM.
 """
@@ -12,17 +12,19 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 
-from .config import API_KEY_ENV, API_URL_ENV, DEFAULT_API_URL
+from ui import config
 
-APP_PATH = Path(__file__).resolve().parent / "app.py"
+#: The app's entry script (``ui/app.py``).
+APP_PATH = Path(config.__file__).resolve().with_name("app.py")
 #: The directory holding the ``ui`` and ``api`` packages (a checkout's root).
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_ROOT = APP_PATH.parent.parent
 READY_TIMEOUT_S = 600.0
 STOP_TIMEOUT_S = 15.0
 #: Streamlit refuses bigger uploads before they reach the API (whose own limit is 10 MiB by default).
@@ -124,8 +126,6 @@ class _Signals:
 
 
 def _main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
 
 
@@ -134,7 +134,7 @@ def run_ui(api_url: str, port: int = 8501, host: str = "127.0.0.1") -> int:
     if not _port_free(host, port):
         print(f"error: port {port} on {host} is in use; choose another with --port", file=sys.stderr)
         return 1
-    process = _spawn(streamlit_command(port, host), _child_env(**{API_URL_ENV: api_url}))
+    process = _spawn(streamlit_command(port, host), _child_env(**{config.API_URL_ENV: api_url}))
     print(f"Xception Explorer UI: {_url(host, port)} (API {api_url}); Ctrl-C stops it", flush=True)
     with _Signals():
         try:
@@ -188,9 +188,9 @@ def run_up(host: str = "127.0.0.1", api_port: int = 8000, ui_port: int = 8501, *
         try:
             print(f"starting the API on {api_url} ...", flush=True)
             api = _spawn(api_command(host, api_port), _child_env())
-            ui_env = {API_URL_ENV: api_url}
-            if os.environ.get("XCEPTION_API_KEY") and not os.environ.get(API_KEY_ENV):
-                ui_env[API_KEY_ENV] = os.environ["XCEPTION_API_KEY"]  # the API wants a key: the UI sends it
+            ui_env = {config.API_URL_ENV: api_url}
+            if os.environ.get("XCEPTION_API_KEY") and not os.environ.get(config.API_KEY_ENV):
+                ui_env[config.API_KEY_ENV] = os.environ["XCEPTION_API_KEY"]  # the API wants a key: the UI sends it
             ui = _spawn(streamlit_command(ui_port, host), _child_env(**ui_env))
             problem = _wait_ready(api_url, api, ready_timeout)
             if problem is not None:
@@ -212,27 +212,3 @@ def run_up(host: str = "127.0.0.1", api_port: int = 8000, ui_port: int = 8501, *
         finally:
             _stop(ui)
             _stop(api)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ui.launch [ui|up] ...`` -- handy before the CLI wires the commands."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m ui.launch")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("ui")
-    p.add_argument("--api-url", default=os.environ.get(API_URL_ENV) or DEFAULT_API_URL)
-    p.add_argument("--port", type=int, default=8501)
-    p.add_argument("--host", default="127.0.0.1")
-    p = sub.add_parser("up")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--api-port", type=int, default=8000)
-    p.add_argument("--ui-port", type=int, default=8501)
-    args = parser.parse_args(argv)
-    if args.command == "ui":
-        return run_ui(args.api_url, args.port, args.host)
-    return run_up(args.host, args.api_port, args.ui_port)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

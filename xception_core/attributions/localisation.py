@@ -1,4 +1,4 @@
-"""Attribution quality on images whose object is known (the synthetic dataset's masks).
+"""Localisation: how well a map points at the object, on images whose object is known (masks).
 
 All functions take an attribution map ``[H, W]`` (numpy array or torch tensor,
 any float dtype; a leading singleton batch/channel dimension such as
@@ -24,32 +24,30 @@ Metrics
 * :func:`mask_area_fraction` -- the object's share of the image: the expected
   value of both metrics above for a map that carries no information
   (uniform positive mass; an argmax at a uniformly random pixel).
+
+Over a model: :func:`attribution_quality` averages them over generated images
+(:mod:`xception_core.synthetic`), and compares with a :func:`randomized_copy`
+of the model (the model-randomisation sanity check).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Union
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-try:
-    import torch
-except ImportError:  # pragma: no cover - torch is a dependency of the package
-    torch = None  # type: ignore[assignment]
+from ..synthetic import make_sample, to_tensor
+from .attributor import Attributor
 
-ArrayLike = Union[np.ndarray, "torch.Tensor"]
-
-__all__ = [
-    "positive_mass_in_mask",
-    "pointing_game_hit",
-    "mask_area_fraction",
-    "upsample_to",
-    "quality_report",
-]
+ArrayLike = Union[np.ndarray, torch.Tensor]
 
 
 def _to_numpy(x: ArrayLike, dtype=np.float64) -> np.ndarray:
-    if torch is not None and isinstance(x, torch.Tensor):
+    if isinstance(x, torch.Tensor):
         x = x.detach().to("cpu")
         if x.dtype == torch.bfloat16 or x.dtype == torch.float16:
             x = x.float()
@@ -151,11 +149,8 @@ def upsample_to(attribution: ArrayLike, shape: tuple[int, int]) -> ArrayLike:
     device), always 2-D ``shape``; maps already at ``shape`` are only squeezed,
     not resampled.
     """
-    import torch as _torch
-    import torch.nn.functional as F
-
-    is_tensor = isinstance(attribution, _torch.Tensor)
-    t = attribution if is_tensor else _torch.from_numpy(np.asarray(attribution, dtype=np.float32))
+    is_tensor = isinstance(attribution, torch.Tensor)
+    t = attribution if is_tensor else torch.from_numpy(np.asarray(attribution, dtype=np.float32))
     t = t.detach()
     while t.dim() > 2 and t.shape[0] == 1:
         t = t[0]
@@ -195,27 +190,21 @@ def quality_report(attribution: ArrayLike, mask: ArrayLike, tolerance_px: int = 
 
 def _spearman(a, b) -> float:
     """Spearman rank correlation of two maps (flattened)."""
-    import torch
-
     ra = torch.as_tensor(a).flatten().double().argsort().argsort().double()
     rb = torch.as_tensor(b).flatten().double().argsort().argsort().double()
     ra, rb = ra - ra.mean(), rb - rb.mean()
     return float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp_min(1e-12))
 
 
-def randomized_copy(model, top_fraction: float = 0.5, seed: int = 0):
+def randomized_copy(model: nn.Module, top_fraction: float = 0.5, seed: int = 0) -> nn.Module:
     """The model-randomisation sanity check (Adebayo et al., 2018), cascading from the top.
 
     Returns a copy whose last ``top_fraction`` of parameterised modules (the
     classifier first, then backwards through the exit and middle flows) are
     re-initialised; a faithful attribution changes when they do.
     """
-    import copy
-
-    import torch
-
     clone = copy.deepcopy(model)
-    modules = [m for m in clone.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear, torch.nn.BatchNorm2d))]
+    modules = [m for m in clone.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d))]
     count = max(1, int(round(len(modules) * top_fraction)))
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -241,11 +230,6 @@ def attribution_quality(
     random baseline of both), and -- with a ``randomized`` model -- the mean
     Spearman correlation between the trained and the randomised model's maps.
     """
-    import torch
-
-    from . import synthetic
-    from .attributions import Attributor
-
     size = size or 96
     attributors = [Attributor(model)] + ([Attributor(randomized)] if randomized is not None else [])
     sums: dict[str, dict[str, float]] = {
@@ -253,8 +237,8 @@ def attribution_quality(
         for label in methods
     }
     for i in range(n):
-        image, label, mask = synthetic.make_sample(i, seed, size)
-        x = synthetic.to_tensor(image)[None]
+        image, label, mask = make_sample(i, seed, size)
+        x = to_tensor(image)[None]
         for name, kwargs in methods.items():
             result = attributors[0].attribute(x, target=label, auc_steps=0, **kwargs)
             heat = result.heatmap
