@@ -47,13 +47,12 @@ from depthwise channels, and Captum attributions of the prediction.
 
 
 def default_registry(settings: Settings) -> ModelRegistry:
+    """The models of the weights cache (``create_app`` gives it the settings' serving options)."""
     return ModelRegistry(
         home=settings.home,
         device=settings.device,
         max_loaded=settings.max_loaded_models,
         default_model=settings.default_model,
-        mixed_precision=settings.predict_mixed_precision,
-        max_replicas=settings.attribution_workers + settings.inference_workers,
     )
 
 
@@ -85,9 +84,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     registry = registry or default_registry(settings)
-    if registry.max_replicas is None:
-        # attributions (and sort=attribution) borrow a private replica: one per thread that can ask
-        registry.max_replicas = settings.attribution_workers + settings.inference_workers
+    # attributions (and sort=attribution) borrow a private replica: one per thread that can ask
+    registry.serve_with(settings.engine_options(), max_replicas=settings.attribution_workers + settings.inference_workers)
     metrics = Metrics()
     service = Service(settings, registry, metrics)
 

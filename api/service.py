@@ -118,19 +118,6 @@ class Service:
         self._batcher_entries: dict[str, LoadedModel] = {}
         self.cache_dtype = torch.float16 if settings.cache_activation_dtype == "float16" else torch.float32
         registry.on_change = lambda n: metrics.models_loaded.set(n)
-        # float16 needs both the setting and the registry builder's consent (None: no opinion);
-        # for the others an explicit choice of the registry's builder wins
-        registry.mixed_precision = settings.predict_mixed_precision and registry.mixed_precision is not False
-        if registry.fuse_batchnorm is None:
-            registry.fuse_batchnorm = settings.fuse_batchnorm
-        if registry.predict_backend is None:
-            registry.predict_backend = settings.predict_backend
-        if registry.predict_precision is None:
-            registry.predict_precision = settings.predict_precision
-        if registry.margin is None:
-            registry.margin = settings.mixed_precision_margin
-        if registry.guard_top is None:
-            registry.guard_top = settings.mixed_precision_guard_top
 
     # ------------------------------------------------------------------ lifecycle
 
