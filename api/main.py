@@ -155,14 +155,16 @@ async def _preload(app: FastAPI, service: Service) -> None:
     try:
         entry = await service.model(None, None)
         log.info("default model %s ready on %s", entry.id, service.device)
-    except errors.ApiError as exc:
-        app.state.load_error = exc.detail
-        log.warning("default model not loaded: %s", exc.detail)
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - readiness reports it
-        app.state.load_error = str(exc)
-        log.exception("default model not loaded")
+        problem = errors.translate(exc)
+        if problem is None:
+            app.state.load_error = str(exc)
+            log.exception("default model not loaded")
+        else:
+            app.state.load_error = problem.detail
+            log.warning("default model not loaded: %s", problem.detail)
 
 
 def run(host: str | None = None, port: int | None = None, settings: Settings | None = None) -> None:

@@ -45,8 +45,6 @@ from xception_core.model import MIN_INPUT_SIZE, SeparableConv2d, Xception
 from xception_core.profile import ModelProfile, profile_model
 from xception_core.transform import PreprocessConfig
 
-from .errors import ApiError
-
 log = logging.getLogger("api.registry")
 
 
@@ -244,20 +242,16 @@ class ModelRegistry:
     def ids(self) -> list[str]:
         return [c.id for c in self.cards()]
 
-    def card(self, model_id: str, *, status: int = 404) -> weights.ModelCard:
+    def card(self, model_id: str) -> weights.ModelCard:
+        """The card of ``model_id`` (the list is read again once before giving up), else
+        :class:`~xception_core.weights.UnknownModelError` with the valid ids as ``choices``."""
         for refresh in (False, True):
             for c in self.cards(refresh=refresh):
                 if c.id == model_id:
                     return c
         ids = self.ids()
         shown = model_id if len(str(model_id)) <= 80 else str(model_id)[:77] + "..."
-        raise ApiError(
-            status,
-            "unknown-model",
-            f"unknown model {shown!r}; valid ids: {', '.join(ids)}",
-            parameter="model",
-            valid_choices=ids,
-        )
+        raise weights.UnknownModelError(f"unknown model {shown!r}; valid ids: {', '.join(ids)}", choices=ids)
 
     def default_id(self) -> str:
         """The explicit default, else the first injected model, else ``weights.default_model_id``

@@ -613,44 +613,10 @@ class Service:
     # ------------------------------------------------------------------ attributions
 
     def check_attribution(self, entry: LoadedModel, method: str, layer: str | None, part: str | None, params: dict[str, Any]) -> dict[str, Any]:
-        """Validate everything before queueing; returns the resolved parameters."""
-        if method not in core_attr.METHODS:
-            raise invalid_choice("method", method, list(core_attr.METHODS))
-        spec = core_attr.METHODS[method]
-        try:
-            resolved = spec.resolve(params)
-        except core_attr.ParamError as exc:
-            raise ApiError(422, "invalid-attribution-parameter", str(exc), parameter=exc.param) from None
-        if spec.layer_method:
-            if layer is None:
-                raise ApiError(
-                    422, "missing-parameter", f"{method} needs layer (one of {', '.join(entry.separable)}) and part (depthwise or pointwise)", parameter="layer"
-                )
-            self.check_layer(entry, layer)
-            if part not in ("depthwise", "pointwise"):
-                raise ApiError(422, "invalid-parameter", f"{method} needs part=depthwise or part=pointwise", parameter="part")
-        elif layer is not None or part is not None:
-            layered = [n for n, s in core_attr.METHODS.items() if s.layer_method]
-            raise ApiError(
-                422, "invalid-parameter", f"layer and part are only for layer methods ({', '.join(layered)}); {method} works on the input", parameter="layer" if layer is not None else "part"
-            )
-        if method == "occlusion":
-            size = entry.input_size
-            window, stride = resolved["window"], resolved["stride"]
-            if window > size:
-                raise out_of_range("window", window, 4, min(size, 128), f"at most the input size {size}")
-            if stride > window:
-                raise out_of_range("stride", stride, 2, window, "at most window")
-            n = core_attr.occlusion_positions(size, size, window, stride)
-            if n > core_attr.MAX_OCCLUSION_POSITIONS:
-                raise ApiError(
-                    422,
-                    "parameter-out-of-range",
-                    f"occlusion with window {window} and stride {stride} on a {size}x{size} input needs {n} positions; "
-                    f"the limit is {core_attr.MAX_OCCLUSION_POSITIONS}; use a larger stride",
-                    parameter="stride",
-                )
-        return resolved
+        """The resolved parameters once the catalogue's rules hold for this model (before queueing);
+        raises the core's UnknownMethodError / ParamError, which :func:`api.errors.translate` words."""
+        spec = core_attr.get_method(method)
+        return spec.validate(params, layer=layer, part=part, layers=list(entry.separable), input_size=entry.input_size)
 
     def _attribute(
         self, entry: LoadedModel, x: torch.Tensor, method: str, target: int | None, layer: str | None, part: str | None,

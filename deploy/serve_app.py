@@ -81,7 +81,7 @@ def build_api(overrides: Mapping[str, Any] | None = None):
 
 
 def _load_default_model(app) -> None:
-    from api.errors import ApiError
+    from api.errors import translate
 
     service = app.state.service
     try:
@@ -89,8 +89,9 @@ def _load_default_model(app) -> None:
     except Exception as exc:
         service.inference_pool.shutdown()
         service.attribution_pool.shutdown()
-        if isinstance(exc, ApiError):
-            raise RuntimeError(f"the default model could not be loaded: {exc.detail}") from None
+        problem = translate(exc)
+        if problem is not None:
+            raise RuntimeError(f"the default model could not be loaded: {problem.detail}") from None
         raise
     log.info("replica ready: model %s on %s", entry.id, service.device)
 
