@@ -110,7 +110,7 @@ def test_api_predicts_with_the_fused_model(photos, fuse):
     assert (entry.predict_model is not entry.model) is fuse
     assert is_fused(entry.predict_model) is fuse
     assert any(isinstance(m, nn.BatchNorm2d) for m in entry.model.modules())
-    out = app.state.service._run_predict_batch(entry, list(batch))
+    out = app.state.features.predictions.run_batch(entry, list(batch))
     with torch.inference_mode():
         expected = model(batch)
     actual = torch.stack([logits for logits, _ in out])
