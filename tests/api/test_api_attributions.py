@@ -140,7 +140,7 @@ def test_an_image_predicted_before_lends_its_logits(tiny_model, png_images, monk
     running its own prediction forward; a new image has none to lend."""
     from apihelpers import make_client
 
-    import api.service
+    from xception_core import attributions as core_attr
 
     seen = []
 
@@ -149,7 +149,7 @@ def test_an_image_predicted_before_lends_its_logits(tiny_model, png_images, monk
             seen.append(logits)
             return super().attribute(*args, logits=logits, **kwargs)
 
-    monkeypatch.setattr(api.service.core_attr, "Attributor", Recording)
+    monkeypatch.setattr(core_attr, "Attributor", Recording)
     with make_client(tiny_model) as c:
         predicted = c.post("/v1/predict?top_k=1", files=files(png_images[0])).json()["predictions"][0]
         body = c.post("/v1/attributions?method=saliency&auc_steps=0", files=files(png_images[0])).json()

@@ -214,7 +214,7 @@ def test_attribution_deadline_is_504_and_stops_the_work(tiny_model, png):
     the follow-up gets the normal one, so a loaded machine cannot fail the test. The deadline is read
     from the app's settings on every request, which is how the test changes it between calls."""
     with make_client(tiny_model, attribution_workers=1) as c:
-        service = c.app.state.service
+        runtime = c.app.state.features.runtime
         normal = c.app.state.settings
         saliency = "/v1/attributions?method=saliency&auc_steps=0"
         assert c.post(saliency, files=files(png)).status_code == 200  # model loaded, image decoded and cached
@@ -228,7 +228,7 @@ def test_attribution_deadline_is_504_and_stops_the_work(tiny_model, png):
         finally:
             c.app.state.settings = normal
         # the running job notices the deadline in its next forward pass and frees the worker
-        wait_until(lambda: service.attribution_pool.pending == 0, "the timed-out attribution still runs")
+        wait_until(lambda: runtime.attribution_pool.pending == 0, "the timed-out attribution still runs")
         assert c.post(saliency, files=files(png)).status_code == 200  # the single worker is free again
         metrics = c.get("/metrics").text
         assert 'xception_deadline_exceeded_total{kind="attribution"} 1.0' in metrics
@@ -244,10 +244,11 @@ def test_predict_deadline(tiny_model, png):
 
 def test_full_queue_is_503_and_does_not_block_predictions(tiny_model, png, png_images):
     with make_client(tiny_model, attribution_workers=1, max_pending_jobs=1, attribution_timeout_s=20) as c:
-        service = c.app.state.service
+        features = c.app.state.features
+        runtime = features.runtime
         slow_done = []
         running, release = threading.Event(), threading.Event()
-        real_job = service._attribution_job
+        real_job = features.attributions._job
 
         def held_job(*args, **kwargs):
             # The first attribution holds the only worker until the test releases it,
@@ -256,10 +257,10 @@ def test_full_queue_is_503_and_does_not_block_predictions(tiny_model, png, png_i
             release.wait(30)
             return real_job(*args, **kwargs)
 
-        service._attribution_job = held_job
+        features.attributions._job = held_job
         # With one pending job allowed, the default model's preload must be over first.
         wait_until(
-            lambda: c.get("/readyz").status_code == 200 and service.inference_pool.pending == 0, "the default model's preload"
+            lambda: c.get("/readyz").status_code == 200 and runtime.inference_pool.pending == 0, "the default model's preload"
         )
 
         def slow():
@@ -270,7 +271,7 @@ def test_full_queue_is_503_and_does_not_block_predictions(tiny_model, png, png_i
         t.start()
         try:
             assert running.wait(10), slow_done
-            assert service.attribution_pool.pending == 1
+            assert runtime.attribution_pool.pending == 1
             r = c.post("/v1/attributions?method=saliency", files=files(png))
             body = assert_problem(r, 503, "queue is full")
             assert r.headers["retry-after"] == "1" and body["type"].endswith("server-busy")
@@ -291,8 +292,8 @@ def test_out_of_memory_is_503_and_the_service_recovers(tiny_model, png, monkeypa
     released = []
     monkeypatch.setattr(workers, "release_gpu_memory", lambda: released.append(1))
     with make_client(tiny_model) as c:
-        service = c.app.state.service
-        original = service._run_predict_batch
+        predictions = c.app.state.features.predictions
+        original = predictions.run_batch
         calls = []
 
         def flaky(entry, xs):
@@ -301,8 +302,8 @@ def test_out_of_memory_is_503_and_the_service_recovers(tiny_model, png, monkeypa
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
             return original(entry, xs)
 
-        monkeypatch.setattr(service, "_run_predict_batch", flaky)
-        service._batchers.clear()
+        monkeypatch.setattr(predictions, "run_batch", flaky)
+        predictions._batchers.clear()
         body = assert_problem(c.post("/v1/predict", files=files(png)), 503, "out of memory")
         assert body["type"].endswith("out-of-memory") and released == [1]
         assert c.post("/v1/predict", files=files(png)).status_code == 200
@@ -327,7 +328,7 @@ def test_service_cache_respects_its_byte_bound(tiny_model, png_images):
     with make_client(tiny_model, cache_max_bytes=300_000) as c:
         for data in png_images:
             c.post("/v1/activations?layer=entry.block2.sep1&top=1", files=files(data))
-        cache = c.app.state.service.cache
+        cache = c.app.state.features.runtime.cache
         assert 0 < cache.bytes <= 300_000 and cache.stats()["evictions"] > 0
 
 

@@ -310,17 +310,20 @@ def test_bad_engine_settings_are_refused(name, value):
 def test_guard_settings_reach_the_predictor(tiny_model):
     app = make_app(tiny_model, mixed_precision_guard_top=1, mixed_precision_margin=0.25)
     predictor = app.state.registry.get(MODEL_ID).predictor
-    assert predictor.guard_top == 1 and predictor.margin == 0.25
+    assert predictor.options.guard_top == 1 and predictor.options.margin == 0.25
 
 
 @pytest.mark.parametrize("enabled", [True, False])
 def test_the_mixed_precision_setting_reaches_an_injected_registry(tiny_model, enabled):
     """`predict_mixed_precision` decides float16 on CUDA for registries the app did not build
-    too (tests, benchmarks, embedders); a registry built with `mixed_precision=False` keeps it off."""
+    too (tests, benchmarks, embedders); a registry built with its own engine options keeps them."""
     from api.main import create_app
     from apihelpers import make_registry, make_settings
 
+    from xception_core.engine import EngineOptions
+
     app = make_app(tiny_model, predict_mixed_precision=enabled)
-    assert app.state.registry.mixed_precision is enabled
-    explicit = create_app(make_settings(predict_mixed_precision=True), registry=make_registry(tiny_model, mixed_precision=False))
-    assert explicit.state.registry.mixed_precision is False
+    assert app.state.registry.engine.mixed_precision is enabled
+    own = EngineOptions(mixed_precision=False)
+    explicit = create_app(make_settings(predict_mixed_precision=True), registry=make_registry(tiny_model, engine=own))
+    assert explicit.state.registry.engine is own
