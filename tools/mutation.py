@@ -12,6 +12,7 @@ tests of that list that call the mutated function.
     python tools/mutation.py                 # every module
     python tools/mutation.py convert limits  # some of them
     python tools/mutation.py --list          # the table, nothing run
+    python tools/mutation.py --resume train  # finish an interrupted run of a module
 
 Prints, per module, killed / total and the mutants that were not killed by
 kind; writes ``.mutation/scores.json`` and, per module, ``.mutation/<module>/survivors.diff``
@@ -93,9 +94,14 @@ def _toml_value(value) -> str:
     return json.dumps(value)  # strings and lists of strings: JSON's syntax is TOML's
 
 
-def prepare(module: Module, shared: dict, test_args: list[str]) -> Path:
-    """A fresh ``.mutation/<module>/``: links to what mutmut copies, and the generated config."""
+def prepare(module: Module, shared: dict, test_args: list[str], resume: bool = False) -> Path:
+    """A fresh ``.mutation/<module>/``: links to what mutmut copies, and the generated config.
+
+    With ``resume``, an existing folder is kept as it is (its mutants, test map and results).
+    """
     work = WORK / module.name
+    if resume and (work / "mutants" / (module.mutate + ".meta")).exists():
+        return work
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
@@ -146,18 +152,22 @@ def write_diffs(work: Path, names: list[str], statuses: dict[str, int | None]) -
     return out
 
 
-def run(module: Module, shared: dict, test_args: list[str], workers: int) -> dict:
-    work = prepare(module, shared, test_args)
+def run(module: Module, shared: dict, test_args: list[str], workers: int, resume: bool = False) -> dict:
+    work = prepare(module, shared, test_args, resume)
+    names = module.mutant_globs()
+    if resume and (work / "mutants" / (module.mutate + ".meta")).exists():
+        # mutmut reruns every mutant it is named: name only those without a result yet
+        names = [k for k, v in results(module, work).items() if v is None]
     env = dict(os.environ)
     # One process per mutant at a time, one thread each: the machine is shared.
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
     start_wall, start_cpu = time.monotonic(), _children_cpu()
     log = work / "mutmut.log"
-    with log.open("w") as f:
+    with log.open("a" if resume else "w") as f:
         proc = subprocess.run(
-            [sys.executable, "-m", "mutmut", "run", "--max-children", str(workers), *module.mutant_globs()],
+            [sys.executable, "-m", "mutmut", "run", "--max-children", str(workers), *names],
             cwd=work, env=env, stdout=f, stderr=subprocess.STDOUT,
-        )
+        ) if names else subprocess.CompletedProcess([], 0)
     wall, cpu = time.monotonic() - start_wall, _children_cpu() - start_cpu
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").replace("\r", "\n").splitlines()[-25:]
@@ -185,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("modules", nargs="*", help="module names from [tool.mutation.modules] (default: all)")
     parser.add_argument("--list", action="store_true", help="print the table and exit")
     parser.add_argument("--workers", type=int, default=1, help="mutants tested at once (default 1)")
+    parser.add_argument("--resume", action="store_true", help="keep .mutation/<module>/ and test only the mutants without a result")
     args = parser.parse_args(argv)
     shared, test_args, modules = load_table()
     by_name = {m.name: m for m in modules}
@@ -201,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = json.loads(scores_path.read_text()) if scores_path.exists() else {}
     for m in chosen:
         print(f"mutating {m.name} ({m.mutate}: {', '.join(m.functions)}) ...", flush=True)
-        s = run(m, shared, test_args, args.workers)
+        s = run(m, shared, test_args, args.workers, args.resume)
         print("  " + line(s), flush=True)
         summaries.append(s)
         previous[m.name] = s
