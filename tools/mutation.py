@@ -29,10 +29,14 @@ import shutil
 import subprocess
 import sys
 import time
-import tomllib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    from tomllib import loads as toml_loads
+except ModuleNotFoundError:  # Python 3.10: mutmut brings the toml package there
+    from toml import loads as toml_loads
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".mutation"
@@ -78,7 +82,7 @@ class Module:
 
 
 def load_table(pyproject: Path = ROOT / "pyproject.toml") -> tuple[dict, list[str], list[Module]]:
-    table = tomllib.loads(pyproject.read_text())["tool"]["mutation"]
+    table = toml_loads(pyproject.read_text())["tool"]["mutation"]
     modules = [
         Module(name, spec["mutate"], tuple(spec.get("functions", ["*"])), tuple(spec["tests"]))
         for name, spec in table["modules"].items()
