@@ -32,9 +32,10 @@ $(VENV)/.mutation-installed: $(VENV)/.installed
 	touch $@
 
 # Mutation testing of the modules listed in pyproject.toml ([tool.mutation]): tens of minutes,
-# so not part of `make test`. `make mutation MODULES="convert limits"` runs some of them only.
+# so not part of `make test`. `make mutation MODULES="convert limits"` runs some of them only;
+# MUTATION_ARGS="--workers 2" on an idle machine, "--resume" to finish an interrupted run.
 mutation: $(VENV)/.mutation-installed
-	$(PY) tools/mutation.py $(MODULES)
+	$(PY) tools/mutation.py $(MUTATION_ARGS) $(MODULES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts .mutation
