@@ -41,17 +41,17 @@ def operation_id(route: APIRoute) -> str:
 def build_schema(app: FastAPI, settings: Settings) -> dict[str, Any]:
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     keyed = settings.api_key is not None
+    curl = code_samples()
     for path, path_item in schema.get("paths", {}).items():
         for method, operation in path_item.items():
             if isinstance(operation, dict):
-                _complete_operation(method, path, operation, keyed)
+                _complete_operation(operation, curl.get((method, path)), keyed)
     for body in _multipart_bodies(schema):
         _complete_body(body, settings)
     return schema
 
 
-def _complete_operation(method: str, path: str, operation: dict[str, Any], keyed: bool) -> None:
-    samples = code_samples().get((method, path))
+def _complete_operation(operation: dict[str, Any], samples: list[dict[str, str]] | None, keyed: bool) -> None:
     if samples:
         operation["x-codeSamples"] = samples
     responses = operation.get("responses", {})
