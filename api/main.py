@@ -17,15 +17,15 @@ from typing import Any
 import torch
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 
 from . import errors, logs
 from .deps import require_api_key
-from .examples import code_samples
 from .features import Features
 from .limits import BodyLimitMiddleware
 from .metrics import Metrics
 from .middleware import REQUEST_ID_HEADER, ApiKeyMiddleware, RequestContextMiddleware
+from .openapi import build_schema, operation_id
 from .registry import ModelRegistry
 from .routers import activations, attributions, health, models, predict, samples
 from .settings import Settings
@@ -56,29 +56,6 @@ def default_registry(settings: Settings) -> ModelRegistry:
     )
 
 
-def _problem_responses(schema: dict[str, Any]) -> dict[str, Any]:
-    """Error responses are application/problem+json with the Problem schema; every operation
-    gets its curl example (``x-codeSamples``)."""
-    ref = {"$ref": "#/components/schemas/Problem"}
-    curl = code_samples()
-    for path, path_item in schema.get("paths", {}).items():
-        for method, operation in path_item.items():
-            if not isinstance(operation, dict):
-                continue
-            if (method, path) in curl:
-                operation["x-codeSamples"] = curl[(method, path)]
-            for code, response in operation.get("responses", {}).items():
-                if code[:1] in ("4", "5"):
-                    response["content"] = {"application/problem+json": {"schema": ref}}
-                    response.setdefault("headers", {})
-                if code == "200" or code[:1] in ("4", "5"):
-                    response.setdefault("headers", {})[REQUEST_ID_HEADER] = {
-                        "description": "The request id (the client's X-Request-ID when sane, else a new one).",
-                        "schema": {"type": "string"},
-                    }
-    return schema
-
-
 def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None) -> FastAPI:
     settings = settings or Settings()
     if settings.torch_threads:
@@ -101,7 +78,9 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
                 task.cancel()
             await features.close()
 
-    app = FastAPI(
+    # FastAPIOffline serves Swagger UI's script and stylesheet from its own package, not a CDN
+    factory = FastAPIOffline if settings.docs_enabled else FastAPI
+    app = factory(
         title="Xception Explorer API",
         version=VERSION,
         description=DESCRIPTION,
@@ -109,6 +88,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         docs_url="/docs" if settings.docs_enabled else None,
         redoc_url=None,
         openapi_url="/openapi.json" if settings.docs_enabled else None,
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
     app.state.features = features
@@ -118,7 +98,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     errors.install(app)
 
     app.include_router(health.build(settings))
-    secured = [Depends(require_api_key)]
+    # the dependency declares the X-API-Key scheme in OpenAPI: only when there is a key to send
+    secured = [Depends(require_api_key)] if settings.api_key is not None else []
     for module in (models, samples, predict, activations, attributions):
         app.include_router(module.build(settings), dependencies=secured)
 
@@ -143,8 +124,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            app.openapi_schema = _problem_responses(schema)
+            app.openapi_schema = build_schema(app, settings)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

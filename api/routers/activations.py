@@ -20,7 +20,14 @@ from ..workers import Deadline
 from .common import ANALYSIS_ERRORS, IMAGE_DESCRIPTION, ModelQuery, binary, binary_content, problems
 
 Colormap = Literal[render.COLORMAPS]  # type: ignore[valid-type]
-_CHANNELS = re.compile(r"\s*\d{1,6}\s*(,\s*\d{1,6}\s*)*")
+#: one channel index, with optional spaces (ASCII only: the same in Python and ECMAScript regexes)
+_INDEX = " *[0-9]{1,6} *"
+_CHANNELS = re.compile(f"{_INDEX}(,{_INDEX})*")
+
+
+def channels_pattern(limit: int) -> str:
+    """The schema's pattern for ``channels``: what :func:`parse_channels` accepts, count included."""
+    return f"^{_INDEX}(,{_INDEX}){{0,{limit - 1}}}$"
 
 
 def parse_channels(text: str | None, limit: int) -> tuple[int, ...] | None:
@@ -58,7 +65,7 @@ def build(settings: Settings) -> APIRouter:
     ]
 
     @router.get("/colormaps", summary="Colour maps", responses=problems(401))
-    async def colormaps() -> dict[str, list[str]]:
+    async def list_colormaps() -> dict[str, list[str]]:
         """The colour maps the `colormap` parameters accept."""
         return {"colormaps": render.colormap_names()}
 
@@ -85,6 +92,7 @@ def build(settings: Settings) -> APIRouter:
             str | None,
             Query(
                 max_length=4000,
+                json_schema_extra={"pattern": channels_pattern(max_ch)},
                 description=f"Comma-separated channel indices (0..C-1, C from the layer table), at most {max_ch}; "
                 "overrides `top`/`sort`.",
                 examples=["0,1,2"],

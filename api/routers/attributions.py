@@ -96,7 +96,7 @@ def build(settings: Settings) -> APIRouter:
     method_params = method_params_dependency(settings)
 
     @router.get("/methods", response_model=MethodList, summary="Attribution methods", responses=problems(401))
-    async def methods() -> dict[str, Any]:
+    async def list_methods() -> dict[str, Any]:
         """Every attribution method with its parameters (kinds, defaults, ranges)."""
         bounds = param_bounds(settings)
         out = []
@@ -117,7 +117,7 @@ def build(settings: Settings) -> APIRouter:
         summary="Attribution map (Captum)",
         responses={200: {"content": binary_content(None, "image/png", "application/x-npy"), "description": "JSON, overlay PNG or NPY array (per `format`)."}, **ANALYSIS_ERRORS},
     )
-    async def attribute(
+    async def attributions(
         image: Annotated[UploadFile, File(description=IMAGE_DESCRIPTION)],
         upload: Upload = Depends(read_image),
         model: ModelQuery = None,

@@ -78,7 +78,7 @@ def build(settings: Settings) -> APIRouter:
         }
 
     @router.get("/{model_id}/layers", response_model=LayerTable, summary="Layer table", responses=problems(401, 404))
-    async def get_layers(model_id: ModelId, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+    async def get_model_layers(model_id: ModelId, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
         """Every layer (name, flow, kind, channels, output size, parameters, MACs) at the model's input
         size, and every separable convolution: the `layer` values the analysis endpoints accept, with
         the shapes their `depthwise` and `pointwise` parts have."""
@@ -124,7 +124,7 @@ def build(settings: Settings) -> APIRouter:
         }
 
     @router.get("/{model_id}/classes", response_model=ClassList, summary="Class names", responses=problems(401, 404))
-    async def get_classes(model_id: ModelId, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+    async def get_model_classes(model_id: ModelId, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
         """The class names in index order (`target` values of attributions are these indices)."""
         card = await run_in_threadpool(runtime.registry.card, model_id)
         return {

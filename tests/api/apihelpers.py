@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import io
+import socket
 import struct
+import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
+import httpx
 import numpy as np
 import torch
+import uvicorn
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -124,3 +130,34 @@ def preprocess(data: bytes) -> torch.Tensor:
 
 def load_npy(content: bytes) -> np.ndarray:
     return np.load(io.BytesIO(content), allow_pickle=False)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve(app: FastAPI, timeout: float = 120.0) -> Iterator[str]:
+    """``app`` on a free port of 127.0.0.1 (uvicorn in a thread), once ``/readyz`` answers 200:
+    for clients that need a real socket (generated clients, the schemathesis CLI). Yields the URL."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"api-test-server-{port}", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _ready(url), f"the API at {url} ready", timeout)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url + "/readyz", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "tests" / "ui"))
@@ -153,3 +154,31 @@ def wait_until_idle(page, timeout_ms: int = 120_000) -> None:
         timeout=timeout_ms,
     )
     page.wait_for_timeout(500)
+
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
+def block_the_internet(page) -> list[str]:
+    """Abort every request of ``page`` that leaves this machine (as on a machine without internet);
+    returns the list the aborted URLs are added to."""
+    aborted: list[str] = []
+
+    def handle(route) -> None:
+        url = route.request.url
+        if urlsplit(url).scheme in ("http", "https", "ws", "wss") and urlsplit(url).hostname not in LOCAL_HOSTS:
+            aborted.append(url)
+            route.abort("internetdisconnected")
+        else:
+            route.continue_()
+
+    page.route("**/*", handle)
+    return aborted
+
+
+#: what Swagger UI shows: one block per operation, its element id ``operations-<tag>-<operationId>``
+DOCS_OPERATIONS_JS = """() => [...document.querySelectorAll('.opblock')].map(b => [
+  b.querySelector('.opblock-summary-method').textContent.trim(),
+  b.querySelector('.opblock-summary-path').getAttribute('data-path'),
+  b.id,
+])"""

@@ -9,10 +9,22 @@ import socket
 import time
 from typing import NoReturn
 
+import httpx
 import numpy as np
 import pytest
-from e2ehelpers import ARTIFACTS, CHROMIUM, drawn_tiles, launch_browser, open_page, start_up, upload_and_predict, wait_until_idle
-from uihelpers import photo_png
+from e2ehelpers import (
+    ARTIFACTS,
+    CHROMIUM,
+    DOCS_OPERATIONS_JS,
+    block_the_internet,
+    drawn_tiles,
+    launch_browser,
+    open_page,
+    start_up,
+    upload_and_predict,
+    wait_until_idle,
+)
+from uihelpers import photo_png, serve_tiny_api, tiny_model
 
 pytestmark = pytest.mark.slow
 
@@ -25,8 +37,6 @@ def _port_open(url: str) -> bool:
 
 
 def _first_separable_layer(api_url: str) -> dict:
-    import httpx
-
     model = httpx.get(f"{api_url}/readyz", timeout=10).json()["default_model"]
     return httpx.get(f"{api_url}/v1/models/{model}/layers", timeout=30).json()["separable_layers"][0]
 
@@ -98,3 +108,31 @@ def test_upload_predict_and_layer_maps_in_chromium(tmp_path):
     assert status == 0, demo.log()
     time.sleep(0.5)
     assert not _port_open(demo.ui_url) and not _port_open(demo.api_url), "a server outlived run_up"
+
+
+def test_api_docs_list_every_operation_without_internet(tmp_path):
+    """/docs on a machine without internet: every request that leaves the machine is aborted, and
+    Swagger UI (its script and stylesheet served by the API itself) still lists every operation."""
+    sync_api = sync_playwright_api()
+    ARTIFACTS.mkdir(exist_ok=True)
+    with serve_tiny_api(tiny_model(), tmp_path / "home") as url:
+        spec = httpx.get(f"{url}/openapi.json", timeout=30).json()
+        expected = sorted(
+            [method.upper(), path, f"operations-{op['tags'][0]}-{op['operationId']}"]
+            for path, item in spec["paths"].items()
+            for method, op in item.items()
+        )
+        with sync_api.sync_playwright() as playwright:
+            browser = launch_browser(playwright)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1100})
+                aborted = block_the_internet(page)
+                page.goto(f"{url}/docs", wait_until="networkidle", timeout=60_000)
+                assert not aborted, f"/docs reached out of the machine: {aborted}"
+                page.wait_for_selector(".opblock", timeout=60_000)
+                shown = sorted(page.evaluate(DOCS_OPERATIONS_JS))
+                page.screenshot(path=str(ARTIFACTS / "e2e-docs-offline.png"))
+            finally:
+                browser.close()
+    assert shown == expected
+    assert not aborted, aborted
