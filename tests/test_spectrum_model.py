@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from support import SMALL
+from xception_core.attributions import Attributor, ParamError
 from xception_core.fuse import fuse_for_inference
 from xception_core.introspect import UnknownLayerError, ViewNotApplicableError, capture, decompose
 from xception_core.model import SeparableConv2d, Xception, XceptionConfig
@@ -203,3 +204,28 @@ def test_folding_batchnorm_keeps_every_point_exact(segments, order):
 def test_checkpoints_tell_their_point(segments, order):
     cfg = point(SMALL, segments, order)
     assert infer_config(Xception(cfg).state_dict()) == cfg
+
+
+def test_capture_takes_the_first_part_before_the_intermediate_activation():
+    torch.manual_seed(0)
+    model = Xception(XceptionConfig(**{**SMALL.to_dict(), "segments": 4, "order": "pointwise-first",
+                                       "intermediate_activation": "relu"})).eval()
+    name = "middle.block5.sep1"
+    with capture(model, [name], parts=["input", "pointwise", "grouped"]) as kept, torch.no_grad():
+        model(torch.randn(1, 3, 80, 80))
+    layer = model.separable_layers()[name]
+    assert bool((kept[name]["pointwise"] < 0).any())  # not yet through the ReLU
+    torch.testing.assert_close(kept[name]["pointwise"], layer.pointwise(kept[name]["input"]))
+    torch.testing.assert_close(kept[name]["grouped"], layer.grouped(F.relu(kept[name]["pointwise"])))
+
+
+def test_layer_attributions_take_the_parts_of_the_layer():
+    torch.manual_seed(0)
+    model = Xception(point(SMALL, 4, "pointwise-first")).eval()
+    attributor = Attributor(model)
+    x = torch.randn(1, 3, 80, 80)
+    result = attributor.attribute(x, "layer_gradcam", target=1, layer="middle.block5.sep1", part="grouped", auc_steps=0)
+    assert result.part == "grouped" and result.heatmap.shape[-2:] == (80, 80)
+    assert bool(torch.isfinite(result.attribution).all())
+    with pytest.raises(ParamError, match="needs part=pointwise or part=grouped"):
+        attributor.attribute(x, "layer_gradcam", target=1, layer="middle.block5.sep1", part="depthwise")
