@@ -157,3 +157,16 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_train_takes_one_point_of_the_spectrum(tmp_path, capsys):
+    args = ["train", "--out", str(tmp_path), "--name", "grouped", "--segments", "2", "--order", "pointwise-first",
+            "--quiet", *TINY_ARGS[:-4]]
+    assert main(args) == 0
+    card = json.loads((tmp_path / "grouped.json").read_text())
+    assert card["config"]["segments"] == 2 and card["config"]["order"] == "pointwise-first"
+    assert card["extra"]["training"]["segments"] == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["train", "--out", str(tmp_path), "--segments", "2,4"])
+    assert "expected one value" in capsys.readouterr().err

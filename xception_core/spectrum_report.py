@@ -43,6 +43,12 @@ def plot_spectrum(rows: Sequence[dict[str, Any]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110, sharey=True)
     for ax, column, title in zip(axes, ("params", "macs"), ("parameters", "multiply-accumulates per image")):
+        for order in ("depthwise-first", "pointwise-first"):  # each order's path from k = 1 to k = C, per seed
+            for seed in sorted({r["seed"] for r in rows}):
+                line = sorted((r for r in rows if r["seed"] == seed and r["order"] in ("", order)), key=lambda r: r[column])
+                if sum(r["order"] == order for r in line) > 1:
+                    ax.plot([r[column] for r in line], [r["val_top1"] for r in line], color=_STYLE[order][1],
+                            alpha=0.35, lw=1, zorder=2)
         for order, (marker, colour) in _STYLE.items():
             mine = [r for r in rows if r["order"] == order]
             if not mine:
