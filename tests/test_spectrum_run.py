@@ -68,6 +68,7 @@ def test_a_tiny_run_writes_sane_results_and_resumes(tmp_path, monkeypatch):
         assert int(r["macs"]) == profile_model(model.config, 72).total_macs
         assert 0.0 <= float(r["val_top1"]) <= 1.0 and float(r["val_top1"]) * 10 == round(float(r["val_top1"]) * 10)
         assert float(r["train_seconds"]) >= 0 and float(r["infer_ms"]) > 0 and int(r["steps"]) == 2
+        assert float(r["train_step_ms"]) > 0
         card = json.loads((tmp_path / "points" / f"{r['key']}.json").read_text())
         assert card["config"]["segments"] == p.segments and card["extra"]["metrics"]["val_top1"] == float(r["val_top1"])
     params = [int(r["params"]) for r in rows]
@@ -118,6 +119,15 @@ def test_interleaved_timing(monkeypatch):
     ms = spectrum.time_inference([Fake(0, 0.004), Fake(1, 0.010), Fake(2, 0.002)], torch.zeros(2, 3, 8, 8), rounds=3)
     assert calls == [0, 1, 2] + [0, 1, 2] + [1, 2, 0] + [2, 0, 1]  # warm-up, then rotated rounds
     assert ms == pytest.approx([2.0, 5.0, 1.0])
+
+
+def test_training_step_timing_trains(monkeypatch):
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)) for _ in range(2)]
+    before = [m[1].weight.detach().clone() for m in models]
+    ms = spectrum.time_training(models, torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 2, 0]), rounds=2)
+    assert len(ms) == 2 and all(t > 0 for t in ms)
+    assert all(not torch.equal(m[1].weight, b) for m, b in zip(models, before))  # three optimiser steps each
 
 
 def test_cli_spectrum_shows_progress_resumes_and_saves(tmp_path, capsys):

@@ -4,14 +4,15 @@ A *point* is ``segments`` k (1, an integer, or ``"C"``: one segment per channel)
 order (which part runs first; none for k = 1, a regular convolution) and a training
 seed. :func:`run_spectrum` trains the points that ``DIR/points/`` does not hold yet
 (``<key>.safetensors`` + ``<key>.json``, the card with the validation curve), so an
-interrupted run resumes where it stopped; then it times inference of every finished
-point, interleaved, and writes ``spectrum.csv``, ``spectrum.json`` and ``spectrum.png``
+interrupted run resumes where it stopped; then it times inference and a training step of
+every finished point, interleaved, and writes ``spectrum.csv``, ``spectrum.json`` and ``spectrum.png``
 for all of them. Parameters and MACs come from :func:`~xception_core.profile.profile_model`
 of each point's model, whose 3x3 layers :func:`~xception_core.profile.segment_spectrum` counts.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -36,7 +37,7 @@ from .weights import (
 
 __all__ = [
     "PointSpec", "SpectrumRequest", "parse_segments", "spectrum_points", "run_spectrum",
-    "time_inference", "machine",
+    "interleaved", "time_inference", "time_training", "machine",
 ]
 
 
@@ -170,23 +171,47 @@ def _load(request: SpectrumRequest, point: PointSpec) -> Xception:
     return model.eval()
 
 
-def time_inference(models: Sequence[torch.nn.Module], images: torch.Tensor, rounds: int) -> list[float]:
-    """Milliseconds per image of each model, the median of ``rounds`` timings of one batch.
+def interleaved(calls: Sequence[Callable[[], Any]], rounds: int) -> list[float]:
+    """Median seconds of each call over ``rounds`` rounds, after one warm-up call each.
 
-    The rounds are interleaved (round r starts at model r mod n) so that a machine
-    that slows down or speeds up during the measurement favours no model.
+    The rounds are interleaved (round r starts at call r mod n) so that a machine
+    that slows down or speeds up during the measurement favours no call.
     """
-    n = len(models)
-    times: list[list[float]] = [[] for _ in models]
-    with torch.inference_mode():
-        for model in models:
-            model(images)  # warm-up
-        for r in range(rounds):
-            for i in [(r + j) % n for j in range(n)]:
-                start = time.perf_counter()
-                models[i](images)
-                times[i].append((time.perf_counter() - start) * 1000 / len(images))
+    n = len(calls)
+    times: list[list[float]] = [[] for _ in calls]
+    for call in calls:
+        call()  # warm-up
+    for r in range(rounds):
+        for i in [(r + j) % n for j in range(n)]:
+            start = time.perf_counter()
+            calls[i]()
+            times[i].append(time.perf_counter() - start)
     return [statistics.median(t) for t in times]
+
+
+def time_inference(models: Sequence[torch.nn.Module], images: torch.Tensor, rounds: int) -> list[float]:
+    """Milliseconds per image of each model's forward pass on ``images`` (:func:`interleaved`)."""
+    with torch.inference_mode():
+        seconds = interleaved([functools.partial(model, images) for model in models], rounds)
+    return [s * 1000 / len(images) for s in seconds]
+
+
+def time_training(
+    models: Sequence[torch.nn.Module], images: torch.Tensor, labels: torch.Tensor, rounds: int
+) -> list[float]:
+    """Milliseconds per image of one training step (forward, backward, AdamW) of each model (:func:`interleaved`).
+
+    A measure of training cost that, unlike a whole run's wall time, does not depend on what
+    else the machine did while that run trained. The models' weights change.
+    """
+    def step(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    calls = [functools.partial(step, m.train(), torch.optim.AdamW(m.parameters())) for m in models]
+    return [s * 1000 / len(images) for s in interleaved(calls, rounds)]
 
 
 def machine() -> dict[str, Any]:
@@ -214,7 +239,7 @@ def _row(request: SpectrumRequest, point: PointSpec, card: dict[str, Any]) -> di
         "key": point.key, "segments": point.segments, "order": point.order or "", "seed": point.seed,
         "kind": point.kind, "label": point.label, "params": profile.total_params, "macs": profile.total_macs,
         "val_top1": extra["metrics"]["val_top1"], "train_seconds": extra["training_seconds"],
-        "infer_ms": None, "steps": curve[-1]["step"], "curve": curve,
+        "infer_ms": None, "train_step_ms": None, "steps": curve[-1]["step"], "curve": curve,
     }
 
 
@@ -260,15 +285,22 @@ def run_spectrum(request: SpectrumRequest, progress: bool = True, log: Log = pri
         finished[point.key] = (point, _train_point(request, point, progress))
     ordered = sorted(finished.values(), key=lambda pc: _sort_key(pc[0]))
     rows = [_row(request, point, card) for point, card in ordered]
-    log(f"timing inference of {len(rows)} points ({request.timing_rounds} interleaved rounds of {request.timing_batch} images)")
+    log(
+        f"timing {len(rows)} points, {request.timing_rounds} interleaved rounds: inference on {request.timing_batch} "
+        f"images, a training step on {request.base.batch_size}"
+    )
     before = machine()
-    images = _timing_images(request)
+    images, labels = _timing_images(request, max(request.timing_batch, request.base.batch_size))
     previous = torch.get_num_threads()
     torch.set_num_threads(request.base.threads)
     try:
         models = [fuse_for_inference(_load(request, point)) for point, _ in ordered]
-        for row, ms in zip(rows, time_inference(models, images, request.timing_rounds)):
+        for row, ms in zip(rows, time_inference(models, images[: request.timing_batch], request.timing_rounds)):
             row["infer_ms"] = round(ms, 3)
+        models = [_load(request, point).to(memory_format=torch.channels_last) for point, _ in ordered]
+        batch = slice(0, request.base.batch_size)
+        for row, ms in zip(rows, time_training(models, images[batch], labels[batch], request.timing_rounds)):
+            row["train_step_ms"] = round(ms, 3)
     finally:
         torch.set_num_threads(previous)
     if request.save:
@@ -285,6 +317,6 @@ def _sort_key(point: PointSpec) -> tuple:
     return (float("inf") if k == PER_CHANNEL else k, point.order or "", point.seed)
 
 
-def _timing_images(request: SpectrumRequest) -> torch.Tensor:
-    raw, _, _ = synthetic.generate(request.timing_batch, request.base.val_seed, request.base.input_size)
-    return to_input(torch.from_numpy(raw))
+def _timing_images(request: SpectrumRequest, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    raw, labels, _ = synthetic.generate(n, request.base.val_seed, request.base.input_size)
+    return to_input(torch.from_numpy(raw)), torch.from_numpy(labels).long()

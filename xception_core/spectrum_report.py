@@ -14,7 +14,7 @@ __all__ = ["CSV_FIELDS", "write_report", "plot_spectrum"]
 
 CSV_FIELDS = (
     "key", "segments", "order", "seed", "kind", "label", "params", "macs",
-    "val_top1", "train_seconds", "infer_ms", "steps",
+    "val_top1", "train_seconds", "train_step_ms", "infer_ms", "steps",
 )
 
 

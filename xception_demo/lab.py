@@ -159,7 +159,8 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
     for r in rows:
         print(
             f"{r['label']:48} seed {r['seed']}  params {r['params']:>10,}  MACs {r['macs'] / 1e6:8.1f} M  "
-            f"val top-1 {r['val_top1']:.2%}  train {r['train_seconds']:.0f} s  infer {r['infer_ms']:.2f} ms/image"
+            f"val top-1 {r['val_top1']:.2%}  train {r['train_seconds']:.0f} s ({r['train_step_ms']:.1f} ms/image a step)  "
+            f"infer {r['infer_ms']:.2f} ms/image"
         )
     print(f"wrote {csv_path}, {csv_path.with_suffix('.json')} and {csv_path.with_suffix('.png')}")
     return 0
