@@ -145,8 +145,9 @@ def _finished(request: SpectrumRequest) -> dict[str, tuple[PointSpec, dict[str, 
     for card_path in sorted((request.out_dir / "points").glob("*.json")):
         card = json.loads(card_path.read_text())
         training = card.get("extra", {}).get("training", {})
-        if _comparable(training) != _comparable(request.base.to_dict()):
-            diff = sorted(k for k, v in _comparable(training).items() if _comparable(request.base.to_dict()).get(k) != v)
+        theirs, ours = _comparable(training), _comparable(request.base.to_dict())
+        if theirs != ours:
+            diff = sorted(k for k in {*theirs, *ours} if theirs.get(k) != ours.get(k))
             raise ValueError(
                 f"{card_path} was trained with other settings ({', '.join(diff)}); "
                 "use another --out for these settings, or the same options to resume"
