@@ -56,9 +56,11 @@ def plot_spectrum(rows: Sequence[dict[str, Any]], path: Path) -> None:
             name = {"": "k = 1, regular"}.get(order, order)
             ax.scatter([r[column] for r in mine], [r["val_top1"] for r in mine], marker=marker, color=colour,
                        s=42, label=name, zorder=3)
-            for r in mine:
-                ax.annotate(f"{r['segments']}" + (f" s{r['seed']}" if r["seed"] else ""), (r[column], r["val_top1"]),
-                            textcoords="offset points", xytext=(5, 4), fontsize=8)
+            first_seed = min(r["seed"] for r in rows)
+            for r in mine:  # later seeds' labels below their marker, so that equal results stay legible
+                later = r["seed"] != first_seed
+                ax.annotate(f"{r['segments']}" + (f" s{r['seed']}" if later else ""), (r[column], r["val_top1"]),
+                            textcoords="offset points", xytext=(5, -11 if later else 4), fontsize=8)
         ax.set_xscale("log")
         ax.set_xlabel(title)
         ax.grid(alpha=0.3, which="both")
