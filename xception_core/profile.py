@@ -57,9 +57,10 @@ class SeparableProfile:
     segments: int  # groups of the 3x3 part: 1 regular ... C one per channel
 
     def to_dict(self) -> dict:
+        """The fields the REST API's layer table has (``parts`` and ``segments`` are not among them yet)."""
         d = asdict(self)
         d["output_size"] = list(self.output_size)
-        d["parts"] = list(self.parts)
+        del d["parts"], d["segments"]
         return d
 
 
