@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 API_PORT ?= 8000
 UI_PORT ?= 8501
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast mutation bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,5 +27,15 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
+$(VENV)/.mutation-installed: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[test,mutation]'
+	touch $@
+
+# Mutation testing of the modules listed in pyproject.toml ([tool.mutation]): tens of minutes,
+# so not part of `make test`. `make mutation MODULES="convert limits"` runs some of them only;
+# MUTATION_ARGS="--workers 2" on an idle machine, "--resume" to finish an interrupted run.
+mutation: $(VENV)/.mutation-installed
+	$(PY) tools/mutation.py $(MUTATION_ARGS) $(MODULES)
+
 clean:
-	rm -rf $(VENV) .pytest_cache test-artifacts
+	rm -rf $(VENV) .pytest_cache test-artifacts .mutation

@@ -1,25 +1,26 @@
-"""FastAPI dependencies: the service, deadlines, uploads, the API key."""
+"""FastAPI dependencies: the features and the runtime, deadlines, uploads, the API key."""
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 import re
 import unicodedata
 from collections.abc import Callable
 
-from fastapi import Depends, Request, Security
+from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from .auth import API_KEY_HEADER, api_key_valid, unauthorized
 from .errors import ApiError
-from .service import Service, Upload
+from .features import Features
+from .features.predict import BatchPart
+from .runtime import Runtime, Upload
 from .settings import Settings
 from .workers import Deadline
 
-API_KEY_HEADER = "X-API-Key"
 _api_key_scheme = APIKeyHeader(
     name=API_KEY_HEADER,
     auto_error=False,
@@ -27,30 +28,16 @@ _api_key_scheme = APIKeyHeader(
 )
 
 
-def get_service(request: Request) -> Service:
-    return request.app.state.service
+def get_features(request: Request) -> Features:
+    return request.app.state.features
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.features.runtime
 
 
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
-
-
-def api_key_valid(settings: Settings, presented: str | None) -> bool:
-    if settings.api_key is None:
-        return True
-    if not presented:
-        return False
-    return hmac.compare_digest(presented.encode("utf-8", "replace"), settings.api_key.get_secret_value().encode("utf-8"))
-
-
-def unauthorized(presented: str | None) -> ApiError:
-    what = "is missing" if not presented else "is not valid"
-    return ApiError(
-        401,
-        "unauthorized",
-        f"the {API_KEY_HEADER} header {what}; send the service's API key in {API_KEY_HEADER}",
-        headers={"WWW-Authenticate": f'APIKey header="{API_KEY_HEADER}"'},
-    )
 
 
 async def require_api_key(request: Request, key: str | None = Security(_api_key_scheme)) -> None:
@@ -142,7 +129,8 @@ async def read_image(request: Request) -> Upload:
     return Upload(data, await _hash(data))
 
 
-async def read_images(request: Request) -> list[tuple[Upload | ApiError, str | None]]:
+async def read_images(request: Request) -> list[BatchPart]:
+    """Every ``images`` part, hashed; a part that cannot be used carries the reason instead."""
     settings = get_settings(request)
     _require_multipart(request, "images")
     form = await request.form()
@@ -156,20 +144,18 @@ async def read_images(request: Request) -> list[tuple[Upload | ApiError, str | N
             parameter="images",
             allowed_range=[1, settings.max_batch_images],
         )
-    out: list[tuple[Upload | ApiError, str | None]] = []
+    out: list[BatchPart] = []
     for part in parts:
         if not isinstance(part, UploadFile):
-            out.append((ApiError(422, "image-not-a-file", "this 'images' field is a text value, not a file upload"), None))
+            out.append(BatchPart(ApiError(422, "image-not-a-file", "this 'images' field is a text value, not a file upload"), None))
             continue
         name = safe_filename(part.filename)
         data = await _read(part, settings.max_upload_bytes)
         if len(data) > settings.max_upload_bytes:
-            out.append((ApiError(413, "upload-too-large", f"this image is over the limit of {settings.max_upload_bytes} bytes"), name))
+            out.append(BatchPart(ApiError(413, "upload-too-large", f"this image is over the limit of {settings.max_upload_bytes} bytes"), name))
         elif not data:
-            out.append((ApiError(422, "empty-upload", "this image is empty (0 bytes)"), name))
+            out.append(BatchPart(ApiError(422, "empty-upload", "this image is empty (0 bytes)"), name))
         else:
-            out.append((Upload(data, await _hash(data)), name))
+            out.append(BatchPart(Upload(data, await _hash(data)), name))
     return out
 
-
-ServiceDep = Depends(get_service)

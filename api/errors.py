@@ -19,7 +19,14 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
-from xception_core.attributions import AttributionError, UnknownMethodError
+from xception_core.attributions import (
+    AttributionError,
+    MissingParamError,
+    ParamError,
+    ParamRangeError,
+    UnknownLayerParamError,
+    UnknownMethodError,
+)
 from xception_core.decode import ImageDecodeError
 from xception_core.introspect import UnknownLayerError
 from xception_core.render import RenderError
@@ -144,10 +151,28 @@ def _on_the_server(command: Command) -> str:
     return f"run on the server: {command.line(SERVER_PROGRAM)}"
 
 
+def _attribution_problem(exc: AttributionError) -> ApiError:
+    """An attribution error (the catalogue's rules: ``MethodSpec.validate``) as a 422 problem."""
+    if isinstance(exc, UnknownMethodError):
+        return ApiError(422, "unknown-method", str(exc), parameter="method", valid_choices=list(exc.choices))
+    if isinstance(exc, MissingParamError):
+        return ApiError(422, "missing-parameter", str(exc), parameter=exc.param)
+    if isinstance(exc, UnknownLayerParamError):
+        return ApiError(422, "unknown-layer", str(exc), parameter="layer", valid_choices=list(exc.choices))
+    if isinstance(exc, ParamRangeError):
+        allowed = list(exc.allowed_range) if exc.allowed_range is not None else None
+        return ApiError(422, "parameter-out-of-range", str(exc), parameter=exc.param, allowed_range=allowed)
+    if isinstance(exc, ParamError) and exc.param in ("layer", "part"):
+        return ApiError(422, "invalid-parameter", str(exc), parameter=exc.param)
+    return ApiError(422, "invalid-attribution-parameter", str(exc), parameter=getattr(exc, "param", None))
+
+
 def translate(exc: BaseException) -> ApiError | None:
     """The :class:`ApiError` for an exception of the core library (None if not one of them)."""
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, AttributionError):
+        return _attribution_problem(exc)
     if isinstance(exc, ImageDecodeError):
         status = {
             "unsupported_format": 415,
@@ -160,7 +185,8 @@ def translate(exc: BaseException) -> ApiError | None:
     if isinstance(exc, UnknownLayerError):
         return ApiError(422, "unknown-layer", str(exc), parameter="layer")
     if isinstance(exc, UnknownModelError):
-        return ApiError(404, "unknown-model", exc.explain(_on_the_server), parameter="model")
+        choices = list(exc.choices) if exc.choices is not None else None
+        return ApiError(404, "unknown-model", exc.explain(_on_the_server), parameter="model", valid_choices=choices)
     if isinstance(exc, WeightsMissingError):
         return ApiError(409, "model-weights-missing", exc.explain(_on_the_server))
     if isinstance(exc, WeightsError):
@@ -170,9 +196,6 @@ def translate(exc: BaseException) -> ApiError | None:
             f"the model could not be loaded: {exc.explain(_on_the_server)}",
             headers={"Retry-After": "60"},
         )
-    if isinstance(exc, AttributionError):
-        slug = "unknown-method" if isinstance(exc, UnknownMethodError) else "invalid-attribution-parameter"
-        return ApiError(422, slug, str(exc), parameter=getattr(exc, "param", None))
     if isinstance(exc, RenderError):
         return ApiError(422, "invalid-rendering-parameter", str(exc))
     return None
@@ -274,6 +297,10 @@ async def _api_error_handler(request: Request, exc: ApiError) -> JSONResponse:
     return api_error_response(exc, instance=request.url.path)
 
 
+async def _core_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    return api_error_response(translate(exc), instance=request.url.path)  # type: ignore[arg-type]
+
+
 async def _unexpected_handler(request: Request, exc: Exception) -> JSONResponse:
     translated = translate(exc)
     if translated is not None:
@@ -287,8 +314,15 @@ async def _unexpected_handler(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+#: The core's error families :func:`translate` words; handled like :class:`ApiError` (inside the
+#: middleware, so their answers carry the request id), wherever they are raised.
+CORE_ERRORS = (AttributionError, ImageDecodeError, UnknownLayerError, WeightsError, RenderError)
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error_handler)  # type: ignore[arg-type]
+    for family in CORE_ERRORS:
+        app.add_exception_handler(family, _core_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_handler)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected_handler)

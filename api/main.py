@@ -22,12 +22,12 @@ from fastapi.openapi.utils import get_openapi
 from . import errors, logs
 from .deps import require_api_key
 from .examples import code_samples
+from .features import Features
 from .limits import BodyLimitMiddleware
 from .metrics import Metrics
 from .middleware import REQUEST_ID_HEADER, ApiKeyMiddleware, RequestContextMiddleware
 from .registry import ModelRegistry
 from .routers import activations, attributions, health, models, predict, samples
-from .service import Service
 from .settings import Settings
 
 log = logging.getLogger("api.main")
@@ -47,13 +47,12 @@ from depthwise channels, and Captum attributions of the prediction.
 
 
 def default_registry(settings: Settings) -> ModelRegistry:
+    """The models of the weights cache (``create_app`` gives it the settings' serving options)."""
     return ModelRegistry(
         home=settings.home,
         device=settings.device,
         max_loaded=settings.max_loaded_models,
         default_model=settings.default_model,
-        mixed_precision=settings.predict_mixed_precision,
-        max_replicas=settings.attribution_workers + settings.inference_workers,
     )
 
 
@@ -85,23 +84,22 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     registry = registry or default_registry(settings)
-    if registry.max_replicas is None:
-        # attributions (and sort=attribution) borrow a private replica: one per thread that can ask
-        registry.max_replicas = settings.attribution_workers + settings.inference_workers
+    # attributions (and sort=attribution) borrow a private replica: one per thread that can ask
+    registry.serve_with(settings.engine_options(), max_replicas=settings.attribution_workers + settings.inference_workers)
     metrics = Metrics()
-    service = Service(settings, registry, metrics)
+    features = Features.build(settings, registry, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         task = None
         if settings.preload_default_model:
-            task = asyncio.create_task(_preload(app, service))
+            task = asyncio.create_task(_preload(app, features))
         try:
             yield
         finally:
             if task is not None and not task.done():
                 task.cancel()
-            await service.close()
+            await features.close()
 
     app = FastAPI(
         title="Xception Explorer API",
@@ -113,7 +111,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         openapi_url="/openapi.json" if settings.docs_enabled else None,
     )
     app.state.settings = settings
-    app.state.service = service
+    app.state.features = features
     app.state.metrics = metrics
     app.state.registry = registry
     app.state.load_error = None
@@ -153,18 +151,20 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     return app
 
 
-async def _preload(app: FastAPI, service: Service) -> None:
+async def _preload(app: FastAPI, features: Features) -> None:
     try:
-        entry = await service.model(None, None)
-        log.info("default model %s ready on %s", entry.id, service.device)
-    except errors.ApiError as exc:
-        app.state.load_error = exc.detail
-        log.warning("default model not loaded: %s", exc.detail)
+        entry = await features.runtime.model(None, None)
+        log.info("default model %s ready on %s", entry.id, features.runtime.device)
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - readiness reports it
-        app.state.load_error = str(exc)
-        log.exception("default model not loaded")
+        problem = errors.translate(exc)
+        if problem is None:
+            app.state.load_error = str(exc)
+            log.exception("default model not loaded")
+        else:
+            app.state.load_error = problem.detail
+            log.warning("default model not loaded: %s", problem.detail)
 
 
 def run(host: str | None = None, port: int | None = None, settings: Settings | None = None) -> None:

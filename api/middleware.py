@@ -16,6 +16,7 @@ import uuid
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .auth import api_key_valid, unauthorized
 from .context import request_id_var
 from .errors import api_error_response
 from .metrics import Metrics
@@ -104,8 +105,6 @@ class ApiKeyMiddleware:
         self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        from .deps import api_key_valid, unauthorized
-
         if scope["type"] == "http" and self.settings.api_key is not None and scope.get("path", "").startswith("/v1"):
             presented = Headers(scope=scope).get("x-api-key")
             if not api_key_valid(self.settings, presented):

@@ -15,8 +15,9 @@ Model ids are only ever compared with the registry's list, never used as paths.
 
 Each loaded model has one *shared* instance (eval mode, channels_last) for
 activation captures, which never carries hooks; a
-:class:`~xception_core.engine.Predictor` for predictions only (with ``fuse_batchnorm`` a
-BatchNorm-folded copy, run by the ``predict_backend`` that works here); and private
+:class:`~xception_core.engine.Predictor` for predictions only, built with the registry's
+:class:`~xception_core.engine.EngineOptions` (with ``fuse_batchnorm`` a BatchNorm-folded
+copy, run by the backend that works here); and private
 *replicas* for attributions (Captum's DeepLift, GuidedBackprop and layer methods
 register hooks on modules; on a shared instance they would leak into
 concurrent requests).
@@ -38,13 +39,11 @@ from pathlib import Path
 import torch
 
 from xception_core import weights
-from xception_core.engine import Predictor
+from xception_core.engine import EngineOptions, Predictor
 from xception_core.fuse import fuse_for_inference
 from xception_core.model import MIN_INPUT_SIZE, SeparableConv2d, Xception
-from xception_core.transform import PreprocessConfig
 from xception_core.profile import ModelProfile, profile_model
-
-from .errors import ApiError
+from xception_core.transform import PreprocessConfig
 
 log = logging.getLogger("api.registry")
 
@@ -91,18 +90,7 @@ class LoadedModel:
     """A model ready to serve: weights on the device plus what requests need to know."""
 
     def __init__(
-        self,
-        card: weights.ModelCard,
-        model: Xception,
-        device: torch.device,
-        *,
-        mixed_precision: bool,
-        max_replicas: int,
-        fuse_batchnorm: bool = False,
-        predict_backend: str = "eager",
-        predict_precision: str = "fp32",
-        margin: float = 0.05,
-        guard_top: int = 5,
+        self, card: weights.ModelCard, model: Xception, device: torch.device, *, engine: EngineOptions, max_replicas: int
     ) -> None:
         self.card = card
         self.id = card.id
@@ -118,14 +106,9 @@ class LoadedModel:
         # Predictions only (micro-batched /v1/predict): BatchNorm folded into the convolutions, the
         # fastest backend that works here. Captures and attributions need the original's modules
         # and keep ``self.model``.
-        if predict_precision == "fp32" and mixed_precision and device.type == "cuda":
-            predict_precision = "fp16"
-        self.predictor = Predictor(
-            self.model, input_size=self.input_size, backend=predict_backend, precision=predict_precision,
-            fuse=fuse_batchnorm, margin=margin, guard_top=guard_top,
-        )
+        self.predictor = Predictor(self.model, input_size=self.input_size, options=engine)
         self.predict_model: Xception = self.predictor.model
-        self.fused = bool(fuse_batchnorm)
+        self.fused = engine.fuse_batchnorm
         self.profile: ModelProfile = profile_model(card.config, self.input_size)
         self.separable: dict[str, SeparableConv2d] = self.model.separable_layers()
         self.separable_profile = {s.name: s for s in self.profile.separable}
@@ -201,28 +184,16 @@ class ModelRegistry:
         models: Iterable[InMemoryModel] = (),
         include_weights: bool = True,
         default_model: str | None = None,
-        mixed_precision: bool | None = None,
         max_replicas: int | None = None,
-        fuse_batchnorm: bool | None = None,
-        predict_backend: str | None = None,
-        predict_precision: str | None = None,
-        margin: float | None = None,
-        guard_top: int | None = None,
+        engine: EngineOptions | None = None,
     ) -> None:
         self.home = home
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.max_loaded = max(1, int(max_loaded))
         self.include_weights = include_weights
-        self.mixed_precision = mixed_precision
-        self.max_replicas = max_replicas  # None: as many as the app has threads that use them
-        # None: the app's settings (``predict_mixed_precision``, ``fuse_batchnorm``,
-        # ``predict_backend``, ``predict_precision``, ``mixed_precision_margin``,
-        # ``mixed_precision_guard_top``)
-        self.fuse_batchnorm = fuse_batchnorm
-        self.predict_backend = predict_backend
-        self.predict_precision = predict_precision
-        self.margin = margin
-        self.guard_top = guard_top
+        # None: what the app serving this registry says (see serve_with)
+        self.max_replicas = max_replicas
+        self.engine = engine
         self._memory: dict[str, InMemoryModel] = {}
         for m in models:
             m.card()  # validate now
@@ -244,6 +215,18 @@ class ModelRegistry:
         kwargs.setdefault("include_weights", False)
         return cls(models=models, device=device, default_model=default_model, **kwargs)
 
+    def serve_with(self, engine: EngineOptions, max_replicas: int) -> None:
+        """The serving app's choices, for what the registry's builder left open (``None``).
+
+        The app calls it once, before any request: ``engine`` is the app's
+        :meth:`~api.settings.Settings.engine_options`, ``max_replicas`` one private replica per
+        thread that can ask for one. A builder's explicit choice wins (tests, benchmarks).
+        """
+        if self.engine is None:
+            self.engine = engine
+        if self.max_replicas is None:
+            self.max_replicas = max_replicas
+
     # ------------------------------------------------------------------ cards
 
     def cards(self, refresh: bool = False) -> list[weights.ModelCard]:
@@ -259,20 +242,16 @@ class ModelRegistry:
     def ids(self) -> list[str]:
         return [c.id for c in self.cards()]
 
-    def card(self, model_id: str, *, status: int = 404) -> weights.ModelCard:
+    def card(self, model_id: str) -> weights.ModelCard:
+        """The card of ``model_id`` (the list is read again once before giving up), else
+        :class:`~xception_core.weights.UnknownModelError` with the valid ids as ``choices``."""
         for refresh in (False, True):
             for c in self.cards(refresh=refresh):
                 if c.id == model_id:
                     return c
         ids = self.ids()
         shown = model_id if len(str(model_id)) <= 80 else str(model_id)[:77] + "..."
-        raise ApiError(
-            status,
-            "unknown-model",
-            f"unknown model {shown!r}; valid ids: {', '.join(ids)}",
-            parameter="model",
-            valid_choices=ids,
-        )
+        raise weights.UnknownModelError(f"unknown model {shown!r}; valid ids: {', '.join(ids)}", choices=ids)
 
     def default_id(self) -> str:
         """The explicit default, else the first injected model, else ``weights.default_model_id``
@@ -342,10 +321,7 @@ class ModelRegistry:
         else:
             model, card = weights.load_model(card.id, self.device, home=self.home)
         entry = LoadedModel(
-            card, model, self.device, mixed_precision=self.mixed_precision is not False, max_replicas=self.max_replicas or 1,
-            fuse_batchnorm=bool(self.fuse_batchnorm), predict_backend=self.predict_backend or "eager",
-            predict_precision=self.predict_precision or "fp32", margin=0.05 if self.margin is None else self.margin,
-            guard_top=self.guard_top or 5,
+            card, model, self.device, engine=self.engine or EngineOptions(), max_replicas=self.max_replicas or 1
         )
         engine = entry.predictor.info()
         log.info(

@@ -7,6 +7,7 @@ lists them all; keep the two in step (``tests/api/test_settings.py`` checks).
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -14,8 +15,13 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from xception_core.engine import EngineOptions
+
 MiB = 1024 * 1024
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+#: The prediction engine's defaults (one definition, in the core); the service differs only in
+#: ``predict_mixed_precision``.
+_ENGINE = EngineOptions()
 
 
 class Settings(BaseSettings):
@@ -54,29 +60,29 @@ class Settings(BaseSettings):
         "(see `mixed_precision_guard_top`).",
     )
     predict_backend: Literal["auto", "eager", "compile", "onnxruntime"] = Field(
-        "auto",
+        _ENGINE.backend,
         description="What computes predictions: `eager` PyTorch; `compile` (torch.compile, compiled when the "
         "model loads); `onnxruntime` (the model exported to ONNX in memory, CPU, float32); `auto` = onnxruntime "
         "on the CPU when installed and `predict_precision` is fp32, else eager. A backend that fails its "
         "check falls back to eager (`GET /v1/models/{id}` says why). Activations and attributions always use PyTorch.",
     )
     predict_precision: Literal["fp32", "bf16"] = Field(
-        "fp32",
+        _ENGINE.precision,
         description="`bf16`: predict under bfloat16 autocast where the hardware computes it natively (CUDA GPUs "
         "with bf16, CPUs with AVX512-BF16 or AMX; elsewhere float32, and `GET /v1/models/{id}` says why), "
         "with the same float32 guard as `predict_mixed_precision`.",
     )
     fuse_batchnorm: bool = Field(
-        True,
+        _ENGINE.fuse_batchnorm,
         description="Predict with a copy of the model whose BatchNorms are folded into the convolutions "
         "(same logits within float rounding, faster). Activations, decompositions and attributions always "
         "use the unfused model. Costs one more copy of the weights per loaded model.",
     )
     mixed_precision_margin: float = Field(
-        0.05, ge=0, le=10, description="Logit gap under which a mixed-precision prediction is redone in float32."
+        _ENGINE.margin, ge=0, le=10, description="Logit gap under which a mixed-precision prediction is redone in float32."
     )
     mixed_precision_guard_top: int = Field(
-        5,
+        _ENGINE.guard_top,
         ge=1,
         le=100,
         description="How many leading classes the float32 guard keeps exact: a reduced-precision prediction whose "
@@ -190,8 +196,6 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
-                import json
-
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
@@ -208,6 +212,17 @@ class Settings(BaseSettings):
         if self.max_batch_upload_bytes < self.max_upload_bytes:
             raise ValueError("max_batch_upload_bytes must be at least max_upload_bytes")
         return self
+
+    def engine_options(self) -> EngineOptions:
+        """The prediction engines' options (``predict_*``, ``fuse_batchnorm``, ``mixed_precision_*``)."""
+        return EngineOptions(
+            backend=self.predict_backend,
+            precision=self.predict_precision,
+            fuse_batchnorm=self.fuse_batchnorm,
+            margin=self.mixed_precision_margin,
+            guard_top=self.mixed_precision_guard_top,
+            mixed_precision=self.predict_mixed_precision,
+        )
 
 
 def settings_table() -> str:

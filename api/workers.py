@@ -8,7 +8,7 @@ is refused with 503 and ``Retry-After`` instead of queueing without limit.
 A :class:`Deadline` covers a whole request (queueing included). When it passes
 the request answers 504 at once; a job that had not started is dropped, a job
 that is running finishes in the background (attributions check the deadline
-during their forward passes and stop early, see ``service.py``). Running out
+during their forward passes and stop early, see :mod:`api.features.attributions`). Running out
 of (GPU) memory answers 503 after ``torch.cuda.empty_cache()``.
 """
 
@@ -37,13 +37,19 @@ class DeadlineExceeded(Exception):
 
 
 class Deadline:
+    """A request's time budget, from when it was set (the request's ``timing_ms`` counts from then)."""
+
     def __init__(self, seconds: float, kind: str) -> None:
         self.seconds = float(seconds)
         self.kind = kind
-        self.at = time.monotonic() + self.seconds
+        self.started = time.monotonic()
+        self.at = self.started + self.seconds
 
     def remaining(self) -> float:
         return self.at - time.monotonic()
+
+    def elapsed_ms(self) -> float:
+        return (time.monotonic() - self.started) * 1000
 
     def expired(self) -> bool:
         return time.monotonic() >= self.at

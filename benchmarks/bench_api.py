@@ -131,14 +131,14 @@ def concurrent(url: str, path: str, groups: list[list[bytes]]) -> dict:
 def own_predictor(model_name: str, input_size: int, backend: str, precision: str, images: list[bytes]):
     """Our model, built as the server built it, through the same backend, and the images
     preprocessed as the server does; None for a model that is not ``random-*``."""
-    from xception_core.engine import Predictor
+    from xception_core.engine import EngineOptions, Predictor
     from xception_core.decode import decode_image
     from xception_core.transform import PreprocessConfig, eval_transform
 
     if not model_name.startswith("random-"):
         return None
     model, _, _ = random_model(model_name, input_size)  # the server's model, same seed
-    predictor = Predictor(model, input_size=input_size, backend=backend, precision=precision)
+    predictor = Predictor(model, input_size=input_size, options=EngineOptions(backend=backend, precision=precision))
     cfg = PreprocessConfig(input_size=input_size)
     xs = [eval_transform(decode_image(data), cfg)[None] for data in images]
     for _ in range(3):

@@ -64,7 +64,7 @@ def build_variants(compile_: bool, size: int) -> tuple[dict, dict]:
     """``{name: callable(x)}`` and ``{name: reason}`` for the variants that are n/a."""
     import timm
 
-    from xception_core.engine import Predictor, native_reduced_precision
+    from xception_core.engine import EngineOptions, Predictor, native_reduced_precision
     from xception_core.fuse import fuse_for_inference
     from xception_core.model import Xception
 
@@ -86,7 +86,7 @@ def build_variants(compile_: bool, size: int) -> tuple[dict, dict]:
         missing["ours fused, bf16 autocast"] = why
     for name, backend, precision in wanted:
         # the API's own prediction path (xception_core.engine), with its checks and fallbacks
-        predictor = Predictor(ours, input_size=size, backend=backend, precision=precision)
+        predictor = Predictor(ours, input_size=size, options=EngineOptions(backend=backend, precision=precision))
         if predictor.backend == backend and predictor.precision == precision:
             variants[name] = predictor
         else:

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from xception_core import synthetic
-    from xception_core.engine import Predictor
+    from xception_core.engine import EngineOptions, Predictor
     from xception_core.transform import eval_transform
     from xception_core.weights import BUNDLED_ID, load_model
 
@@ -59,14 +59,13 @@ def main(argv: list[str] | None = None) -> int:
             reduced.append(red)
         return torch.cat(outs), torch.cat(reduced)
 
-    exact, _ = run(Predictor(model, input_size=size, backend="eager"))
+    exact, _ = run(Predictor(model, input_size=size, options=EngineOptions(backend="eager")))
     rows = [{"precision": "fp32", "guard": "-", "top1_agreement": 1.0, "top5_identical": 1.0, "max_abs_logit_diff": 0.0,
              "recomputed": 0.0, "accuracy": float((exact.argmax(1) == labels_t).float().mean())}]
     for precision in ("bf16", "fp16"):
         for margin, top in ((0.0, 5), (0.05, 5), (0.05, 1)):
-            predictor = Predictor(
-                model, input_size=size, backend="eager", precision=precision, margin=margin, guard_top=top, require_native=False
-            )
+            options = EngineOptions(backend="eager", precision=precision, margin=margin, guard_top=top)
+            predictor = Predictor(model, input_size=size, options=options, require_native=False)
             logits, reduced = run(predictor)
             rows.append({
                 "precision": precision,

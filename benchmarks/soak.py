@@ -79,7 +79,6 @@ def serve(model: str, port: int, input_size: int | None) -> None:
         registry = ModelRegistry.from_models(
             [InMemoryModel(model, net, names, PreprocessConfig(input_size=size), f"random weights, {size} px")],
             device=settings.device,
-            max_replicas=settings.attribution_workers + settings.inference_workers,
         )
     else:
         settings = Settings(host="127.0.0.1", port=port, access_log=False, default_model=model)

@@ -81,18 +81,18 @@ def build_api(overrides: Mapping[str, Any] | None = None):
 
 
 def _load_default_model(app) -> None:
-    from api.errors import ApiError
+    from api.errors import translate
 
-    service = app.state.service
+    runtime = app.state.features.runtime
     try:
-        entry = service.registry.get(None)  # blocking: the replica is still initialising
+        entry = runtime.registry.get(None)  # blocking: the replica is still initialising
     except Exception as exc:
-        service.inference_pool.shutdown()
-        service.attribution_pool.shutdown()
-        if isinstance(exc, ApiError):
-            raise RuntimeError(f"the default model could not be loaded: {exc.detail}") from None
+        runtime.close()
+        problem = translate(exc)
+        if problem is not None:
+            raise RuntimeError(f"the default model could not be loaded: {problem.detail}") from None
         raise
-    log.info("replica ready: model %s on %s", entry.id, service.device)
+    log.info("replica ready: model %s on %s", entry.id, runtime.device)
 
 
 def _asgi_builder(overrides: dict[str, Any]):

@@ -125,7 +125,7 @@ def test_eval_exact_top1_top5(capsys, tmp_path, imported_small):
 )
 def test_errors_are_one_line_without_traceback(capsys, argv, message):
     code, out, err = run_cli(capsys, *argv)
-    assert code != 0
+    assert code == 1 and out == ""
     assert message in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 

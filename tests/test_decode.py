@@ -221,6 +221,9 @@ def test_max_pixels_is_a_parameter(monkeypatch):
     with pytest.raises(ImageTooLarge, match=r"100x100 = 0.01 MP, over the limit of 0.005 MP"):
         decode_image(data, max_pixels=5000)
     assert decode_image(data, max_pixels=10_000).size == (100, 100)
+    # one pixel row over a limit that reads the same in megapixels: the exact counts say it
+    with pytest.raises(ImageTooLarge, match=r"100x100 = 10,000 pixels, over the limit of 9,900 pixels"):
+        decode_image(data, max_pixels=9_900)
     # A lower global Pillow limit is raised to ours so that our check is the one that applies.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     assert decode_image(data).size == (100, 100)

@@ -36,7 +36,7 @@ def _environment(service: dict) -> dict:
 
 def _health_url(service: dict) -> str:
     test = service["healthcheck"]["test"]
-    assert isinstance(test, list) and test[0] in ("CMD", "CMD-SHELL"), test
+    assert isinstance(test, list) and test[0] == "CMD", test  # exec form: no shell in the image is needed
     (url,) = re.findall(r"https?://[^'\" ]+", " ".join(test[1:]))
     return url
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import sys
 import threading
+from dataclasses import replace
 
 import pytest
 import torch
 from support import SMALL, calibrate_batchnorm, photo_batch
 
-from xception_core.engine import BACKENDS, Predictor, native_reduced_precision
+from xception_core.engine import BACKENDS, EngineOptions, Predictor, native_reduced_precision
 from xception_core.model import Xception
 
 SIZE = 96
@@ -45,7 +46,7 @@ def _assert_logits(predictor: Predictor, model: Xception, batch: torch.Tensor) -
 @pytest.mark.parametrize("backend", ["eager", "onnxruntime"])
 def test_backend_gives_the_eager_logits(model_and_batch, backend):
     model, batch = model_and_batch
-    predictor = Predictor(model, input_size=SIZE, backend=backend)
+    predictor = Predictor(model, input_size=SIZE, options=EngineOptions(backend=backend))
     assert predictor.backend == backend and predictor.precision == "fp32" and predictor.notes == []
     _assert_logits(predictor, model, batch)
     assert predictor.info().to_dict()["backend"] == backend
@@ -56,7 +57,7 @@ def test_compile_backend_gives_the_eager_logits(model_and_batch):
     """torch.compile (inductor) here: a C++ compiler is present on the CI machine; if it were
     not, the predictor would fall back to eager and say why -- which this test reports."""
     model, batch = model_and_batch
-    predictor = Predictor(model, input_size=SIZE, backend="compile")
+    predictor = Predictor(model, input_size=SIZE, options=EngineOptions(backend="compile"))
     assert predictor.backend == "compile", predictor.notes
     _assert_logits(predictor, model, batch)
     assert predictor.backend == "compile", predictor.notes  # no run-time fallback either
@@ -80,7 +81,7 @@ def test_auto_is_eager_without_onnxruntime(model_and_batch, monkeypatch):
 def test_missing_onnxruntime_falls_back_to_eager_with_the_reason(model_and_batch, monkeypatch):
     model, batch = model_and_batch
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    predictor = Predictor(model, input_size=SIZE, backend="onnxruntime")
+    predictor = Predictor(model, input_size=SIZE, options=EngineOptions(backend="onnxruntime"))
     assert predictor.backend == "eager"
     assert len(predictor.notes) == 1 and predictor.notes[0] == "onnxruntime not used: RuntimeError: onnxruntime is not installed (pip install onnx onnxruntime)"
     _assert_logits(predictor, model, batch)
@@ -93,7 +94,7 @@ def test_failing_compile_falls_back_to_eager(model_and_batch, monkeypatch):
         raise RuntimeError("no C++ compiler\nsecond line")
 
     monkeypatch.setattr(torch, "compile", broken)
-    predictor = Predictor(model, input_size=SIZE, backend="compile")
+    predictor = Predictor(model, input_size=SIZE, options=EngineOptions(backend="compile"))
     assert predictor.backend == "eager"
     assert predictor.notes == ["compile not used: RuntimeError: no C++ compiler"]
     _assert_logits(predictor, model, batch)
@@ -102,7 +103,7 @@ def test_failing_compile_falls_back_to_eager(model_and_batch, monkeypatch):
 def test_a_backend_that_gives_wrong_logits_is_not_used(model_and_batch, monkeypatch):
     model, batch = model_and_batch
     monkeypatch.setattr(torch, "compile", lambda m: (lambda x: m(x) + 1.0))
-    predictor = Predictor(model, input_size=SIZE, backend="compile")
+    predictor = Predictor(model, input_size=SIZE, options=EngineOptions(backend="compile"))
     assert predictor.backend == "eager"
     assert "differ from eager float32" in predictor.notes[0]
     _assert_logits(predictor, model, batch)
@@ -110,7 +111,7 @@ def test_a_backend_that_gives_wrong_logits_is_not_used(model_and_batch, monkeypa
 
 def test_a_backend_failing_at_run_time_switches_to_eager(model_and_batch):
     model, batch = model_and_batch
-    predictor = Predictor(model, input_size=SIZE, backend="onnxruntime")
+    predictor = Predictor(model, input_size=SIZE, options=EngineOptions(backend="onnxruntime"))
     calls = []
 
     def failing(x):
@@ -126,7 +127,7 @@ def test_a_backend_failing_at_run_time_switches_to_eager(model_and_batch):
 
 def test_out_of_memory_is_not_hidden_by_the_fallback(model_and_batch):
     model, batch = model_and_batch
-    predictor = Predictor(model, input_size=SIZE, backend="onnxruntime")
+    predictor = Predictor(model, input_size=SIZE, options=EngineOptions(backend="onnxruntime"))
 
     def oom(x):
         raise torch.OutOfMemoryError("simulated")
@@ -139,7 +140,7 @@ def test_out_of_memory_is_not_hidden_by_the_fallback(model_and_batch):
 
 def test_concurrent_calls_agree(model_and_batch):
     model, batch = model_and_batch
-    predictor = Predictor(model, input_size=SIZE, backend="onnxruntime")
+    predictor = Predictor(model, input_size=SIZE, options=EngineOptions(backend="onnxruntime"))
     expected = _expected(model, batch)
     results: list[torch.Tensor] = []
     errors: list[BaseException] = []
@@ -164,14 +165,14 @@ def test_concurrent_calls_agree(model_and_batch):
 def test_the_model_is_left_untouched(model_and_batch):
     model, batch = model_and_batch
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    Predictor(model, input_size=SIZE, backend="onnxruntime")
+    Predictor(model, input_size=SIZE, options=EngineOptions(backend="onnxruntime"))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
 
 
 def test_unfused_predictor_uses_the_model_itself(model_and_batch):
     model, batch = model_and_batch
-    predictor = Predictor(model, input_size=SIZE, backend="eager", fuse=False)
+    predictor = Predictor(model, input_size=SIZE, options=EngineOptions(backend="eager", fuse_batchnorm=False))
     assert predictor.model is model
     _assert_logits(predictor, model, batch)
 
@@ -180,7 +181,7 @@ def test_unfused_predictor_uses_the_model_itself(model_and_batch):
 def test_reduced_precision_needs_native_support(model_and_batch, precision):
     model, batch = model_and_batch
     why = native_reduced_precision(precision, torch.device("cpu"))
-    predictor = Predictor(model, input_size=SIZE, backend="eager", precision=precision)
+    predictor = Predictor(model, input_size=SIZE, options=EngineOptions(backend="eager", precision=precision))
     if why is None:  # a CPU with AVX512-BF16 / AMX
         assert predictor.precision == precision and predictor.notes == []
     else:
@@ -192,7 +193,7 @@ def test_reduced_precision_needs_native_support(model_and_batch, precision):
 def test_reduced_precision_with_onnxruntime_falls_back_to_eager(model_and_batch):
     """onnxruntime runs float32 only: an explicit onnxruntime + bf16 keeps bf16 on eager."""
     model, batch = model_and_batch
-    predictor = Predictor(model, input_size=SIZE, backend="onnxruntime", precision="bf16", require_native=False)
+    predictor = Predictor(model, input_size=SIZE, options=EngineOptions(backend="onnxruntime", precision="bf16"), require_native=False)
     assert predictor.precision == "bf16" and predictor.backend == "eager"
     assert "runs float32, not bf16" in predictor.notes[0]
     logits, reduced = predictor.predict(batch)
@@ -202,18 +203,18 @@ def test_reduced_precision_with_onnxruntime_falls_back_to_eager(model_and_batch)
 
 def test_auto_with_bf16_is_eager(model_and_batch):
     model, _ = model_and_batch
-    predictor = Predictor(model, input_size=SIZE, precision="bf16", require_native=False)
+    predictor = Predictor(model, input_size=SIZE, options=EngineOptions(precision="bf16"), require_native=False)
     assert predictor.backend == "eager" and predictor.precision == "bf16" and predictor.notes == []
 
 
 def test_reduced_precision_guard_recomputes_near_ties(model_and_batch):
     model, batch = model_and_batch
     expected = _expected(model, batch)
-    everything = Predictor(model, input_size=SIZE, backend="eager", precision="bf16", margin=1e9, require_native=False)
+    everything = Predictor(model, input_size=SIZE, options=EngineOptions(backend="eager", precision="bf16", margin=1e9), require_native=False)
     logits, reduced = everything.predict(batch)
     assert not bool(reduced.any())
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
-    nothing = Predictor(model, input_size=SIZE, backend="eager", precision="bf16", margin=0.0, require_native=False)
+    nothing = Predictor(model, input_size=SIZE, options=EngineOptions(backend="eager", precision="bf16", margin=0.0), require_native=False)
     logits, reduced = nothing.predict(batch)
     assert bool(reduced.all())
     assert not torch.equal(logits, expected)  # bfloat16 really ran
@@ -231,20 +232,37 @@ def test_a_top1_guard_recomputes_only_close_top1s(model_and_batch):
     gap5 = (top[:, :-1] - top[:, 1:]).min(dim=1).values
     margin = float(gap1.min()) * 0.5  # every top-1 gap is safely above it ...
     assert bool((gap5 < margin).any())  # ... while some top-5 gap is below it
-    kwargs = dict(input_size=SIZE, backend="eager", precision="bf16", margin=margin, require_native=False)
-    _, reduced_top1 = Predictor(model, guard_top=1, **kwargs).predict(batch)
-    _, reduced_top5 = Predictor(model, guard_top=5, **kwargs).predict(batch)
+    options = EngineOptions(backend="eager", precision="bf16", margin=margin)
+    _, reduced_top1 = Predictor(model, input_size=SIZE, options=replace(options, guard_top=1), require_native=False).predict(batch)
+    _, reduced_top5 = Predictor(model, input_size=SIZE, options=replace(options, guard_top=5), require_native=False).predict(batch)
     assert bool(reduced_top1.all())
     assert int(reduced_top5.sum()) < len(batch)
     with pytest.raises(ValueError, match="guard_top"):
-        Predictor(model, guard_top=0, **kwargs)
+        replace(options, guard_top=0)
 
 
 @pytest.mark.parametrize("kwargs, message", [({"backend": "tensorrt"}, "unknown backend"), ({"precision": "int8"}, "unknown precision")])
-def test_bad_choices_are_rejected(model_and_batch, kwargs, message):
-    model, _ = model_and_batch
+def test_bad_choices_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        Predictor(model, input_size=SIZE, **kwargs)
+        EngineOptions(**kwargs)
+
+
+def test_mixed_precision_asks_float16_on_cuda_only():
+    """``mixed_precision`` turns a float32 request into float16 on CUDA; elsewhere, and for an
+    explicit reduced precision, the precision is what it says."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert EngineOptions().precision_on(cuda) == "fp32"
+    assert EngineOptions(mixed_precision=True).precision_on(cuda) == "fp16"
+    assert EngineOptions(mixed_precision=True).precision_on(cpu) == "fp32"
+    assert EngineOptions(precision="bf16", mixed_precision=True).precision_on(cuda) == "bf16"
+
+
+def test_the_predictor_asks_what_its_options_say(model_and_batch):
+    model, _ = model_and_batch
+    options = EngineOptions(backend="eager", fuse_batchnorm=False, margin=0.25, guard_top=2)
+    predictor = Predictor(model, input_size=SIZE, options=options)
+    assert predictor.options is options and predictor.model is model
+    assert predictor.info().requested_backend == "eager" and predictor.info().requested_precision == "fp32"
 
 
 def test_the_api_settings_offer_every_backend():

@@ -110,7 +110,7 @@ def test_api_predicts_with_the_fused_model(photos, fuse):
     assert (entry.predict_model is not entry.model) is fuse
     assert is_fused(entry.predict_model) is fuse
     assert any(isinstance(m, nn.BatchNorm2d) for m in entry.model.modules())
-    out = app.state.service._run_predict_batch(entry, list(batch))
+    out = app.state.features.predictions.run_batch(entry, list(batch))
     with torch.inference_mode():
         expected = model(batch)
     actual = torch.stack([logits for logits, _ in out])
@@ -122,12 +122,13 @@ def test_registry_choice_wins_over_the_setting(photos):
     from api.main import create_app
     from api.registry import InMemoryModel, ModelRegistry
     from api.settings import Settings
+    from xception_core.engine import EngineOptions
     from xception_core.transform import PreprocessConfig
 
     model, _ = _calibrated(SMALL, photos, 96)
     names = [f"class {i}" for i in range(SMALL.num_classes)]
     registry = ModelRegistry.from_models(
-        [InMemoryModel("tiny", model, names, PreprocessConfig(input_size=96))], device="cpu", fuse_batchnorm=False
+        [InMemoryModel("tiny", model, names, PreprocessConfig(input_size=96))], device="cpu", engine=EngineOptions(fuse_batchnorm=False)
     )
     app = create_app(Settings(fuse_batchnorm=True, log_json=False, access_log=False), registry=registry)
     assert app.state.registry.get("tiny").predict_model is model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from xception_core.transform import PreprocessConfig
 onnx = pytest.importorskip("onnx", reason="needs onnx: pip install 'xception-explorer[deploy]'")
 pytest.importorskip("onnxruntime", reason="needs onnxruntime: pip install 'xception-explorer[deploy]'")
 
-from xception_core.export import BATCH_DIM, INPUT_NAME, OUTPUT_NAME, onnx_logits, read_metadata, write_onnx  # noqa: E402
+from xception_core.export import BATCH_DIM, INPUT_NAME, OUTPUT_NAME, onnx_bytes, onnx_logits, read_metadata, write_onnx  # noqa: E402
 from xception_demo.cli import main  # noqa: E402
 
 SIZE = 96
@@ -71,3 +72,25 @@ def test_cli_export_onnx_writes_a_checked_file_with_its_card(tmp_path, calibrate
     assert main(["export", "onnx", "--model", "no-such-model", "--out", str(tmp_path / "x.onnx")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error:") and len(err.strip().splitlines()) == 1
+
+
+def test_concurrent_exports_do_not_break_each_other(small_config):
+    """torch.onnx.export keeps process-wide state: two models loading at once in the API used to
+    make all but one export fail (and their engines fall back to eager)."""
+    models = [Xception(small_config).eval() for _ in range(3)]
+    barrier = threading.Barrier(len(models))
+    results: list[object] = []
+
+    def export(model: Xception) -> None:
+        barrier.wait()
+        try:
+            results.append(len(onnx_bytes(model, input_size=96)))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            results.append(exc)
+
+    threads = [threading.Thread(target=export, args=(m,)) for m in models]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(isinstance(r, int) and r > 0 for r in results), results

@@ -10,16 +10,87 @@ service, a timeout, an answer that is not what the API sends -- is raised as
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
 
-__all__ = ["ApiClient", "ApiError", "Normalization", "Part", "Sign", "SortKey"]
+__all__ = ["ActivationsQuery", "ApiClient", "ApiError", "AttributionQuery", "Normalization", "Part", "Sign", "SortKey"]
 
 Part = Literal["depthwise", "pointwise", "input"]
 SortKey = Literal["mean", "max", "attribution"]
 Normalization = Literal["channel", "layer"]
 Sign = Literal["positive", "negative", "absolute", "all"]
+
+
+
+@dataclass(frozen=True)
+class ActivationsQuery:
+    """The query of ``POST /v1/activations`` (names as the API spells them)."""
+
+    layer: str
+    part: Part = "depthwise"
+    channels: tuple[int, ...] | None = None
+    top: int = 16
+    sort: SortKey = "mean"
+    target: int | None = None
+    format: Literal["json", "png", "npy"] = "json"
+    normalize: Normalization = "channel"
+    colormap: str = "viridis"
+    tile_px: int = 64
+    columns: int | None = None
+
+    def params(self) -> dict[str, Any]:
+        chosen = bool(self.channels)
+        return {
+            "layer": self.layer,
+            "part": self.part,
+            "channels": ",".join(str(int(c)) for c in self.channels) if chosen else None,
+            "top": None if chosen else self.top,
+            "sort": None if chosen else self.sort,
+            "target": self.target if self.sort == "attribution" and not chosen else None,
+            "format": self.format,
+            "normalize": self.normalize,
+            "colormap": self.colormap,
+            "tile_px": self.tile_px,
+            "columns": self.columns,
+        }
+
+
+@dataclass(frozen=True)
+class AttributionQuery:
+    """The query of ``POST /v1/attributions``: the request's own parameters and the method's (``method_params``)."""
+
+    method: str
+    target: int | None = None
+    layer: str | None = None
+    part: Literal["depthwise", "pointwise"] | None = None
+    method_params: Mapping[str, Any] = field(default_factory=dict)
+    format: Literal["json", "png", "npy"] = "json"
+    array: Literal["attribution", "heatmap"] = "attribution"
+    sign: Sign = "positive"
+    opacity: float = 0.5
+    colormap: str | None = None
+
+    def params(self) -> dict[str, Any]:
+        query: dict[str, Any] = {
+            "method": self.method,
+            "target": self.target,
+            "layer": self.layer,
+            "part": self.part,
+            "format": self.format,
+            "array": self.array if self.format == "npy" else None,
+            "sign": self.sign,
+            "opacity": self.opacity,
+            "colormap": self.colormap,
+        }
+        for key, value in self.method_params.items():
+            if key in query:
+                raise ValueError(f"method parameter {key!r} clashes with a request parameter")
+            query[key] = value
+        return query
+
 
 #: Attributions of a 299-px image on a CPU can take a minute; everything else is quick.
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=300.0, write=60.0, pool=10.0)
@@ -214,39 +285,9 @@ class ApiClient:
         """``{"image_id", "model", "device", "predictions": [{"index", "label", "probability"}], "timing_ms", ...}``."""
         return self._json("POST", "/v1/predict", params={"model": model, "top_k": top_k}, image=image)
 
-    def activations(
-        self,
-        image: bytes,
-        *,
-        layer: str,
-        part: Part = "depthwise",
-        model: str | None = None,
-        channels: list[int] | None = None,
-        top: int = 16,
-        sort: SortKey = "mean",
-        target: int | None = None,
-        format: Literal["json", "png", "npy"] = "json",
-        normalize: Normalization = "channel",
-        colormap: str = "viridis",
-        tile_px: int = 64,
-        columns: int | None = None,
-    ) -> dict[str, Any] | bytes:
+    def activations(self, image: bytes, query: ActivationsQuery, *, model: str | None = None) -> dict[str, Any] | bytes:
         """Maps of one part of a separable layer: JSON (statistics and PNG tiles), a PNG montage or an NPY array."""
-        params = {
-            "model": model,
-            "layer": layer,
-            "part": part,
-            "channels": ",".join(str(int(c)) for c in channels) if channels else None,
-            "top": None if channels else top,
-            "sort": None if channels else sort,
-            "target": target if sort == "attribution" and not channels else None,
-            "format": format,
-            "normalize": normalize,
-            "colormap": colormap,
-            "tile_px": tile_px,
-            "columns": columns,
-        }
-        return self._analysis("/v1/activations", image, params, format)
+        return self._analysis("/v1/activations", image, {"model": model, **query.params()}, query.format)
 
     def decomposition(
         self,
@@ -264,40 +305,9 @@ class ApiClient:
         params = {"model": model, "layer": layer, "channel": channel, "top": top, "format": format, "colormap": colormap, "tile_px": tile_px}
         return self._analysis("/v1/decomposition", image, params, format)
 
-    def attributions(
-        self,
-        image: bytes,
-        *,
-        method: str,
-        model: str | None = None,
-        target: int | None = None,
-        layer: str | None = None,
-        part: Literal["depthwise", "pointwise"] | None = None,
-        params: dict[str, Any] | None = None,
-        format: Literal["json", "png", "npy"] = "json",
-        array: Literal["attribution", "heatmap"] = "attribution",
-        sign: Sign = "positive",
-        opacity: float = 0.5,
-        colormap: str | None = None,
-    ) -> dict[str, Any] | bytes:
-        """An attribution map for ``target`` (default: the predicted class) with its quality figures."""
-        query: dict[str, Any] = {
-            "model": model,
-            "method": method,
-            "target": target,
-            "layer": layer,
-            "part": part,
-            "format": format,
-            "array": array if format == "npy" else None,
-            "sign": sign,
-            "opacity": opacity,
-            "colormap": colormap,
-        }
-        for key, value in (params or {}).items():
-            if key in query:
-                raise ValueError(f"method parameter {key!r} clashes with a request parameter")
-            query[key] = value
-        return self._analysis("/v1/attributions", image, query, format)
+    def attributions(self, image: bytes, query: AttributionQuery, *, model: str | None = None) -> dict[str, Any] | bytes:
+        """An attribution map for ``query.target`` (default: the predicted class) with its quality figures."""
+        return self._analysis("/v1/attributions", image, {"model": model, **query.params()}, query.format)
 
 
 def problem_json(error: ApiError) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 import streamlit as st
 
-from .client import ApiClient, ApiError
+from .client import ActivationsQuery, ApiClient, ApiError, AttributionQuery
 from .config import API_KEY_ENV, API_URL_ENV, DEFAULT_API_URL
 
 IMAGE_KEY = "image"
@@ -196,10 +196,25 @@ def _thaw(params: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
     return out
 
 
+#: The endpoints whose query the client takes as one object.
+_QUERIES = {"activations": ActivationsQuery, "attributions": AttributionQuery}
+
+
+def _send(url: str, endpoint: str, data: bytes, params: dict[str, Any]) -> Any:
+    query = _QUERIES.get(endpoint)
+    if query is None:
+        return getattr(client(url), endpoint)(data, **params)
+    fields = dict(params)
+    model = fields.pop("model", None)
+    if isinstance(fields.get("channels"), list):
+        fields["channels"] = tuple(fields["channels"])
+    return getattr(client(url), endpoint)(data, query(**fields), model=model)
+
+
 @st.cache_data(max_entries=256, show_spinner=False)
 def _analysis(url: str, endpoint: str, image_id: str, _image: bytes, params: tuple[tuple[str, Any], ...]) -> Any:
     # image_id (sha256 of _image) stands for the bytes in the cache key
-    return getattr(client(url), endpoint)(_image, **_thaw(params))
+    return _send(url, endpoint, _image, _thaw(params))
 
 
 def _call(endpoint: str, image: ImageInput, **params: Any) -> Any:
@@ -207,7 +222,7 @@ def _call(endpoint: str, image: ImageInput, **params: Any) -> Any:
     if params.get("format", "json") != "json":
         # files (PNG montages, arrays) are fetched when a download button is pressed, outside
         # the script run: straight from the API, not through the cache
-        return getattr(client(url), endpoint)(image.data, **params)
+        return _send(url, endpoint, image.data, params)
     return _analysis(url, endpoint, image.image_id, image.data, _freeze(params))
 
 

@@ -100,6 +100,12 @@ def _mp(pixels: int) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
+def _sizes(pixels: int, limit: int) -> tuple[str, str]:
+    """Both pixel counts for a message: in megapixels, or exactly where megapixels would read alike."""
+    found, allowed = f"{_mp(pixels)} MP", f"{_mp(limit)} MP"
+    return (found, allowed) if found != allowed else (f"{pixels:,} pixels", f"{limit:,} pixels")
+
+
 def _formats_text(formats: Iterable[str]) -> str:
     return ", ".join(formats)
 
@@ -191,10 +197,8 @@ def _check_geometry(
 ) -> None:
     pixels = width * height
     if pixels > max_pixels:
-        raise ImageTooLarge(
-            f"image is {width}x{height} = {_mp(pixels)} MP, over the limit of {_mp(max_pixels)} MP; "
-            f"send a smaller image"
-        )
+        found, allowed = _sizes(pixels, max_pixels)
+        raise ImageTooLarge(f"image is {width}x{height} = {found}, over the limit of {allowed}; send a smaller image")
     short, long = min(width, height), max(width, height)
     if short < min_side:
         raise ImageTooSmall(
@@ -418,8 +422,10 @@ def _pillow_bomb(exc: BaseException, max_pixels: int) -> ImageTooLarge:
     """Pillow's own guard fired (only possible above ``max_pixels``, see
     :func:`_ensure_pillow_limit`); its message carries the pixel count, not the size."""
     found = re.search(r"\((\d+) pixels\)", str(exc))
-    what = f"image has {_mp(int(found.group(1)))} MP" if found else "image has too many pixels"
-    return ImageTooLarge(f"{what}, over the limit of {_mp(max_pixels)} MP; send a smaller image")
+    if found is None:
+        return ImageTooLarge(f"image has too many pixels, over the limit of {_mp(max_pixels)} MP; send a smaller image")
+    pixels, allowed = _sizes(int(found.group(1)), max_pixels)
+    return ImageTooLarge(f"image has {pixels}, over the limit of {allowed}; send a smaller image")
 
 
 def _corrupt_message(fmt: str, exc: BaseException) -> str:

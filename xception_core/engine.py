@@ -48,7 +48,7 @@ from .export import onnx_bytes, onnx_logits, onnx_session
 from .fuse import fuse_for_inference
 from .model import model_device
 
-__all__ = ["BACKENDS", "PRECISIONS", "EngineInfo", "Predictor", "native_reduced_precision"]
+__all__ = ["BACKENDS", "PRECISIONS", "EngineInfo", "EngineOptions", "Predictor", "native_reduced_precision"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,38 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 #: compiled or onnxruntime backend may show on its construction check.
 CHECK_RTOL = 1e-3
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How a :class:`Predictor` computes: the one place where the engine's defaults live.
+
+    ``backend`` and ``precision`` as in the module notes; ``fuse_batchnorm``: predict with a
+    BatchNorm-folded copy; ``margin`` and ``guard_top``: the float32 guard of reduced precisions;
+    ``mixed_precision``: on CUDA, ``fp32`` is asked as ``fp16`` (float16 autocast, guarded) --
+    off here, so that ``precision`` means what it says; the REST service turns it on by default.
+    """
+
+    backend: str = "auto"
+    precision: str = "fp32"
+    fuse_batchnorm: bool = True
+    margin: float = 0.05
+    guard_top: int = 5
+    mixed_precision: bool = False
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; expected one of {', '.join(BACKENDS)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
+        if int(self.guard_top) < 1:
+            raise ValueError(f"guard_top must be at least 1, got {self.guard_top}")
+
+    def precision_on(self, device: torch.device) -> str:
+        """The precision asked for on ``device``: ``fp16`` for ``fp32`` on CUDA under ``mixed_precision``."""
+        if self.mixed_precision and self.precision == "fp32" and device.type == "cuda":
+            return "fp16"
+        return self.precision
 
 
 @dataclass(frozen=True)
@@ -119,37 +151,21 @@ def _one_line(exc: BaseException) -> str:
 class Predictor:
     """Logits of preprocessed batches ``[N, C, S, S]`` for one model, on the model's device.
 
-    ``model`` is left untouched; the predictor works on a BatchNorm-folded copy (``fuse=True``,
-    the default) or, with ``fuse=False``, on ``model`` itself in eval mode (then it must carry no
-    hooks of its own). ``require_native=False`` keeps a reduced precision the hardware only
+    ``options`` (:class:`EngineOptions`) say how. ``model`` is left untouched; the predictor works
+    on a BatchNorm-folded copy (``fuse_batchnorm=True``, the default) or, without, on ``model``
+    itself in eval mode (then it must carry no hooks of its own). ``require_native=False`` keeps a reduced precision the hardware only
     emulates (slow; for measuring its agreement with float32). Calls may come from several threads.
     """
 
     def __init__(
-        self,
-        model: nn.Module,
-        *,
-        input_size: int,
-        backend: str = "auto",
-        precision: str = "fp32",
-        fuse: bool = True,
-        margin: float = 0.05,
-        guard_top: int = 5,
-        require_native: bool = True,
+        self, model: nn.Module, *, input_size: int, options: EngineOptions = EngineOptions(), require_native: bool = True
     ) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-        self.requested_backend = backend
-        self.requested_precision = precision
-        self.margin = float(margin)
-        if int(guard_top) < 1:
-            raise ValueError(f"guard_top must be at least 1, got {guard_top}")
-        self.guard_top = int(guard_top)
+        self.options = options
         self.input_size = int(input_size)
         self.device = model_device(model)
-        self.model = fuse_for_inference(model) if fuse else model.eval()
+        self.requested_backend = options.backend
+        self.requested_precision = precision = options.precision_on(self.device)
+        self.model = fuse_for_inference(model) if options.fuse_batchnorm else model.eval()
         self.notes: list[str] = []
         self._lock = threading.Lock()
 
@@ -159,6 +175,7 @@ class Predictor:
             precision = "fp32"
         self.precision = precision
 
+        backend = options.backend
         if backend == "auto":
             backend = "onnxruntime" if self.device.type == "cpu" and precision == "fp32" and _missing_onnx() is None else "eager"
         self.backend = "eager"
@@ -264,10 +281,10 @@ class Predictor:
         logits = self._run(batch)
         if self.precision == "fp32":
             return logits, torch.zeros(n, dtype=torch.bool)
-        k = min(self.guard_top + 1, logits.shape[1])
+        k = min(self.options.guard_top + 1, logits.shape[1])
         top = logits.topk(k, dim=1).values
         gaps = (top[:, :-1] - top[:, 1:]).min(dim=1).values if k > 1 else torch.full((n,), math.inf, device=logits.device)
-        redo = (gaps < self.margin) | ~torch.isfinite(logits).all(dim=1)
+        redo = (gaps < self.options.margin) | ~torch.isfinite(logits).all(dim=1)
         if bool(redo.any()):
             with torch.inference_mode():
                 logits[redo] = self.model(batch[redo]).float()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
 import uuid
 import warnings
 from collections.abc import Mapping, Sequence
@@ -104,6 +105,11 @@ def card_metadata(card: ModelCard) -> dict[str, str]:
     }
 
 
+#: torch.onnx.export keeps process-wide state (``GLOBALS.in_onnx_export``): two exports at once,
+#: e.g. two models loading in the API, make each other fail. One export at a time.
+_EXPORT_LOCK = threading.Lock()
+
+
 def onnx_bytes(model: nn.Module, *, input_size: int, opset: int = DEFAULT_OPSET) -> bytes:
     """``model`` (eval mode, float32) as an ONNX graph in memory, with a dynamic batch dimension.
 
@@ -116,7 +122,7 @@ def onnx_bytes(model: nn.Module, *, input_size: int, opset: int = DEFAULT_OPSET)
     # batch 2 while tracing: nothing may specialise on a batch of 1
     example = torch.zeros(2, in_chans, input_size, input_size, dtype=torch.float32, device=param.device)
     buffer = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
+    with _EXPORT_LOCK, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(
             model.float(),

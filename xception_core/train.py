@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from . import synthetic
 from .model import Xception, XceptionConfig
@@ -147,8 +148,6 @@ def train(
 
 
 def _train(config: TrainConfig, progress: bool, on_eval) -> TrainResult:
-    from tqdm import tqdm
-
     start_time = time.perf_counter()
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)

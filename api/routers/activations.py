@@ -8,10 +8,13 @@ from fastapi import APIRouter, Depends, File, Query, UploadFile
 
 from xception_core import render
 
-from ..deps import deadline, get_service, read_image
+from ..deps import deadline, get_features, read_image
 from ..errors import ApiError
+from ..features import Features
+from ..features.activations import ActivationsRequest
+from ..features.decomposition import DecompositionRequest
+from ..runtime import Upload
 from ..schemas import ActivationsResponse, DecompositionResponse
-from ..service import Service, Upload
 from ..settings import Settings
 from ..workers import Deadline
 from .common import ANALYSIS_ERRORS, IMAGE_DESCRIPTION, ModelQuery, binary, binary_content, problems
@@ -20,14 +23,14 @@ Colormap = Literal[render.COLORMAPS]  # type: ignore[valid-type]
 _CHANNELS = re.compile(r"\s*\d{1,6}\s*(,\s*\d{1,6}\s*)*")
 
 
-def parse_channels(text: str | None, limit: int) -> list[int] | None:
+def parse_channels(text: str | None, limit: int) -> tuple[int, ...] | None:
     if text is None:
         return None
     if not _CHANNELS.fullmatch(text):
         raise ApiError(
             422, "invalid-parameter", f"channels must be comma-separated channel indices such as 0,5,17 (got {text[:40]!r})", parameter="channels"
         )
-    values = [int(v) for v in text.split(",")]
+    values = tuple(int(v) for v in text.split(","))
     if len(values) > limit:
         raise ApiError(
             422,
@@ -105,15 +108,15 @@ def build(settings: Settings) -> APIRouter:
         colormap: ColormapQ = "viridis",
         tile_px: TilePx = 64,
         columns: Annotated[int | None, Query(ge=1, le=64, description="Montage columns (format=png), 1..64; default ceil(sqrt(k)).")] = None,
-        service: Service = Depends(get_service),
+        features: Features = Depends(get_features),
         limit: Deadline = Depends(deadline("activations")),
     ) -> Any:
         """The selected channels of one part of one separable layer for the image. The layer's maps are
         captured in one forward pass and cached, so other channels, parts, formats and colour maps of the
         same layer and image come from the cache."""
-        result = await service.activations(
-            model,
-            upload,
+        request = ActivationsRequest(
+            model=model,
+            upload=upload,
             layer=layer,
             part=part,
             channels=parse_channels(channels, max_ch),
@@ -125,8 +128,8 @@ def build(settings: Settings) -> APIRouter:
             colormap=colormap,
             tile_px=tile_px,
             columns=columns,
-            deadline=limit,
         )
+        result = await features.activations.maps(request, limit)
         return result if isinstance(result, dict) else binary(result)
 
     @router.post(
@@ -149,16 +152,15 @@ def build(settings: Settings) -> APIRouter:
         ] = "json",
         colormap: ColormapQ = "RdBu_r",
         tile_px: TilePx = 64,
-        service: Service = Depends(get_service),
+        features: Features = Depends(get_features),
         limit: Deadline = Depends(deadline("decomposition")),
     ) -> Any:
         """Pointwise output channel `channel` of `layer` is `sum_i W[channel, i] * depthwise_i` (paper
         configuration: no activation in between). Returns the 1x1 weights `W[channel, :]`, the `top`
         contributions `W[channel, i] * depthwise_i` by energy, the rest, their sum, and the pointwise
         output itself: `max_abs_error` shows the sum equals it."""
-        result = await service.decomposition(
-            model, upload, layer=layer, channel=channel, top=top, fmt=format, colormap=colormap, tile_px=tile_px, deadline=limit
-        )
+        request = DecompositionRequest(model, upload, layer, channel, top, format, colormap, tile_px)
+        result = await features.decompositions.decompose(request, limit)
         return result if isinstance(result, dict) else binary(result)
 
     return router

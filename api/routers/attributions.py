@@ -9,11 +9,13 @@ from fastapi import APIRouter, Depends, File, Query, UploadFile
 
 from xception_core import attributions as core_attr
 from xception_core import render
-from xception_core.attributions import format_value
+from xception_core.attributions import AttributionRequest, format_value
 
-from ..deps import deadline, get_service, read_image
+from ..deps import deadline, get_features, read_image
+from ..features import Features
+from ..features.attributions import ExplainRequest
+from ..runtime import Upload
 from ..schemas import AttributionResponse, MethodList
-from ..service import Service, Upload
 from ..settings import Settings
 from ..workers import Deadline
 from .common import ANALYSIS_ERRORS, IMAGE_DESCRIPTION, ModelQuery, binary, binary_content, problems
@@ -139,7 +141,7 @@ def build(settings: Settings) -> APIRouter:
             Query(description="`fp32` (the default, unless the service sets attribution_precision) or `mixed` (float16 autocast; CUDA only, float32 on the CPU)."),
         ] = None,
         params: dict[str, Any] = Depends(method_params),
-        service: Service = Depends(get_service),
+        features: Features = Depends(get_features),
         limit: Deadline = Depends(deadline("attribution")),
     ) -> Any:
         """Explains the target class's logit with a Captum method. Method parameters go in the query
@@ -147,22 +149,18 @@ def build(settings: Settings) -> APIRouter:
         Each answer carries the method's quality figures: the convergence delta (integrated gradients,
         DeepLift), deletion and insertion AUC (Petsiuk et al.; `auc_steps=0` skips them) and, on request,
         Captum's infidelity and sensitivity_max."""
-        result = await service.attribution(
-            model,
-            upload,
-            method=method,
-            target=target,
-            layer=layer,
-            part=part,
-            params=params,
+        request = ExplainRequest(
+            model=model,
+            upload=upload,
+            attribution=AttributionRequest(method, target, layer, part, params),
             fmt=format,
             array=array,
             sign=sign,
             opacity=opacity,
             colormap=colormap,
             precision=precision,
-            deadline=limit,
         )
+        result = await features.attributions.explain(request, limit)
         return result if isinstance(result, dict) else binary(result)
 
     return router

@@ -6,8 +6,8 @@ from typing import Annotated, Any
 from fastapi import Query
 from fastapi.responses import Response
 
+from ..encodings import BinaryResult
 from ..schemas import Problem
-from ..service import BinaryResult
 
 _DESCRIPTIONS = {
     400: "Malformed request (e.g. a Content-Length that is not a number).",
@@ -44,8 +44,20 @@ IMAGE_DESCRIPTION = (
 )
 
 
+def header_name(fact: str) -> str:
+    """The header that carries a result's fact: ``max_abs_error`` -> ``X-Max-Abs-Error``."""
+    return "X-" + "-".join(word.capitalize() for word in fact.split("_"))
+
+
 def binary(result: BinaryResult) -> Response:
-    return Response(content=result.body, media_type=result.media_type, headers=result.headers)
+    """A binary answer with its headers: the download name, what it was computed from, its facts."""
+    headers = {}
+    if result.filename:
+        headers["Content-Disposition"] = f'attachment; filename="{result.filename}"'
+    headers["X-Image-Id"] = result.image_id
+    headers["X-Model"] = result.model
+    headers.update({header_name(k): v for k, v in result.facts.items()})
+    return Response(content=result.body, media_type=result.media_type, headers=headers)
 
 
 def binary_content(json_model: type | None = None, *media_types: str) -> dict[str, Any]:

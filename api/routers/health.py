@@ -6,10 +6,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from ..deps import get_service
+from ..deps import get_runtime
 from ..errors import ApiError
+from ..runtime import Runtime
 from ..schemas import Health, Readiness
-from ..service import Service
 from ..settings import Settings
 from .common import problems
 
@@ -23,19 +23,19 @@ def build(settings: Settings) -> APIRouter:
         return {"status": "ok"}
 
     @router.get("/readyz", response_model=Readiness, summary="Readiness", responses=problems(503))
-    async def readyz(request: Request, service: Service = Depends(get_service)) -> dict[str, Any]:
+    async def readyz(request: Request, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
         """200 once the default model is loaded; 503 (with the reason) until then."""
         try:
-            default = service.default_model()
+            default = runtime.default_model()
         except Exception as exc:  # noqa: BLE001 - readiness reports why, never a 500
             raise ApiError(503, "not-ready", f"the default model cannot be determined: {exc}", headers={"Retry-After": "5"}) from None
-        if not service.registry.is_loaded(default):
+        if not runtime.registry.is_loaded(default):
             error = getattr(request.app.state, "load_error", None)
             detail = f"the default model {default!r} is not loaded yet"
             if error:
                 detail = f"the default model {default!r} could not be loaded: {error}"
             raise ApiError(503, "not-ready", detail, headers={"Retry-After": "5"})
-        return {"status": "ready", "default_model": default, "device": service.device, "loaded_models": service.registry.loaded_ids()}
+        return {"status": "ready", "default_model": default, "device": runtime.device, "loaded_models": runtime.registry.loaded_ids()}
 
     if settings.metrics_enabled:
 

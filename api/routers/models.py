@@ -10,10 +10,10 @@ from starlette.concurrency import run_in_threadpool
 from xception_core.profile import SEGMENT_CANDIDATES, layer_spectrum, profile_model
 from xception_core.weights import ModelCard
 
-from ..deps import get_service
+from ..deps import get_runtime
 from ..errors import invalid_choice
+from ..runtime import Runtime
 from ..schemas import ClassList, LayerSpectrum, LayerTable, ModelDetail, ModelList, Problem
-from ..service import Service
 from ..settings import Settings
 from .common import problems
 
@@ -32,7 +32,7 @@ SpectrumPoints = Annotated[
 ]
 
 
-def _summary(service: Service, card: ModelCard, default: str) -> dict[str, Any]:
+def _summary(runtime: Runtime, card: ModelCard, default: str) -> dict[str, Any]:
     return {
         "id": card.id,
         "description": card.description,
@@ -41,7 +41,7 @@ def _summary(service: Service, card: ModelCard, default: str) -> dict[str, Any]:
         "num_classes": card.num_classes,
         "input_size": card.preprocess.input_size,
         "default": card.id == default,
-        "loaded": service.registry.is_loaded(card.id),
+        "loaded": runtime.registry.is_loaded(card.id),
         "sha256": card.sha256,
     }
 
@@ -54,36 +54,36 @@ def build(settings: Settings) -> APIRouter:
     router = APIRouter(prefix="/v1/models", tags=["models"])
 
     @router.get("", response_model=ModelList, summary="Models the service can host", responses=problems(401))
-    async def list_models(service: Service = Depends(get_service)) -> dict[str, Any]:
+    async def list_models(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
         """Every model: the bundled one, `xception-imagenet` (status `missing` until its weights are
         downloaded), imported ones. `status` says whether the weights are installed."""
-        cards = await run_in_threadpool(service.registry.cards)
-        default = service.default_model()
-        return {"default_model": default, "device": service.device, "models": [_summary(service, c, default) for c in cards]}
+        cards = await run_in_threadpool(runtime.registry.cards)
+        default = runtime.default_model()
+        return {"default_model": default, "device": runtime.device, "models": [_summary(runtime, c, default) for c in cards]}
 
     @router.get("/{model_id}", response_model=ModelDetail, summary="One model", responses=problems(401, 404))
-    async def get_model(model_id: ModelId, service: Service = Depends(get_service)) -> dict[str, Any]:
+    async def get_model(model_id: ModelId, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
         """The model's card (configuration, preprocessing, provenance) and size (parameters, MACs)."""
-        card = await run_in_threadpool(service.registry.card, model_id)
-        profile = await service.inference_pool.run(_profile, card)
+        card = await run_in_threadpool(runtime.registry.card, model_id)
+        profile = await runtime.inference_pool.run(_profile, card)
         return {
-            **_summary(service, card, service.default_model()),
+            **_summary(runtime, card, runtime.default_model()),
             "config": card.config.to_dict(),
             "preprocess": card.preprocess.to_dict(),
             "total_params": profile.total_params,
             "total_macs": profile.total_macs,
             "separable_layers": [s.name for s in profile.separable],
             "extra": card.extra,
-            "engine": entry.predictor.info().to_dict() if (entry := service.registry.peek(card.id)) else None,
+            "engine": entry.predictor.info().to_dict() if (entry := runtime.registry.peek(card.id)) else None,
         }
 
     @router.get("/{model_id}/layers", response_model=LayerTable, summary="Layer table", responses=problems(401, 404))
-    async def get_layers(model_id: ModelId, service: Service = Depends(get_service)) -> dict[str, Any]:
+    async def get_layers(model_id: ModelId, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
         """Every layer (name, flow, kind, channels, output size, parameters, MACs) at the model's input
         size, and every separable convolution: the `layer` values the analysis endpoints accept, with
         the shapes their `depthwise` and `pointwise` parts have."""
-        card = await run_in_threadpool(service.registry.card, model_id)
-        profile = await service.inference_pool.run(_profile, card)
+        card = await run_in_threadpool(runtime.registry.card, model_id)
+        profile = await runtime.inference_pool.run(_profile, card)
         d = profile.to_dict()
         return {
             "model": card.id,
@@ -101,15 +101,15 @@ def build(settings: Settings) -> APIRouter:
         responses={**problems(401, 422), 404: {"model": Problem, "description": "Unknown model or layer (the detail lists the valid ones)."}},
     )
     async def get_layer_spectrum(
-        model_id: ModelId, layer: LayerName, points: SpectrumPoints = 4, service: Service = Depends(get_service)
+        model_id: ModelId, layer: LayerName, points: SpectrumPoints = 4, runtime: Runtime = Depends(get_runtime)
     ) -> dict[str, Any]:
         """Parameters and MACs of a 3x3 layer with this separable layer's channels and output size, from
         a regular convolution (k = 1 segment) through Inception-like modules (a 1x1 convolution, then a 3x3
         convolution per segment of C_out / k channels) to the depthwise separable convolution (k = C_in)
         — Chollet (2017), section 2. Regular: C_in·C_out·9; k segments: C_in·C_out + k·(C_out/k)²·9;
         separable: C_in·9 + C_in·C_out; MACs = parameters × H × W."""
-        card = await run_in_threadpool(service.registry.card, model_id)
-        profile = await service.inference_pool.run(_profile, card)
+        card = await run_in_threadpool(runtime.registry.card, model_id)
+        profile = await runtime.inference_pool.run(_profile, card)
         rows = {s.name: s for s in profile.separable}
         if layer not in rows:
             raise invalid_choice("layer", layer, list(rows), status=404)
@@ -124,9 +124,9 @@ def build(settings: Settings) -> APIRouter:
         }
 
     @router.get("/{model_id}/classes", response_model=ClassList, summary="Class names", responses=problems(401, 404))
-    async def get_classes(model_id: ModelId, service: Service = Depends(get_service)) -> dict[str, Any]:
+    async def get_classes(model_id: ModelId, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
         """The class names in index order (`target` values of attributions are these indices)."""
-        card = await run_in_threadpool(service.registry.card, model_id)
+        card = await run_in_threadpool(runtime.registry.card, model_id)
         return {
             "model": card.id,
             "num_classes": card.num_classes,

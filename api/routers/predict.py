@@ -5,10 +5,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Query, UploadFile
 
-from ..deps import deadline, get_service, read_image, read_images
-from ..errors import problem_body
+from ..deps import deadline, get_features, read_image, read_images
+from ..features import Features
+from ..features.predict import BatchPart, BatchRequest, PredictRequest
+from ..runtime import Upload
 from ..schemas import BatchResponse, PredictResponse
-from ..service import Service, Upload
 from ..settings import Settings
 from ..workers import Deadline
 from .common import ANALYSIS_ERRORS, IMAGE_DESCRIPTION, ModelQuery
@@ -32,14 +33,14 @@ def build(settings: Settings) -> APIRouter:
         upload: Upload = Depends(read_image),
         model: ModelQuery = None,
         top_k: TopK = 5,
-        service: Service = Depends(get_service),
+        features: Features = Depends(get_features),
         limit: Deadline = Depends(deadline("predict")),
     ) -> dict[str, Any]:
         """The `top_k` most probable classes. `image_id` is the sha256 of the uploaded bytes: the
         server caches the preprocessed image and its logits under it, so a second request on the same
         image (predictions, activations, attributions) skips that work. Concurrent requests are
         grouped into micro-batches (same results as one at a time)."""
-        return await service.predict(model, upload, top_k, limit)
+        return await features.predictions.predict(PredictRequest(model, upload, top_k), limit)
 
     @router.post(
         "/predict/batch",
@@ -52,34 +53,14 @@ def build(settings: Settings) -> APIRouter:
             list[UploadFile],
             File(description=f"1..{settings.max_batch_images} image files, each its own `images` part. " + IMAGE_DESCRIPTION),
         ],
-        uploads: list = Depends(read_images),
+        parts: list[BatchPart] = Depends(read_images),
         model: ModelQuery = None,
         top_k: TopK = 5,
-        service: Service = Depends(get_service),
+        features: Features = Depends(get_features),
         limit: Deadline = Depends(deadline("predict")),
     ) -> dict[str, Any]:
         """One result per `images` part, in order. An image that cannot be used gets `ok: false` and
         its own problem object; the others are still classified."""
-        good = [(u, name) for u, name in uploads if isinstance(u, Upload)]
-        response = await service.predict_batch(model, good, top_k, limit) if good else None
-        results, done = [], iter(response["results"] if response else [])
-        for position, (u, name) in enumerate(uploads):
-            if isinstance(u, Upload):
-                item = dict(next(done))
-                item["position"] = position
-                results.append(item)
-            else:
-                results.append(
-                    {
-                        "position": position,
-                        "filename": name,
-                        "ok": False,
-                        "error": problem_body(u.status, u.slug, u.title, u.detail, None, u.extra),
-                    }
-                )
-        if response is None:
-            entry = await service.model(model, limit)
-            response = {"model": entry.id, "device": service.device, "timing_ms": 0.0}
-        return {**response, "count": len(results), "results": results}
+        return await features.predictions.predict_batch(BatchRequest(model, tuple(parts), top_k), limit)
 
     return router

@@ -148,7 +148,10 @@ def test_decomposition_sums_to_the_pointwise_output(client, entry, png, layer, c
     for k, i in enumerate(z["order"]):
         np.testing.assert_allclose(z["contributions"][k], w[i] * ref["depthwise"][i].numpy(), rtol=1e-5, atol=1e-7)
         np.testing.assert_array_equal(z["kernels"][k], kernels[i])
-    assert list(z["energy"]) == sorted(z["energy"], reverse=True)
+    # the terms are the 4 of largest energy (sum of squares of W[c, i] * depthwise_i) over every depthwise channel
+    energies = np.array([float(((w[i] * ref["depthwise"][i].double().numpy()) ** 2).sum()) for i in range(len(w))])
+    assert z["order"].tolist() == np.argsort(-energies, kind="stable")[:4].tolist()  # ties: channel order
+    np.testing.assert_allclose(z["energy"], energies[z["order"]], rtol=1e-4)
 
 
 def test_decomposition_json_and_png(client, entry, png):
@@ -157,7 +160,12 @@ def test_decomposition_json_and_png(client, entry, png):
     for c in body["contributions"]:
         np.testing.assert_allclose(c["kernel"], kernels[c["channel"]].numpy(), rtol=1e-6)
     assert body["max_abs_error"] < 1e-4 and len(body["contributions"]) == 3 and len(body["weights"]) == 32
-    assert [c["energy"] for c in body["contributions"]] == sorted((c["energy"] for c in body["contributions"]), reverse=True)
+    ref = captured(entry.model, png, LAYER)
+    w = entry.separable[LAYER].pointwise.weight[5, :, 0, 0].detach().double()
+    energies = (w[:, None, None] * ref["depthwise"].double()).pow(2).sum(dim=(1, 2))
+    top = torch.topk(energies, 3)
+    assert [c["channel"] for c in body["contributions"]] == top.indices.tolist()
+    np.testing.assert_allclose([c["energy"] for c in body["contributions"]], top.values.numpy(), rtol=1e-4)
     assert body["total"]["min"] == pytest.approx(body["pointwise"]["min"], abs=1e-4)
     r = client.post(f"/v1/decomposition?layer={LAYER}&channel=5&top=3&format=png", files=files(png))
     assert r.headers["content-type"] == "image/png" and Image.open(io.BytesIO(r.content)).format == "PNG"

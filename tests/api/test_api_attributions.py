@@ -65,9 +65,11 @@ def test_json_answer_has_overlay_timing_quality_and_the_predicted_target(client,
     assert set(body["curves"]) == {"fractions", "deletion", "insertion"}
 
 
-def test_sensitivity_on_request(client, png):
-    body = client.post(f"/v1/attributions?{query('saliency', sensitivity=True)}", files=files(png)).json()
-    assert body["quality"]["sensitivity_max"] >= 0
+def test_sensitivity_on_request(client, entry, png):
+    body = client.post(f"/v1/attributions?{query('saliency', sensitivity=True, seed=3)}", files=files(png)).json()
+    direct = Attributor(fuse_for_inference(entry.model)).attribute(preprocess(png), "saliency", auc_steps=2, sensitivity=True, seed=3)
+    assert body["quality"]["sensitivity_max"] == pytest.approx(direct.quality["sensitivity_max"], rel=1e-4, abs=1e-7)
+    assert body["quality"]["sensitivity_max"] > 0
 
 
 def test_png_overlay_and_heatmap_array(client, png):
@@ -77,13 +79,16 @@ def test_png_overlay_and_heatmap_array(client, png):
     r = client.post(f"/v1/attributions?{query('layer_gradcam', format='npy', array='heatmap')}", files=files(png))
     assert load_npy(r.content).shape == (INPUT_SIZE, INPUT_SIZE)
     r = client.post(f"/v1/attributions?{query('layer_gradcam', format='npy', part='depthwise')}", files=files(png))
-    assert load_npy(r.content).shape[0] == 1
+    assert load_npy(r.content).shape == (1, 3, 3)  # Grad-CAM at the layer's own resolution (exit.block8.sep1: 3x3)
 
 
-def test_channel_importance_ranking(client, png):
-    body = client.post(f"/v1/attributions?{query('channel_importance')}", files=files(png)).json()
+def test_channel_importance_ranking(client, entry, png):
+    body = client.post(f"/v1/attributions?{query('channel_importance', target=1)}", files=files(png)).json()
     ranking = body["channel_ranking"]
-    assert body["shape"] == [48] and len(ranking) == 48
+    assert body["shape"] == [48] and len(ranking) == 48  # exit.block8.sep1 has 48 pointwise channels
+    direct = Attributor(entry.model).attribute(preprocess(png), "channel_importance", target=1, layer=LAYER, part="pointwise", auc_steps=2)
+    assert [r["channel"] for r in ranking] == [c for c, _ in direct.channel_ranking]
+    torch.testing.assert_close(torch.tensor([r["score"] for r in ranking]), torch.tensor([s for _, s in direct.channel_ranking]), rtol=1e-5, atol=1e-7)
     assert [r["score"] for r in ranking] == sorted((r["score"] for r in ranking), reverse=True)
 
 
@@ -135,7 +140,7 @@ def test_an_image_predicted_before_lends_its_logits(tiny_model, png_images, monk
     running its own prediction forward; a new image has none to lend."""
     from apihelpers import make_client
 
-    import api.service
+    from xception_core import attributions as core_attr
 
     seen = []
 
@@ -144,7 +149,7 @@ def test_an_image_predicted_before_lends_its_logits(tiny_model, png_images, monk
             seen.append(logits)
             return super().attribute(*args, logits=logits, **kwargs)
 
-    monkeypatch.setattr(api.service.core_attr, "Attributor", Recording)
+    monkeypatch.setattr(core_attr, "Attributor", Recording)
     with make_client(tiny_model) as c:
         predicted = c.post("/v1/predict?top_k=1", files=files(png_images[0])).json()["predictions"][0]
         body = c.post("/v1/attributions?method=saliency&auc_steps=0", files=files(png_images[0])).json()

@@ -39,7 +39,7 @@ def test_32_concurrent_predictions_are_micro_batched_and_equal_unbatched_ones(ti
     app = make_app(tiny_model, batch_max_size=16, batch_max_wait_ms=100)
     responses = asyncio.run(_gather(app, [("/v1/predict?top_k=7", files(d)) for d in variants]))
     assert [r.status_code for r in responses] == [200] * 32
-    batcher = next(iter(app.state.service._batchers.values()))
+    batcher = next(iter(app.state.features.predictions._batchers.values()))
     assert batcher.items == 32 and batcher.batches < 32, (batcher.batches, batcher.items)
     model = app.state.registry.get("tiny").model
     for r, data in zip(responses, variants):
@@ -53,12 +53,12 @@ def test_32_concurrent_predictions_are_micro_batched_and_equal_unbatched_ones(ti
 
 def test_micro_batched_logits_equal_one_at_a_time_logits(tiny_model, variants):
     app = make_app(tiny_model)
-    service = app.state.service
+    predictions = app.state.features.predictions
     entry = app.state.registry.get("tiny")
     xs = [preprocess(d)[0] for d in variants[:16]]
-    batched = service._run_predict_batch(entry, xs)
+    batched = predictions.run_batch(entry, xs)
     for x, (logits, precision) in zip(xs, batched):
-        single, _ = service._run_predict_batch(entry, [x])[0]
+        single, _ = predictions.run_batch(entry, [x])[0]
         assert precision == "fp32"
         torch.testing.assert_close(logits, single, rtol=1e-5, atol=1e-5)
         assert torch.equal(torch.argsort(logits, descending=True)[:5], torch.argsort(single, descending=True)[:5])

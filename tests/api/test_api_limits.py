@@ -1,4 +1,4 @@
-"""Body-size limit while streaming, deadlines, a full queue, out of memory, the cache bound."""
+"""Body-size limits while streaming, the pixel limit, deadlines, a full queue, out of memory, the cache bound."""
 
 from __future__ import annotations
 
@@ -9,14 +9,18 @@ import time
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
 from api.cache import ByteLRU
 from api.limits import BodyLimitMiddleware
-from apihelpers import assert_problem, files, make_app, make_client
+from apihelpers import assert_problem, encode, files, make_app, make_client, multipart, multipart_of_size, padded_png, wait_until
 from apifixtures import *  # noqa: F401,F403 -- the shared fixtures
 
-LIMIT = 64 * 1024
+# Distinct limits, so that wiring one endpoint to the other's limit fails a test.
+SINGLE = 64 * 1024
+BATCH = 160 * 1024
 CHUNK = 16 * 1024
+FRAMINGS = ["content-length", "chunked"]  # the body announced by its length, or streamed without one
 
 
 def run_asgi(app, path: str, chunks: list[bytes], headers: list[tuple[bytes, bytes]], stall: bool = False):
@@ -57,23 +61,75 @@ def multipart_stream(total: int) -> tuple[list[bytes], bytes]:
 
 @pytest.fixture(scope="module")
 def small_limit_app(tiny_model):
-    return make_app(tiny_model, max_upload_bytes=LIMIT, max_batch_upload_bytes=LIMIT)
+    return make_app(tiny_model, max_upload_bytes=SINGLE, max_batch_upload_bytes=BATCH)
+
+
+@pytest.fixture(scope="module")
+def limited(small_limit_app):
+    with TestClient(small_limit_app, raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def small_png(photo_images) -> bytes:
+    return encode(photo_images[1].convert("RGB").resize((48, 32)), "PNG")
+
+
+def post_body(client, path: str, body: bytes, content_type: str, framing: str):
+    content = body if framing == "content-length" else iter([body])  # an iterator: chunked, no Content-Length
+    return client.post(path, content=content, headers={"content-type": content_type})
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_single_image_body_limit_at_its_boundary(limited, small_png, framing):
+    body, ctype = multipart_of_size("image", small_png, 1, SINGLE)
+    r = post_body(limited, "/v1/predict", body, ctype, framing)
+    assert r.status_code == 200, r.text
+    body, ctype = multipart_of_size("image", small_png, 1, SINGLE + 1)
+    for path in ("/v1/predict", "/v1/activations?layer=entry.block2.sep1", "/v1/attributions?method=saliency"):
+        problem = assert_problem(post_body(limited, path, body, ctype, framing), 413, f"over the limit of {SINGLE} bytes")
+        assert problem["limit_bytes"] == SINGLE and problem["type"].endswith("upload-too-large")
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_batch_body_limit_at_its_boundary(limited, small_png, framing):
+    body, ctype = multipart_of_size("images", small_png, 3, BATCH)  # well over the single-image limit
+    r = post_body(limited, "/v1/predict/batch", body, ctype, framing)
+    assert r.status_code == 200, r.text
+    assert [item["ok"] for item in r.json()["results"]] == [True, True, True]
+    body, ctype = multipart_of_size("images", small_png, 3, BATCH + 1)
+    problem = assert_problem(post_body(limited, "/v1/predict/batch", body, ctype, framing), 413, f"over the limit of {BATCH} bytes")
+    assert problem["limit_bytes"] == BATCH
+
+
+def test_each_image_of_a_batch_has_the_single_image_limit(limited, small_png):
+    body, ctype = multipart("images", [padded_png(small_png, SINGLE), padded_png(small_png, SINGLE + 1)])
+    assert SINGLE < len(body) < BATCH
+    r = limited.post("/v1/predict/batch", content=body, headers={"content-type": ctype})
+    assert r.status_code == 200, r.text
+    first, second = r.json()["results"]
+    assert first["ok"] is True
+    assert second["ok"] is False and second["error"]["status"] == 413
+    assert f"over the limit of {SINGLE} bytes" in second["error"]["detail"]
 
 
 def test_body_limit_answers_413_while_the_body_streams_in(small_limit_app):
     chunks, ctype = multipart_stream(100 * CHUNK)  # 1.6 MB announced as a stream (no Content-Length)
-    status, headers, body, reads = run_asgi(small_limit_app, "/v1/predict", chunks, [(b"content-type", ctype)])
-    assert status == 413
-    assert headers["content-type"] == "application/problem+json"
-    assert "over the limit" in json.loads(body)["detail"]
-    assert reads <= LIMIT // CHUNK + 2, reads  # stopped right after passing the limit, not at the end
+    for path, limit in (("/v1/predict", SINGLE), ("/v1/predict/batch", BATCH)):
+        status, headers, body, reads = run_asgi(small_limit_app, path, chunks, [(b"content-type", ctype)])
+        assert status == 413
+        assert headers["content-type"] == "application/problem+json"
+        assert json.loads(body)["limit_bytes"] == limit
+        # the multipart head, then the chunks up to the one that passes the limit; none after it
+        assert reads == 1 + limit // CHUNK, reads
 
 
 def test_content_length_over_the_limit_is_refused_before_reading(small_limit_app):
     chunks, ctype = multipart_stream(10 * CHUNK)
-    headers = [(b"content-type", ctype), (b"content-length", str(LIMIT * 10).encode())]
-    status, _, body, reads = run_asgi(small_limit_app, "/v1/predict", chunks, headers)
-    assert status == 413 and reads == 0
+    for path, limit in (("/v1/predict", SINGLE), ("/v1/predict/batch", BATCH)):
+        headers = [(b"content-type", ctype), (b"content-length", str(limit + 1).encode())]
+        status, _, body, reads = run_asgi(small_limit_app, path, chunks, headers)
+        assert status == 413 and reads == 0 and json.loads(body)["limit_bytes"] == limit
     status, _, body, reads = run_asgi(small_limit_app, "/v1/predict", chunks, [(b"content-type", ctype), (b"content-length", b"12abc")])
     assert status == 400 and reads == 0 and "not a number" in json.loads(body)["detail"]
 
@@ -91,26 +147,94 @@ def test_limit_middleware_alone_counts_every_message():
         await send({"type": "http.response.body", "body": b"ok"})
 
     wrapped = BodyLimitMiddleware(app, max_bytes=100, path_limits={"/big": 1000})
-    status, *_ = run_asgi(wrapped, "/x", [b"a" * 60, b"a" * 60], [])
+    status, *_ = run_asgi(wrapped, "/x", [b"a" * 60, b"a" * 41], [])
     assert status == 413 and seen == [60]
-    status, *_ = run_asgi(wrapped, "/big", [b"a" * 60, b"a" * 60], [])
+    seen.clear()
+    status, *_ = run_asgi(wrapped, "/x", [b"a" * 60, b"a" * 40], [])  # exactly at the limit
+    assert status == 200 and seen == [60, 40]
+    for path in ("/big", "/big/"):
+        status, *_ = run_asgi(wrapped, path, [b"a" * 600, b"a" * 400], [])
+        assert status == 200
+        status, *_ = run_asgi(wrapped, path, [b"a" * 600, b"a" * 401], [])
+        assert status == 413
+    status, *_ = run_asgi(wrapped, "/x", [b"a" * 100], [(b"content-length", b"100")])
     assert status == 200
+    status, _, _, reads = run_asgi(wrapped, "/x", [b"a" * 101], [(b"content-length", b"101")])
+    assert status == 413 and reads == 0
+
+
+# --------------------------------------------------------------------------- the pixel limit
+
+PIXELS = 64 * 64  # XCEPTION_MAX_IMAGE_PIXELS: far below Pillow's own limit, so only the setting can refuse
+
+
+@pytest.fixture(scope="module")
+def pixel_client(tiny_model):
+    with pytest.MonkeyPatch.context() as mp:  # read once, when the app is made; no other test sees it
+        mp.setenv("XCEPTION_MAX_IMAGE_PIXELS", str(PIXELS))
+        app = make_app(tiny_model)
+    assert app.state.settings.max_image_pixels == PIXELS
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def sized_png(photo_images, width: int, height: int) -> bytes:
+    return encode(photo_images[0].convert("RGB").resize((width, height)), "PNG")
+
+
+def test_max_image_pixels_is_enforced_by_every_endpoint_that_decodes(pixel_client, client, photo_images):
+    at_limit, over = sized_png(photo_images, 64, 64), sized_png(photo_images, 64, 65)
+    assert pixel_client.post("/v1/predict", files=files(at_limit)).status_code == 200
+    assert client.post("/v1/predict", files=files(over)).status_code == 200  # the default limit lets it through
+    for path in (
+        "/v1/predict",
+        "/v1/activations?layer=entry.block2.sep1",
+        "/v1/decomposition?layer=entry.block2.sep1&channel=0",
+        "/v1/attributions?method=saliency&auc_steps=0",
+    ):
+        problem = assert_problem(pixel_client.post(path, files=files(over)), 413, "64x65", "over the limit", "send a smaller image")
+        assert problem["type"].endswith("image-too-large"), problem
+
+
+def test_max_image_pixels_in_a_batch_refuses_only_the_large_image(pixel_client, photo_images):
+    parts = [("images", (f"{w}x{h}.png", sized_png(photo_images, w, h), "image/png")) for w, h in ((64, 64), (65, 64), (32, 128))]
+    r = pixel_client.post("/v1/predict/batch", files=parts)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [item["ok"] for item in results] == [True, False, True]
+    error = results[1]["error"]
+    assert error["status"] == 413 and error["type"].endswith("image-too-large") and "65x64" in error["detail"]
+
+
+# --------------------------------------------------------------------------- deadlines, queues, memory
 
 
 def test_attribution_deadline_is_504_and_stops_the_work(tiny_model, png):
-    with make_client(tiny_model, attribution_timeout_s=0.3, attribution_workers=1) as c:
-        service = c.app.state.service
-        started = time.perf_counter()
-        r = c.post("/v1/attributions?method=integrated_gradients&n_steps=256&internal_batch_size=1&auc_steps=0", files=files(png))
-        assert_problem(r, 504, "deadline")
-        assert time.perf_counter() - started < 5
-        for _ in range(200):  # the running job notices the deadline in its next forward pass
-            if service.attribution_pool.pending == 0:
-                break
-            time.sleep(0.02)
-        assert service.attribution_pool.pending == 0
-        assert c.post("/v1/attributions?method=saliency&auc_steps=0", files=files(png)).status_code == 200
-        assert 'xception_deadline_exceeded_total{kind="attribution"}' in c.get("/metrics").text
+    """Only the call that must time out runs under the tiny deadline: the model is warmed first and
+    the follow-up gets the normal one, so a loaded machine cannot fail the test. The deadline is read
+    from the app's settings on every request, which is how the test changes it between calls."""
+    with make_client(tiny_model, attribution_workers=1) as c:
+        runtime = c.app.state.features.runtime
+        normal = c.app.state.settings
+        saliency = "/v1/attributions?method=saliency&auc_steps=0"
+        assert c.post(saliency, files=files(png)).status_code == 200  # model loaded, image decoded and cached
+        c.app.state.settings = normal.model_copy(update={"attribution_timeout_s": 0.3})
+        try:
+            started = time.perf_counter()
+            r = c.post("/v1/attributions?method=integrated_gradients&n_steps=256&internal_batch_size=1&auc_steps=0", files=files(png))
+            body = assert_problem(r, 504, "deadline of 0.3 s")
+            assert body["type"].endswith("deadline-exceeded")
+            assert time.perf_counter() - started < 5
+        finally:
+            c.app.state.settings = normal
+        # the running job notices the deadline in its next forward pass and frees the worker
+        wait_until(lambda: runtime.attribution_pool.pending == 0, "the timed-out attribution still runs")
+        assert c.post(saliency, files=files(png)).status_code == 200  # the single worker is free again
+        metrics = c.get("/metrics").text
+        assert 'xception_deadline_exceeded_total{kind="attribution"} 1.0' in metrics
+        # the integrated-gradients job was aborted, not finished in the background: it never recorded a duration
+        assert 'xception_attribution_seconds_count{device="cpu",method="saliency"} 2.0' in metrics
+        assert 'method="integrated_gradients"' not in metrics
 
 
 def test_predict_deadline(tiny_model, png):
@@ -120,10 +244,11 @@ def test_predict_deadline(tiny_model, png):
 
 def test_full_queue_is_503_and_does_not_block_predictions(tiny_model, png, png_images):
     with make_client(tiny_model, attribution_workers=1, max_pending_jobs=1, attribution_timeout_s=20) as c:
-        service = c.app.state.service
+        features = c.app.state.features
+        runtime = features.runtime
         slow_done = []
         running, release = threading.Event(), threading.Event()
-        real_job = service._attribution_job
+        real_job = features.attributions._job
 
         def held_job(*args, **kwargs):
             # The first attribution holds the only worker until the test releases it,
@@ -132,12 +257,11 @@ def test_full_queue_is_503_and_does_not_block_predictions(tiny_model, png, png_i
             release.wait(30)
             return real_job(*args, **kwargs)
 
-        service._attribution_job = held_job
+        features.attributions._job = held_job
         # With one pending job allowed, the default model's preload must be over first.
-        for _ in range(200):
-            if c.get("/readyz").status_code == 200 and service.inference_pool.pending == 0:
-                break
-            time.sleep(0.05)
+        wait_until(
+            lambda: c.get("/readyz").status_code == 200 and runtime.inference_pool.pending == 0, "the default model's preload"
+        )
 
         def slow():
             r = c.post("/v1/attributions?method=integrated_gradients&n_steps=8&auc_steps=0", files=files(png))
@@ -147,7 +271,7 @@ def test_full_queue_is_503_and_does_not_block_predictions(tiny_model, png, png_i
         t.start()
         try:
             assert running.wait(10), slow_done
-            assert service.attribution_pool.pending == 1
+            assert runtime.attribution_pool.pending == 1
             r = c.post("/v1/attributions?method=saliency", files=files(png))
             body = assert_problem(r, 503, "queue is full")
             assert r.headers["retry-after"] == "1" and body["type"].endswith("server-busy")
@@ -168,8 +292,8 @@ def test_out_of_memory_is_503_and_the_service_recovers(tiny_model, png, monkeypa
     released = []
     monkeypatch.setattr(workers, "release_gpu_memory", lambda: released.append(1))
     with make_client(tiny_model) as c:
-        service = c.app.state.service
-        original = service._run_predict_batch
+        predictions = c.app.state.features.predictions
+        original = predictions.run_batch
         calls = []
 
         def flaky(entry, xs):
@@ -178,8 +302,8 @@ def test_out_of_memory_is_503_and_the_service_recovers(tiny_model, png, monkeypa
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
             return original(entry, xs)
 
-        monkeypatch.setattr(service, "_run_predict_batch", flaky)
-        service._batchers.clear()
+        monkeypatch.setattr(predictions, "run_batch", flaky)
+        predictions._batchers.clear()
         body = assert_problem(c.post("/v1/predict", files=files(png)), 503, "out of memory")
         assert body["type"].endswith("out-of-memory") and released == [1]
         assert c.post("/v1/predict", files=files(png)).status_code == 200
@@ -204,7 +328,7 @@ def test_service_cache_respects_its_byte_bound(tiny_model, png_images):
     with make_client(tiny_model, cache_max_bytes=300_000) as c:
         for data in png_images:
             c.post("/v1/activations?layer=entry.block2.sep1&top=1", files=files(data))
-        cache = c.app.state.service.cache
+        cache = c.app.state.features.runtime.cache
         assert 0 < cache.bytes <= 300_000 and cache.stats()["evictions"] > 0
 
 

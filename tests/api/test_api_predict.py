@@ -36,11 +36,12 @@ def test_predictions_depend_on_the_image(client, png_images):
 
 
 @pytest.mark.parametrize("k", [1, 3, 7])
-def test_top_k(client, png, k):
+def test_top_k(client, entry, png, k):
     preds = client.post(f"/v1/predict?top_k={k}", files=files(png)).json()["predictions"]
-    assert len(preds) == k
+    top = torch.topk(direct_probabilities(entry.model, png), k)
+    assert [p["index"] for p in preds] == top.indices.tolist()
     probs = [p["probability"] for p in preds]
-    assert probs == sorted(probs, reverse=True)
+    torch.testing.assert_close(torch.tensor(probs), top.values, rtol=1e-5, atol=1e-6)
     if k == len(CLASS_NAMES):
         assert sum(probs) == pytest.approx(1.0, abs=1e-5)
 
@@ -96,22 +97,21 @@ def test_reduced_precision_guard(tiny_model, png_images, precision, label, margi
     reported as `fp32`; the others keep the reduced-precision logits and say so."""
     from apihelpers import make_app
 
-    from xception_core.engine import Predictor
+    from xception_core.engine import EngineOptions, Predictor
 
     app = make_app(tiny_model)
     entry = app.state.registry.get(MODEL_ID)
-    service = app.state.service
+    predictions = app.state.features.predictions
     xs = [preprocess(d)[0] for d in png_images]
-    exact = service._run_predict_batch(entry, xs)
+    exact = predictions.run_batch(entry, xs)
     assert all(pe == "fp32" for _, pe in exact)
     exact_logits = torch.stack([le for le, _ in exact])
     top6 = exact_logits.topk(6, dim=1).values
     gaps = (top6[:, :-1] - top6[:, 1:]).min(dim=1).values
     value = {"none": 0.0, "median": float(gaps.median()), "all": float(gaps.max()) + 1.0}[margin]
-    entry.predictor = Predictor(
-        entry.model, input_size=entry.input_size, backend="eager", precision=precision, margin=value, require_native=False
-    )
-    reduced = service._run_predict_batch(entry, xs)
+    options = EngineOptions(backend="eager", precision=precision, margin=value)
+    entry.predictor = Predictor(entry.model, input_size=entry.input_size, options=options, require_native=False)
+    reduced = predictions.run_batch(entry, xs)
     labels = [p for _, p in reduced]
     if margin == "none":
         assert labels == [label] * len(xs)

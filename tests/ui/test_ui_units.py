@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from ui.client import UNREACHABLE, ApiClient, ApiError
+from ui.client import UNREACHABLE, ActivationsQuery, ApiClient, ApiError, AttributionQuery
 
 
 def _client(handler) -> ApiClient:
@@ -20,15 +20,18 @@ def test_client_sends_image_as_multipart_and_parameters_in_the_query():
         seen["body"] = request.read()
         return httpx.Response(200, json={"channels": []})
 
-    _client(handler).activations(b"IMAGEBYTES", layer="middle.block5.sep1", part="pointwise", channels=[3, 1], model="m")
+    _client(handler).activations(b"IMAGEBYTES", ActivationsQuery("middle.block5.sep1", part="pointwise", channels=(3, 1)), model="m")
     query = dict(seen["url"].params)
     assert query["layer"] == "middle.block5.sep1" and query["part"] == "pointwise" and query["channels"] == "3,1"
+    assert query["model"] == "m"
     assert "top" not in query and "sort" not in query  # channels override top/sort
     assert b'name="image"' in seen["body"] and b"IMAGEBYTES" in seen["body"]
 
-    _client(handler).attributions(b"x", method="smoothgrad", params={"nt_samples": 4, "absolute": False})
+    _client(handler).attributions(b"x", AttributionQuery("smoothgrad", method_params={"nt_samples": 4, "absolute": False}))
     query = dict(seen["url"].params)
-    assert query["nt_samples"] == "4" and query["absolute"] == "false" and "target" not in query
+    assert query["nt_samples"] == "4" and query["absolute"] == "false" and "target" not in query and "model" not in query
+    with pytest.raises(ValueError, match="clashes with a request parameter"):
+        AttributionQuery("saliency", method_params={"layer": "x"}).params()
 
 
 def test_client_turns_problem_details_into_api_error():

@@ -117,7 +117,7 @@ requests = [
         "target": target,
         "layer": layer if specs[method]["layer_method"] else None,
         "part": part if specs[method]["layer_method"] else None,
-        "params": {**common, **method_params.get(method, {})},
+        "method_params": {**common, **method_params.get(method, {})},
         "sign": sign,
         "opacity": float(opacity),
         "colormap": None if colormap == "default" else colormap,

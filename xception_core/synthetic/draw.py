@@ -7,6 +7,7 @@ import functools
 import math
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from .classes import NUM_CLASSES, PALETTE, PATTERNS
 
@@ -203,8 +204,6 @@ def _fill_pattern(img: np.ndarray, region: np.ndarray, box, alpha: np.ndarray, c
 
 
 def _render(rng: np.random.Generator, label: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    from PIL import Image, ImageDraw
-
     bg = _background(rng, size)
     bg += np.float32(0.5)  # round on the truncating cast
     canvas = Image.fromarray(bg.astype(np.uint8))

@@ -12,7 +12,7 @@ callers and logs.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -90,10 +90,14 @@ class WeightsError(Exception):
 
 
 class UnknownModelError(WeightsError, KeyError):
-    """No model with that id; the message lists the valid ids.
+    """No model with that id; the message lists the valid ids, ``choices`` holds them when known.
 
     (``WeightsError.__str__`` comes first in the MRO: KeyError's would quote the message.)
     """
+
+    def __init__(self, message: str, remedy: Remedy | None = None, choices: Sequence[str] | None = None) -> None:
+        super().__init__(message, remedy)
+        self.choices = None if choices is None else tuple(choices)
 
 
 class InvalidModelNameError(WeightsError, ValueError):
