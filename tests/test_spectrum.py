@@ -73,3 +73,36 @@ def test_every_separable_layer_knows_its_regular_convolution_equivalent():
     for row in profile_model(input_size=299).separable:
         assert row.regular_params == row.in_channels * row.out_channels * 9
         assert row.regular_params == layer_spectrum(row.in_channels, row.out_channels, row.output_size)[0].params
+
+
+def test_segment_spectrum_with_an_order_counts_the_channels_the_3x3_acts_on():
+    c_in, c_out = 24, 32
+    assert segment_spectrum(c_in, c_out, 1, order="depthwise-first") == (c_in * c_out * 9,) * 2
+    assert segment_spectrum(c_in, c_out, 1, order="pointwise-first") == (c_in * c_out * 9,) * 2
+    assert segment_spectrum(c_in, c_out, 4, order="depthwise-first")[0] == c_in * c_out + c_in * (c_in // 4) * 9
+    assert segment_spectrum(c_in, c_out, 4, order="pointwise-first")[0] == c_in * c_out + c_out * (c_out // 4) * 9
+    assert segment_spectrum(c_in, c_out, "C", order="depthwise-first")[0] == c_in * c_out + c_in * 9
+    assert segment_spectrum(c_in, c_out, "C", order="pointwise-first")[0] == c_in * c_out + c_out * 9
+    assert segment_spectrum(c_in, c_out, 32, order="pointwise-first") == segment_spectrum(c_in, c_out, "C", order="pointwise-first")
+    params, macs = segment_spectrum(c_in, c_out, 8, output_hw=7 * 5, order="pointwise-first")
+    assert macs == params * 35
+
+
+def test_the_paper_points_are_the_ordered_points_they_stand_for():
+    for c_in, c_out in ((24, 32), (32, 32), (128, 160)):
+        assert segment_spectrum(c_in, c_out, c_in) == segment_spectrum(c_in, c_out, "C", order="depthwise-first")
+        assert segment_spectrum(c_in, c_out, 4) == segment_spectrum(c_in, c_out, 4, order="pointwise-first")
+        assert segment_spectrum(c_in, c_out, "C") == segment_spectrum(c_in, c_out, c_in)
+
+
+@pytest.mark.parametrize("args,order,message", [
+    ((24, 32, 16), "depthwise-first", r"divide the 24 channels .* \(C_in for depthwise-first\); got 16"),
+    ((24, 32, 3), "pointwise-first", r"divide the 32 channels .* \(C_out for pointwise-first\); got 3"),
+    ((24, 32, 64), "pointwise-first", "divide the 32 channels"),
+    ((24, 32, 0), "pointwise-first", "divide the 32 channels"),
+    ((24, 32, "all"), "depthwise-first", "divide the 24 channels"),
+    ((24, 32, 4), "sideways", "order must be one of depthwise-first, pointwise-first"),
+])
+def test_ordered_points_off_the_spectrum_are_refused(args, order, message):
+    with pytest.raises(ValueError, match=message):
+        segment_spectrum(*args, order=order)

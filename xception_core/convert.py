@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import torch
 
-from .model import XceptionConfig
+from .model import PER_CHANNEL, XceptionConfig
 
 BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -32,6 +32,11 @@ def key_map(config: XceptionConfig) -> list[tuple[str, str]]:
         raise ValueError("timm's legacy_xception layout has residual connections; residual=False has no timm form")
     if config.intermediate_activation != "none":
         raise ValueError("timm's legacy_xception has no activation between depthwise and pointwise")
+    if config.segments != PER_CHANNEL or config.order != "depthwise-first":
+        raise ValueError(
+            "timm's legacy_xception is the depthwise separable point (segments C, depthwise-first); "
+            f"segments={config.segments}, {config.order} has no timm form"
+        )
     pairs: list[tuple[str, str]] = []
     pairs += [("entry.block1.conv1.weight", "conv1.weight"), *_bn("entry.block1.bn1", "bn1")]
     pairs += [("entry.block1.conv2.weight", "conv2.weight"), *_bn("entry.block1.bn2", "bn2")]

@@ -6,13 +6,14 @@ output channel) plus a bias. :func:`fuse_for_inference` does this for every Batc
 network (``torch.nn.utils.fusion.fuse_conv_bn_eval`` does the arithmetic):
 
 * the stem's ``conv1``/``bn1`` and ``conv2``/``bn2``;
-* each separable convolution's ``pointwise`` with the block's ``bnK`` that follows it (the
-  intermediate activation, if any, sits between depthwise and pointwise, so it is untouched);
+* each separable convolution's last part (``pointwise`` in Xception's order; the ``depthwise`` /
+  ``grouped`` 3x3 or the regular ``conv`` at other points of the spectrum) with the block's ``bnK``
+  that follows it (the intermediate activation, if any, sits between the parts, so it is untouched);
 * each residual ``skip`` with its ``skip_bn``.
 
 The folded BatchNorms become :class:`torch.nn.Identity`, so the module tree (and the layer names)
 stay as they are. The result is a NEW model, in eval mode, channels_last, with
-``requires_grad=False`` everywhere, for predictions only: a captured ``pointwise`` output of the
+``requires_grad=False`` everywhere, for predictions only: a captured last-part output of the
 fused model already includes the BatchNorm, and fine-tuning it would lose the BatchNorm
 statistics. Attributions and activation captures keep the original model.
 """
@@ -59,12 +60,13 @@ def fuse_for_inference(model: Xception) -> Xception:
             _fold(module, "bn2", module, "conv2")
         elif isinstance(module, XceptionBlock):
             for k in range(1, module.num_separable + 1):
-                _fold(module, f"bn{k}", getattr(module, f"sep{k}"), "pointwise")
+                sep = getattr(module, f"sep{k}")
+                _fold(module, f"bn{k}", sep, sep.parts[-1])
             if module.skip is not None:
                 _fold(module, "skip_bn", module, "skip")
         elif isinstance(module, ExitTail):
-            _fold(module, "bn1", module.sep1, "pointwise")
-            _fold(module, "bn2", module.sep2, "pointwise")
+            _fold(module, "bn1", module.sep1, module.sep1.parts[-1])
+            _fold(module, "bn2", module.sep2, module.sep2.parts[-1])
     left = [name for name, m in fused.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if left:
         raise ValueError(f"BatchNorm layers not preceded by a foldable convolution: {left}")

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 import torch
 
 from .locks import model_lock
-from .model import CaptureRequest, SeparableConv2d, Xception, _capture
+from .model import PART_NAMES, CaptureRequest, SeparableConv2d, Xception, _capture
 
+#: The parts of Xception's own separable convolution; other points of the spectrum have
+#: other parts (``SeparableConv2d.parts``: ``conv``; ``pointwise``/``grouped``; ...).
 PARTS = ("depthwise", "pointwise")
 
 
@@ -31,6 +33,10 @@ class UnknownLayerError(KeyError):
         return self.message
 
 
+class ViewNotApplicableError(ValueError):
+    """A view (e.g. the pointwise decomposition) asked of a layer whose build it does not fit."""
+
+
 def resolve_layer(model: Xception, name: str) -> SeparableConv2d:
     layers = model.separable_layers()
     if name not in layers:
@@ -40,11 +46,22 @@ def resolve_layer(model: Xception, name: str) -> SeparableConv2d:
     return layers[name]
 
 
-def _check_parts(parts: Iterable[str]) -> frozenset[str]:
+def _check_parts(modules: Iterable[SeparableConv2d], parts: Iterable[str] | None) -> frozenset[str]:
+    """The requested parts (None: every part of the layers), each one a part of every layer."""
+    modules = list(modules)
+    if parts is None:
+        return frozenset(p for m in modules for p in m.parts)
     parts = frozenset(parts)
-    bad = parts - {*PARTS, "input"}
-    if bad:
-        raise UnknownLayerError(f"unknown part(s) {sorted(bad)}; parts are depthwise, pointwise")
+    for module in modules:
+        bad = parts - {*module.parts, "input"}
+        if bad:
+            known = set(PART_NAMES) - set(module.parts)
+            why = (
+                f"{module.layer_name} ({module.describe()}) has no {' or '.join(sorted(bad & known))}; "
+                if bad & known
+                else f"unknown part(s) {sorted(bad)}; "
+            )
+            raise UnknownLayerError(f"{why}parts of {module.layer_name} are {', '.join(module.parts)} (and input)")
     return parts
 
 
@@ -52,19 +69,22 @@ def _check_parts(parts: Iterable[str]) -> frozenset[str]:
 def capture(
     model: Xception,
     layers: Iterable[str],
-    parts: Iterable[str] = PARTS,
+    parts: Iterable[str] | None = None,
     detach: bool = True,
 ) -> Iterator[dict[str, dict[str, torch.Tensor]]]:
     """Within the block, forwards of ``model`` record the named layers' outputs.
 
-    Yields ``{layer: {part: tensor}}``, filled in as the forward runs. The
-    pointwise output is taken before its BatchNorm. ``detach=False`` keeps the
-    autograd graph (for gradients with respect to an intermediate map).
+    Yields ``{layer: {part: tensor}}``, filled in as the forward runs; ``parts``
+    defaults to every part of each layer (``depthwise`` and ``pointwise`` for
+    Xception, see ``SeparableConv2d.parts``), plus ``input`` on request. A part
+    a layer does not have is refused. The last part's output is taken before
+    the block's BatchNorm, the first part's before the intermediate activation.
+    ``detach=False`` keeps the autograd graph (for gradients with respect to an
+    intermediate map).
     """
     names = frozenset(layers)
-    for name in names:
-        resolve_layer(model, name)
-    request = CaptureRequest(layers=names, parts=_check_parts(parts), detach=detach)
+    modules = [resolve_layer(model, name) for name in names]
+    request = CaptureRequest(layers=names, parts=_check_parts(modules, parts), detach=detach)
     token = _capture.set(request)
     try:
         yield request.outputs
@@ -76,7 +96,7 @@ def forward_with_capture(
     model: Xception,
     x: torch.Tensor,
     layers: Iterable[str],
-    parts: Iterable[str] = PARTS,
+    parts: Iterable[str] | None = None,
 ) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
     """Logits and ``{layer: {part: [N, C, H, W]}}`` for the requested layers, in one pass.
 
@@ -86,6 +106,22 @@ def forward_with_capture(
     with model_lock(model).shared(), capture(model, layers, parts) as kept:
         logits = model(x)
     return logits, kept
+
+
+def check_decomposable(layer: SeparableConv2d) -> None:
+    """Refuse layers where "a pointwise channel is a sum of depthwise channels" is not what happens.
+
+    With the 1x1 first, the pointwise output mixes the layer's *input* channels, and the
+    layer's output channel o is ``K_o * (sum_i W[o, i] x_i)``, which equals
+    ``sum_i W[o, i] (K_o * x_i)`` only without an intermediate activation (extreme Inception) --
+    a different view; a grouped 3x3 mixes C / k channels itself; a regular convolution has
+    no pointwise part at all.
+    """
+    if not layer.is_separable:
+        raise ViewNotApplicableError(
+            f"the pointwise decomposition needs a depthwise separable layer (depthwise, then pointwise); "
+            f"{layer.layer_name} is {layer.describe()} with parts {', '.join(layer.parts)}"
+        )
 
 
 @dataclass
@@ -117,8 +153,11 @@ def decompose(
 ) -> Decomposition:
     """Split pointwise channel ``channel`` of ``layer`` into per-depthwise-channel maps.
 
-    ``depthwise`` is one image's depthwise output ``[C, H, W]``.
+    ``depthwise`` is one image's depthwise output ``[C, H, W]``. Only Xception's order
+    (``layer.parts`` = depthwise, pointwise) fits this view; other points raise
+    :class:`ViewNotApplicableError` (see :func:`check_decomposable`).
     """
+    check_decomposable(layer)
     if depthwise.dim() != 3:
         raise ValueError("depthwise must be one image's [C, H, W] output")
     out_channels, in_channels = layer.pointwise.weight.shape[:2]

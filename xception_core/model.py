@@ -12,6 +12,11 @@ sub-modules, so a layer name like ``middle.block7.sep2`` addresses both halves.
 Every ReLU is its own ``nn.ReLU`` module used exactly once and nothing runs
 in place: Captum's DeepLift / GuidedBackprop rules and the capture mechanism
 in :mod:`xception_core.introspect` depend on that.
+
+The paper's spectrum (section 2) is a configuration knob: ``segments`` k and
+``order`` say how every one of those convolutions is built (see
+:class:`SeparableConv2d`); the default, one segment per channel with the
+depthwise convolution first, is Xception itself.
 """
 
 from __future__ import annotations
@@ -25,7 +30,13 @@ import torch
 from torch import nn
 
 IntermediateActivation = Literal["none", "relu", "elu"]
+Order = Literal["depthwise-first", "pointwise-first"]
 FLOWS = ("entry", "middle", "exit")
+ORDERS: tuple[Order, ...] = ("depthwise-first", "pointwise-first")
+#: ``segments`` symbol for one segment per channel (the separable end of the spectrum).
+PER_CHANNEL = "C"
+#: Every part name a separable convolution can have (``SeparableConv2d.parts``).
+PART_NAMES = ("conv", "depthwise", "grouped", "pointwise")
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,14 @@ class XceptionConfig:
     ``entry_channels`` are the widths of entry blocks 2-4 (the last is also the
     middle-flow width), ``exit_channels`` the widths of exit block 13 and of the
     two separable convolutions of block 14.
+
+    ``segments`` and ``order`` place every separable convolution on the paper's
+    spectrum (:class:`SeparableConv2d`): k = 1 a regular 3x3 convolution (its
+    order is stored as the default); an integer k > 1 must divide the channels
+    each grouped 3x3 convolution acts on, in every layer -- C_in with the
+    depthwise-first order, C_out with the 1x1 first; ``"C"`` is one segment per
+    channel whatever the widths. The defaults (``"C"``, depthwise-first) are
+    Xception.
     """
 
     num_classes: int = 1000
@@ -45,6 +64,8 @@ class XceptionConfig:
     exit_channels: tuple[int, int, int] = (1024, 1536, 2048)
     intermediate_activation: IntermediateActivation = "none"
     residual: bool = True
+    segments: int | str = PER_CHANNEL
+    order: Order = "depthwise-first"
 
     def __post_init__(self) -> None:
         for name in ("stem_channels", "entry_channels", "exit_channels"):
@@ -63,6 +84,47 @@ class XceptionConfig:
             raise ValueError(
                 f"intermediate_activation must be one of none, relu, elu; got {self.intermediate_activation!r}"
             )
+        self._check_spectrum()
+
+    def _check_spectrum(self) -> None:
+        k = self.segments
+        if k != PER_CHANNEL and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"segments must be a positive integer or {PER_CHANNEL!r} (one per channel); got {k!r}")
+        if self.order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}; got {self.order!r}")
+        if k == 1 and self.intermediate_activation != "none":
+            raise ValueError("segments=1 is one regular convolution: there is no intermediate activation to set")
+        if k == 1:  # a regular convolution has no order: equal models get equal configs
+            object.__setattr__(self, "order", "depthwise-first")
+        if k == PER_CHANNEL:
+            return
+        for name, c_in, c_out in self.separable_channels():
+            c = c_in if self.order == "depthwise-first" else c_out
+            if k > 1 and c % k:
+                raise ValueError(
+                    f"segments={k} must divide the channels every grouped 3x3 convolution acts on "
+                    f"({'C_in' if self.order == 'depthwise-first' else 'C_out'} for {self.order}); "
+                    f"{name} has {c}"
+                )
+
+    def separable_channels(self) -> list[tuple[str, int, int]]:
+        """(layer name, C_in, C_out) of every separable convolution, in forward order."""
+        s2 = self.stem_channels[1]
+        e1, e2, e3 = self.entry_channels
+        x1, x2, x3 = self.exit_channels
+        rows = []
+        for n, (c_in, width) in enumerate(((s2, e1), (e1, e2), (e2, e3)), start=2):
+            rows += [(f"entry.block{n}.sep1", c_in, width), (f"entry.block{n}.sep2", width, width)]
+        for n in range(5, 5 + self.middle_repeats):
+            rows += [(f"middle.block{n}.sep{k}", e3, e3) for k in (1, 2, 3)]
+        n = 5 + self.middle_repeats
+        rows += [(f"exit.block{n}.sep1", e3, e3), (f"exit.block{n}.sep2", e3, x1)]
+        return rows + [(f"exit.block{n + 1}.sep1", x1, x2), (f"exit.block{n + 1}.sep2", x2, x3)]
+
+    @property
+    def separable(self) -> SeparableSpec:
+        """How each separable convolution is built (the spectrum point and the activation)."""
+        return SeparableSpec(self.intermediate_activation, self.segments, self.order)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -89,6 +151,8 @@ class XceptionConfig:
             and self.exit_channels == (1024, 1536, 2048)
             and self.intermediate_activation == "none"
             and self.residual
+            and self.segments == PER_CHANNEL
+            and self.order == "depthwise-first"
         )
 
 
@@ -100,7 +164,7 @@ class CaptureRequest:
     """What one forward pass should keep, and where it puts it (per thread/task)."""
 
     layers: frozenset[str]
-    parts: frozenset[str] = frozenset({"depthwise", "pointwise"})
+    parts: frozenset[str] = frozenset(PART_NAMES)
     detach: bool = True
     outputs: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
@@ -121,11 +185,38 @@ def _intermediate(kind: IntermediateActivation) -> nn.Module:
     return nn.Identity()
 
 
+@dataclass(frozen=True)
+class SeparableSpec:
+    """The intermediate activation and the spectrum point shared by every separable convolution."""
+
+    intermediate: IntermediateActivation = "none"
+    segments: int | str = PER_CHANNEL
+    order: Order = "depthwise-first"
+
+    def build(self, in_channels: int, out_channels: int, layer_name: str) -> SeparableConv2d:
+        return SeparableConv2d(in_channels, out_channels, layer_name, self.intermediate, self.segments, self.order)
+
+
 class SeparableConv2d(nn.Module):
-    """Depthwise 3x3 (spatial) then pointwise 1x1 (cross-channel), no bias.
+    """One point of the paper's spectrum; by default depthwise 3x3 then pointwise 1x1, no bias.
+
+    ``segments`` k is the number of groups of the 3x3 convolution and ``order``
+    says which half runs first. The 3x3 convolution acts on C_in channels
+    when it comes first (``depthwise-first``) and on C_out channels after the
+    1x1 (``pointwise-first``); ``"C"`` means one segment per channel of those.
+    ``parts`` names the sub-modules in forward order:
+
+    * k = 1: ``("conv",)``, one regular 3x3 convolution C_in -> C_out (no order);
+    * depthwise-first: ``("depthwise", "pointwise")`` at one segment per channel
+      (Xception; today's layout, exact against timm), ``("grouped", "pointwise")``
+      with fewer segments;
+    * pointwise-first: ``("pointwise", "grouped")`` -- the Inception-like module
+      (a 1x1, then a 3x3 per segment of C_out / k channels) -- or
+      ``("pointwise", "depthwise")`` at one segment per channel ("extreme Inception").
 
     ``intermediate`` is the paper's ablation knob: identity (paper), ReLU or ELU
-    between the two halves. The module records its outputs when a
+    between the two parts. The module records its outputs (each part's, before
+    the intermediate activation and before the block's BatchNorm) when a
     :class:`CaptureRequest` naming ``layer_name`` is active.
     """
 
@@ -135,28 +226,72 @@ class SeparableConv2d(nn.Module):
         out_channels: int,
         layer_name: str,
         intermediate: IntermediateActivation = "none",
+        segments: int | str = PER_CHANNEL,
+        order: Order = "depthwise-first",
     ) -> None:
         super().__init__()
         self.layer_name = layer_name
-        self.depthwise = nn.Conv2d(
-            in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False
-        )
-        self.intermediate = _intermediate(intermediate)
-        self.pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.order = order
+        if segments == 1:
+            if intermediate != "none":
+                raise ValueError(f"{layer_name}: a regular convolution has no intermediate activation")
+            self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+            self.intermediate = nn.Identity()
+            self.groups, self.parts = 1, ("conv",)
+            return
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}; got {order!r}")
+        c = in_channels if order == "depthwise-first" else out_channels
+        groups = c if segments == PER_CHANNEL else int(segments)
+        if groups < 1 or c % groups:
+            raise ValueError(f"{layer_name}: {segments} segments do not divide its {c} channels")
+        spatial_name = "depthwise" if groups == c else "grouped"
+        spatial = nn.Conv2d(c, c, 3, padding=1, groups=groups, bias=False)
+        pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        self.groups = groups
+        if order == "depthwise-first":  # registration order = state-dict order
+            self.add_module(spatial_name, spatial)
+            self.intermediate = _intermediate(intermediate)
+            self.pointwise = pointwise
+            self.parts = (spatial_name, "pointwise")
+        else:
+            self.pointwise = pointwise
+            self.intermediate = _intermediate(intermediate)
+            self.add_module(spatial_name, spatial)
+            self.parts = ("pointwise", spatial_name)
+
+    @property
+    def segments(self) -> int:
+        """Groups of this layer's 3x3 convolution (1: a regular one)."""
+        return self.groups
+
+    @property
+    def is_separable(self) -> bool:
+        """One segment per channel, depthwise first: Xception's own convolution."""
+        return self.parts == ("depthwise", "pointwise")
+
+    def describe(self) -> str:
+        """The point in words, e.g. "k = 4 segments, pointwise first (Inception-like)"."""
+        if self.parts == ("conv",):
+            return "k = 1: a regular 3x3 convolution"
+        kind = {
+            ("depthwise", "pointwise"): "depthwise separable",
+            ("pointwise", "depthwise"): "extreme Inception",
+            ("pointwise", "grouped"): "Inception-like",
+        }.get(self.parts, "grouped 3x3 before the 1x1")
+        return f"k = {self.groups} segments, {self.order} ({kind})"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         request = _capture.get()
-        spatial = self.depthwise(x)
-        mixed = self.pointwise(self.intermediate(spatial))
+        first = getattr(self, self.parts[0])(x)
+        out = first if len(self.parts) == 1 else getattr(self, self.parts[1])(self.intermediate(first))
         if request is not None and self.layer_name in request.layers:
             kept = request.outputs.setdefault(self.layer_name, {})
-            if "input" in request.parts:
-                kept["input"] = x.detach() if request.detach else x
-            if "depthwise" in request.parts:
-                kept["depthwise"] = spatial.detach() if request.detach else spatial
-            if "pointwise" in request.parts:
-                kept["pointwise"] = mixed.detach() if request.detach else mixed
-        return mixed
+            for part, value in (("input", x), (self.parts[0], first), (self.parts[-1], out)):
+                if part in request.parts:
+                    kept[part] = value.detach() if request.detach else value
+        return out
 
 
 class Stem(nn.Module):
@@ -192,7 +327,7 @@ class XceptionBlock(nn.Module):
         widths: tuple[int, ...],
         stride: int,
         start_with_relu: bool,
-        intermediate: IntermediateActivation,
+        spec: SeparableSpec,
         residual: bool,
     ) -> None:
         super().__init__()
@@ -201,9 +336,7 @@ class XceptionBlock(nn.Module):
         for k, width in enumerate(widths, start=1):
             if k > 1 or start_with_relu:
                 self.add_module(f"relu{k}", nn.ReLU())
-            self.add_module(
-                f"sep{k}", SeparableConv2d(channels, width, f"{name}.sep{k}", intermediate)
-            )
+            self.add_module(f"sep{k}", spec.build(channels, width, f"{name}.sep{k}"))
             self.add_module(f"bn{k}", nn.BatchNorm2d(width))
             channels = width
         self.pool = nn.MaxPool2d(3, stride, padding=1) if stride != 1 else None
@@ -237,13 +370,13 @@ class ExitTail(nn.Module):
     """Exit block 14: two separable convolutions each followed by BN and ReLU."""
 
     def __init__(
-        self, name: str, in_channels: int, widths: tuple[int, int], intermediate: IntermediateActivation
+        self, name: str, in_channels: int, widths: tuple[int, int], spec: SeparableSpec
     ) -> None:
         super().__init__()
-        self.sep1 = SeparableConv2d(in_channels, widths[0], f"{name}.sep1", intermediate)
+        self.sep1 = spec.build(in_channels, widths[0], f"{name}.sep1")
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu1 = nn.ReLU()
-        self.sep2 = SeparableConv2d(widths[0], widths[1], f"{name}.sep2", intermediate)
+        self.sep2 = spec.build(widths[0], widths[1], f"{name}.sep2")
         self.bn2 = nn.BatchNorm2d(widths[1])
         self.relu2 = nn.ReLU()
 
@@ -259,7 +392,7 @@ class Xception(nn.Module):
         super().__init__()
         cfg = config or XceptionConfig()
         self.config = cfg
-        act = cfg.intermediate_activation
+        spec = cfg.separable
         e1, e2, e3 = cfg.entry_channels
         x1, x2, x3 = cfg.exit_channels
         self.entry = nn.ModuleDict({"block1": Stem(cfg.in_chans, cfg.stem_channels)})
@@ -267,22 +400,22 @@ class Xception(nn.Module):
         for i, width in enumerate((e1, e2, e3)):
             n = i + 2
             self.entry[f"block{n}"] = XceptionBlock(
-                f"entry.block{n}", channels, (width, width), 2, n != 2, act, cfg.residual
+                f"entry.block{n}", channels, (width, width), 2, n != 2, spec, cfg.residual
             )
             channels = width
         self.middle = nn.ModuleDict()
         for r in range(cfg.middle_repeats):
             n = 5 + r
             self.middle[f"block{n}"] = XceptionBlock(
-                f"middle.block{n}", channels, (e3, e3, e3), 1, True, act, cfg.residual
+                f"middle.block{n}", channels, (e3, e3, e3), 1, True, spec, cfg.residual
             )
         n = 5 + cfg.middle_repeats
         self.exit = nn.ModuleDict(
             {
                 f"block{n}": XceptionBlock(
-                    f"exit.block{n}", e3, (e3, x1), 2, True, act, cfg.residual
+                    f"exit.block{n}", e3, (e3, x1), 2, True, spec, cfg.residual
                 ),
-                f"block{n + 1}": ExitTail(f"exit.block{n + 1}", x1, (x2, x3), act),
+                f"block{n + 1}": ExitTail(f"exit.block{n + 1}", x1, (x2, x3), spec),
             }
         )
         self.global_pool = nn.AdaptiveAvgPool2d(1)

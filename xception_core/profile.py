@@ -13,14 +13,14 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from .model import MIN_INPUT_SIZE, Xception, XceptionConfig
+from .model import MIN_INPUT_SIZE, ORDERS, PER_CHANNEL, Xception, XceptionConfig
 
 
 @dataclass(frozen=True)
 class LayerProfile:
     name: str  # e.g. "entry.block2.sep1.depthwise"
     flow: str  # entry / middle / exit / head
-    kind: str  # conv, depthwise, pointwise, skip, pool, global_pool, fc
+    kind: str  # conv, depthwise, grouped, pointwise, skip, pool, global_pool, fc
     in_channels: int
     out_channels: int
     output_size: tuple[int, int]  # (H, W); (1, 1) for the classifier
@@ -35,7 +35,13 @@ class LayerProfile:
 
 @dataclass(frozen=True)
 class SeparableProfile:
-    """One separable convolution: both halves, and its regular-convolution equivalent."""
+    """One separable convolution: its parts, and its regular-convolution equivalent.
+
+    ``depthwise_*`` count the 3x3 part (the depthwise convolution in Xception; the grouped
+    one, or the regular ``conv``, at other points of the spectrum) and ``pointwise_*`` the
+    1x1 part (0 for a regular convolution); ``parts`` names them in forward order and
+    ``segments`` is the 3x3 part's number of groups.
+    """
 
     name: str
     flow: str
@@ -47,10 +53,14 @@ class SeparableProfile:
     depthwise_macs: int
     pointwise_macs: int
     regular_params: int  # a regular 3x3 convolution with the same channels (the spectrum's k = 1)
+    parts: tuple[str, ...]  # e.g. ("depthwise", "pointwise"), ("pointwise", "grouped"), ("conv",)
+    segments: int  # groups of the 3x3 part: 1 regular ... C one per channel
 
     def to_dict(self) -> dict:
+        """The fields the REST API's layer table has (``parts`` and ``segments`` are not among them yet)."""
         d = asdict(self)
         d["output_size"] = list(self.output_size)
+        del d["parts"], d["segments"]
         return d
 
 
@@ -75,33 +85,50 @@ class ModelProfile:
 
 
 def segment_spectrum(
-    in_channels: int, out_channels: int, segments: int, kernel: int = 3, output_hw: int = 1
+    in_channels: int,
+    out_channels: int,
+    segments: int | str,
+    kernel: int = 3,
+    output_hw: int = 1,
+    order: str | None = None,
 ) -> tuple[int, int]:
-    """Parameters and MACs of the paper's spectrum for one layer (no bias, no BatchNorm).
+    """Parameters and MACs of one point of the paper's spectrum for one layer (no bias, no BatchNorm).
 
-    Chollet (2017), section 2: ``segments`` = 1 is a regular ``kernel x kernel``
-    convolution, ``in_channels * out_channels * kernel^2``; ``segments`` =
-    ``in_channels`` is a depthwise-separable one (in Xception's order: 1x1 after the
-    spatial convolution), ``in_channels * kernel^2 + in_channels * out_channels``. In
-    between, an Inception-like module: a 1x1 convolution then a spatial convolution per
-    segment of ``out_channels / segments`` channels (grouped convolution),
-    ``in_channels * out_channels + segments * (out_channels / segments)^2 * kernel^2``.
-    MACs = parameters x ``output_hw`` (the number of output positions, H x W).
+    Chollet (2017), section 2. ``segments`` k = 1 is a regular ``kernel x kernel``
+    convolution, ``C_in * C_out * kernel^2``, whatever the order. Otherwise a 1x1
+    convolution (``C_in * C_out``) and a ``kernel x kernel`` convolution with k groups
+    over C channels (``C * (C / k) * kernel^2``), where C is what that convolution acts
+    on: ``C_in`` when it comes first (``order="depthwise-first"``, Xception's order),
+    ``C_out`` after the 1x1 (``"pointwise-first"``, the Inception-like module);
+    ``segments="C"`` is one segment per channel of those. ``order=None`` is the paper's
+    figure: the Inception-like module for 1 < k < C_in (k must divide ``C_out``), and
+    Xception's depthwise separable convolution at k = C_in. MACs = parameters x
+    ``output_hw`` (the number of output positions, H x W, at stride 1).
     """
     if in_channels < 1 or out_channels < 1:
         raise ValueError("channel counts must be positive")
-    if not 1 <= segments <= in_channels:
-        raise ValueError(f"segments must be in 1..{in_channels}")
     k2 = kernel * kernel
+    if order is None:
+        if segments == PER_CHANNEL:
+            segments = in_channels
+        if not isinstance(segments, int) or not 1 <= segments <= in_channels:
+            raise ValueError(f"segments must be in 1..{in_channels}")
+        if 1 < segments < in_channels and out_channels % segments:
+            raise ValueError(f"segments must divide the {out_channels} output channels")
+        order = "depthwise-first" if segments == in_channels else "pointwise-first"
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {', '.join(ORDERS)} (or None for the paper's points)")
     if segments == 1:
         params = in_channels * out_channels * k2
-    elif segments == in_channels:
-        params = in_channels * k2 + in_channels * out_channels
     else:
-        if out_channels % segments:
-            raise ValueError(f"segments must divide the {out_channels} output channels")
-        per = out_channels // segments
-        params = in_channels * out_channels + segments * per * per * k2
+        c = in_channels if order == "depthwise-first" else out_channels
+        groups = c if segments == PER_CHANNEL else segments
+        if isinstance(groups, bool) or not isinstance(groups, int) or not 1 <= groups <= c or c % groups:
+            raise ValueError(
+                f"segments must divide the {c} channels the {kernel}x{kernel} convolution acts on "
+                f"({'C_in' if order == 'depthwise-first' else 'C_out'} for {order}); got {segments!r}"
+            )
+        params = in_channels * out_channels + c * (c // groups) * k2
     return params, params * output_hw
 
 
@@ -178,10 +205,8 @@ def _profile(config: XceptionConfig, input_size: int) -> ModelProfile:
             kh, kw = module.kernel_size
             per_output = (module.in_channels // module.groups) * kh * kw
             macs = output[0].numel() * per_output
-            if name.endswith(".depthwise"):
-                kind = "depthwise"
-            elif name.endswith(".pointwise"):
-                kind = "pointwise"
+            if name.endswith((".depthwise", ".grouped", ".pointwise")):
+                kind = name.rsplit(".", 1)[1]
             elif name.endswith(".skip"):
                 kind = "skip"
             else:
@@ -210,12 +235,15 @@ def _profile(config: XceptionConfig, input_size: int) -> ModelProfile:
 
     by_name = {r.name: r for r in rows}
     separable = []
-    for name in model.separable_layers():
-        dw, pw = by_name[f"{name}.depthwise"], by_name[f"{name}.pointwise"]
+    for name, module in model.separable_layers().items():
+        spatial = by_name[f"{name}.{next(p for p in module.parts if p != 'pointwise')}"]
+        pw = by_name.get(f"{name}.pointwise")
+        last = by_name[f"{name}.{module.parts[-1]}"]
         separable.append(
             SeparableProfile(
-                name, dw.flow, dw.in_channels, pw.out_channels, pw.output_size,
-                dw.params, pw.params, dw.macs, pw.macs, segment_spectrum(dw.in_channels, pw.out_channels, 1)[0],
+                name, spatial.flow, module.in_channels, module.out_channels, last.output_size,
+                spatial.params, pw.params if pw else 0, spatial.macs, pw.macs if pw else 0,
+                segment_spectrum(module.in_channels, module.out_channels, 1)[0], module.parts, module.groups,
             )
         )
     return ModelProfile(

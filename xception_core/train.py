@@ -35,6 +35,8 @@ class TrainConfig:
     exit_channels: tuple[int, int, int] = (160, 192, 256)
     intermediate_activation: str = "none"
     residual: bool = True
+    segments: int | str = "C"  # the paper's spectrum (XceptionConfig): "C" and depthwise-first is Xception
+    order: str = "depthwise-first"
     input_size: int = 96
     epochs: int = 6
     batch_size: int = 64
@@ -64,7 +66,7 @@ class TrainConfig:
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid training settings: {', '.join(f'{k}={getattr(self, k)}' for k in bad)}")
-        self.model_config()  # validates widths and the activation
+        object.__setattr__(self, "order", self.model_config().order)  # validates; k = 1 has no order
 
     def model_config(self) -> XceptionConfig:
         return XceptionConfig(
@@ -75,6 +77,8 @@ class TrainConfig:
             exit_channels=self.exit_channels,
             intermediate_activation=self.intermediate_activation,  # type: ignore[arg-type]
             residual=self.residual,
+            segments=self.segments,
+            order=self.order,  # type: ignore[arg-type]
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,7 +116,7 @@ def _tensors(n: int, seed: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(images), torch.from_numpy(labels)
 
 
-def _to_input(images_uint8: torch.Tensor) -> torch.Tensor:
+def to_input(images_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 NHWC -> float NCHW in [-1, 1], channels_last (faster convolutions on the CPU)."""
     x = images_uint8.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
     return x.contiguous(memory_format=torch.channels_last)
@@ -124,7 +128,7 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     correct = 0
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
-            logits = model(_to_input(images[start : start + batch_size]))
+            logits = model(to_input(images[start : start + batch_size]))
             correct += int((logits.argmax(1) == labels[start : start + batch_size]).sum())
     return correct / len(images)
 
@@ -167,7 +171,7 @@ def _train(config: TrainConfig, progress: bool, on_eval) -> TrainResult:
         for b in range(steps_per_epoch):
             model.train()
             idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-            x = _to_input(train_x[idx])
+            x = to_input(train_x[idx])
             # Flips keep every label (90-degree turns would swap the stripe classes).
             flip_h = torch.rand(len(idx), generator=generator) < 0.5
             flip_v = torch.rand(len(idx), generator=generator) < 0.5

@@ -23,6 +23,7 @@ from captum.attr import LayerAttribution
 from torch import nn
 
 from ..locks import model_lock
+from ..introspect import PARTS
 from .algorithms import Algorithm
 from .catalogue import MethodSpec, get_method
 from .errors import InputError, ParamError
@@ -230,8 +231,10 @@ class Attributor:
             request = AttributionRequest(method, target, layer, part, params)
         spec = get_method(request.method)
         xin = self._prepare_input(x)
+        known = self.layers.get(request.layer) if isinstance(request.layer, str) else None
         resolved = spec.validate(
-            request.params, layer=request.layer, part=request.part, layers=list(self.layers), input_size=tuple(xin.shape[-2:])
+            request.params, layer=request.layer, part=request.part, layers=list(self.layers),
+            input_size=tuple(xin.shape[-2:]), parts=getattr(known, "parts", PARTS),
         )
         n_classes = _num_classes(self.model)
         checked = request.target

@@ -110,23 +110,25 @@ class MethodSpec:
         part: str | None = None,
         layers: Sequence[str],
         input_size: int | tuple[int, int],
+        parts: Sequence[str] = PARTS,
     ) -> dict[str, Any]:
         """The resolved parameters, once everything that can be checked before running holds.
 
-        ``layers``: the model's separable layer names; ``input_size``: the image's side, or
+        ``layers``: the model's separable layer names; ``parts``: the parts of ``layer``
+        (``SeparableConv2d.parts``; Xception's depthwise and pointwise by default); ``input_size``: the image's side, or
         ``(height, width)``. Raises :class:`ParamError` (``param`` names the culprit) for an
         unknown or out-of-range parameter, a missing or unwanted ``layer`` / ``part``, an
         unknown layer (:class:`UnknownLayerParamError`) and the method's own rule (occlusion:
         window, stride and number of positions against the input size).
         """
         resolved = self.resolve(params)
-        self._check_layer(layer, part, layers)
+        self._check_layer(layer, part, layers, parts)
         if self.check is not None:
             size = (input_size, input_size) if isinstance(input_size, int) else (int(input_size[0]), int(input_size[1]))
             self.check(self, resolved, size)
         return resolved
 
-    def _check_layer(self, layer: str | None, part: str | None, layers: Sequence[str]) -> None:
+    def _check_layer(self, layer: str | None, part: str | None, layers: Sequence[str], parts: Sequence[str]) -> None:
         if not self.layer_method:
             if layer is not None or part is not None:
                 raise ParamError(
@@ -137,12 +139,12 @@ class MethodSpec:
             return
         if layer is None:
             raise MissingParamError(
-                f"{self.name} needs layer (one of {', '.join(layers)}) and part ({' or '.join(PARTS)})", "layer"
+                f"{self.name} needs layer (one of {', '.join(layers)}) and part ({' or '.join(parts)})", "layer"
             )
         if layer not in layers:
             raise UnknownLayerParamError(layer, layers)
-        if part not in PARTS:
-            raise ParamError(f"{self.name} needs {' or '.join(f'part={p}' for p in PARTS)}", "part")
+        if part not in parts:
+            raise ParamError(f"{self.name} needs {' or '.join(f'part={p}' for p in parts)}", "part")
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -179,12 +179,55 @@ def _shape(state: Mapping[str, torch.Tensor], key: str, dim: int = 0) -> int:
     return int(t.shape[dim])
 
 
+_SEP_PART = re.compile(r"(.+\.sep\d+)\.(conv|depthwise|grouped|pointwise)\.weight")
+
+
+def _sep_out(state: Mapping[str, torch.Tensor], layer: str) -> int:
+    """A separable layer's output channels: its 1x1 part's, or its regular convolution's."""
+    key = f"{layer}.pointwise.weight" if f"{layer}.pointwise.weight" in state else f"{layer}.conv.weight"
+    return _shape(state, key)
+
+
+def infer_spectrum(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """``segments`` and ``order`` of the spectrum point a state dict in our layout was trained at.
+
+    Read off the part names and shapes: ``conv`` is k = 1; the 3x3 part's groups give k
+    (``"C"`` when every one is ``depthwise``); it has C_in channels when it comes first and
+    C_out after the 1x1. ``order`` is left out when no layer tells (C_in = C_out everywhere).
+    """
+    layers: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        if m := _SEP_PART.fullmatch(key):
+            layers.setdefault(m.group(1), {})[m.group(2)] = value
+    if any("conv" in parts for parts in layers.values()):
+        return {"segments": 1}
+    groups, orders = set(), set()
+    for name, parts in layers.items():
+        spatial = parts.get("depthwise", parts.get("grouped"))
+        pointwise = parts.get("pointwise")
+        if spatial is None or pointwise is None or spatial.dim() != 4 or pointwise.dim() != 4:
+            raise StateDictMismatch(f"{name}: expected a 3x3 part (depthwise or grouped) and a pointwise part")
+        c, per_group = int(spatial.shape[0]), int(spatial.shape[1])
+        if "grouped" in parts:
+            groups.add(c // max(per_group, 1))
+        c_out, c_in = int(pointwise.shape[0]), int(pointwise.shape[1])
+        if c_in != c_out:
+            orders.add("depthwise-first" if c == c_in else "pointwise-first")
+    if len(groups) > 1 or len(orders) > 1:
+        raise StateDictMismatch(f"separable layers disagree on the spectrum point (groups {sorted(groups)}, orders {sorted(orders)})")
+    found: dict[str, Any] = {"segments": groups.pop() if groups else "C"}
+    if orders:
+        found["order"] = orders.pop()
+    return found
+
+
 def infer_config(state: Mapping[str, torch.Tensor], **overrides: Any) -> XceptionConfig:
-    """Read widths, middle repeats, classes and residual on/off off our key layout.
+    """Read widths, middle repeats, classes, residual on/off and the spectrum point off our key layout.
 
     The intermediate activation (none / relu / elu) has no parameters and cannot
     be read from weights: it comes from ``overrides`` (or an embedded config), else
-    "none". Raises :class:`StateDictMismatch` when the layout is not ours.
+    "none"; so does the order where no layer's shapes tell it. Raises
+    :class:`StateDictMismatch` when the layout is not ours.
     """
     try:
         middle = sorted(
@@ -198,14 +241,15 @@ def infer_config(state: Mapping[str, torch.Tensor], **overrides: Any) -> Xceptio
             num_classes=_shape(state, "fc.weight"),
             in_chans=_shape(state, "entry.block1.conv1.weight", 1),
             stem_channels=(_shape(state, "entry.block1.conv1.weight"), _shape(state, "entry.block1.conv2.weight")),
-            entry_channels=tuple(_shape(state, f"entry.block{b}.sep2.pointwise.weight") for b in (2, 3, 4)),
+            entry_channels=tuple(_sep_out(state, f"entry.block{b}.sep2") for b in (2, 3, 4)),
             middle_repeats=repeats,
             exit_channels=(
-                _shape(state, f"exit.block{n}.sep2.pointwise.weight"),
-                _shape(state, f"exit.block{n + 1}.sep1.pointwise.weight"),
-                _shape(state, f"exit.block{n + 1}.sep2.pointwise.weight"),
+                _sep_out(state, f"exit.block{n}.sep2"),
+                _sep_out(state, f"exit.block{n + 1}.sep1"),
+                _sep_out(state, f"exit.block{n + 1}.sep2"),
             ),
             residual="entry.block2.skip.weight" in state,
+            **infer_spectrum(state),
         )
     except KeyError as exc:
         raise StateDictMismatch(

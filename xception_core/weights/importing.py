@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..convert import StateDictMismatch, infer_timm_config, timm_to_ours
-from ..model import XceptionConfig
+from ..model import ORDERS, XceptionConfig
 from ..transform import PreprocessConfig
 from .card import Labels, ModelCard, class_names_for
 from .checkpoint import detect_format, infer_config, read_checkpoint_and_config, verified_state
@@ -75,7 +75,7 @@ def import_weights(
             cfg = card.config if card.config is not None else infer_timm_config(state)
             ours = timm_to_ours(state, cfg)
         else:
-            cfg = card.config if card.config is not None else infer_config(state, **_activation_of(embedded))
+            cfg = card.config if card.config is not None else infer_config(state, **_unlearnable_of(embedded))
             ours = dict(state)
     except StateDictMismatch as exc:
         raise CheckpointError(f"{where}: {exc}") from None
@@ -95,8 +95,12 @@ def import_weights(
     return register(imported, verified, home)
 
 
-def _activation_of(embedded: Mapping[str, Any] | None) -> dict[str, str]:
-    """The intermediate activation a checkpoint's embedded config names (weights cannot tell it)."""
+def _unlearnable_of(embedded: Mapping[str, Any] | None) -> dict[str, str]:
+    """What weights cannot tell, from a checkpoint's embedded config: the intermediate activation,
+    and the order of a spectrum point whose layers all have C_in = C_out."""
+    found = {}
     if embedded and embedded.get("intermediate_activation") in ("none", "relu", "elu"):
-        return {"intermediate_activation": embedded["intermediate_activation"]}
-    return {}
+        found["intermediate_activation"] = embedded["intermediate_activation"]
+    if embedded and embedded.get("order") in ORDERS:
+        found["order"] = embedded["order"]
+    return found
