@@ -65,3 +65,43 @@ def test_markdown_files_that_are_referred_to_exist():
             if not (ROOT / ref).is_file():
                 missing.append(f"{path.relative_to(ROOT)}: {ref}")
     assert not missing, missing
+
+
+def _components_table() -> list[str]:
+    """The first cells of README's Components table."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Components\n", 1)[1].split("\n## ", 1)[0]
+    return [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+
+
+def _table_paths() -> set[str]:
+    """Every path the table names; ``a/b.py``, ``c.py`` in one cell share the folder of the first."""
+    paths = set()
+    for cell in _components_table():
+        names = re.findall(r"`([^`]+)`", cell)
+        folder = names[0].rsplit("/", 1)[0] + "/" if "/" in names[0].rstrip("/") else ""
+        for name in names:
+            paths.add(name if "/" in name or name.startswith(("Dockerfile", "docker-")) else folder + name)
+    return paths
+
+
+def test_the_components_table_names_only_what_exists():
+    missing = [p for p in _table_paths() if "*" not in p and not (ROOT / p).exists()]
+    assert not missing, f"README's Components table names paths that do not exist: {missing}"
+
+
+def test_every_module_has_a_row_in_the_components_table():
+    """A module of the core, the API, the UI or the CLI is named by its own row, or lies in a
+    folder named by one (``api/routers/``, ``ui/views/``, ``xception_core/synthetic/``)."""
+    paths = _table_paths()
+    folders = tuple(p for p in paths if p.endswith("/"))
+    unnamed = []
+    for package in ("xception_core", "api", "ui", "xception_demo"):
+        for file in sorted((ROOT / package).rglob("*.py")):
+            rel = file.relative_to(ROOT).as_posix()
+            if rel in paths or rel.startswith(folders):
+                continue
+            if file.name in ("__init__.py", "__main__.py") and rel.rsplit("/", 1)[0].count("/") == 0:
+                continue  # a top-level package's marker
+            unnamed.append(rel)
+    assert not unnamed, f"modules without a row in README's Components table: {unnamed}"
