@@ -66,6 +66,10 @@ class ModelDetail(ModelSummary):
     total_params: int
     total_macs: int = Field(description="Multiply-accumulates of one forward pass at `input_size`.")
     separable_layers: list[str] = Field(description="Names of the separable convolutions, in forward order.")
+    segments: int | Literal["C"] = Field(description="Where the model's separable convolutions sit on the paper's spectrum: "
+                                         "k segments per 3x3 convolution, 1 a regular one, `C` one per channel (Xception).")
+    order: Literal["depthwise-first", "pointwise-first"] = Field(description="Which part of each separable convolution runs first.")
+    parts: list[str] = Field(description="Every part name the model's layers have (GET .../layers gives each layer's).")
     extra: dict[str, Any] = Field(default_factory=dict)
     engine: EngineState | None = Field(
         None, description="How predictions run while the model is loaded; null when it is not loaded."
@@ -83,17 +87,29 @@ class LayerRow(BaseModel):
     macs: int
 
 
+Part = Literal["conv", "depthwise", "grouped", "pointwise"]
+
+
 class SeparableRow(BaseModel):
     name: str = Field(description="Separable layer name, e.g. `middle.block7.sep2` (use it as `layer=`).")
     flow: str
-    in_channels: int = Field(description="Channels of the depthwise output (and of the layer's input).")
-    out_channels: int = Field(description="Channels of the pointwise output.")
-    output_size: list[int] = Field(description="[H, W] of both parts' outputs.")
-    depthwise_params: int
-    pointwise_params: int
-    depthwise_macs: int
-    pointwise_macs: int
+    in_channels: int = Field(description="Channels of the layer's input.")
+    out_channels: int = Field(description="Channels of the layer's output.")
+    output_size: list[int] = Field(description="[H, W] of every part's output.")
+    depthwise_params: int = Field(description="Parameters of the 3x3 part (`depthwise`, `grouped` or, at k = 1, `conv`).")
+    pointwise_params: int = Field(description="Parameters of the 1x1 part (0 for a regular convolution).")
+    depthwise_macs: int = Field(description="Multiply-accumulates of the 3x3 part.")
+    pointwise_macs: int = Field(description="Multiply-accumulates of the 1x1 part.")
     regular_params: int = Field(description="Parameters of a regular 3x3 convolution with the same channels (the other end of the spectrum).")
+    parts: list[Part] = Field(
+        description="The layer's parts in forward order, the `part` values the analysis endpoints accept for it "
+        "(besides `input`): `depthwise`, `pointwise` (Xception); `grouped`, `pointwise` or `pointwise`, `grouped` "
+        "(k segments); `pointwise`, `depthwise` (extreme Inception); `conv` (k = 1, a regular convolution)."
+    )
+    segments: int = Field(description="Groups of the 3x3 part: 1 a regular convolution ... one per channel (depthwise).")
+    order: Literal["depthwise-first", "pointwise-first"] | None = Field(description="Which part runs first; null for a regular convolution.")
+    spectrum_point: str = Field(description="The point of the paper's spectrum in words, e.g. `k = 4 segments, pointwise-first (Inception-like)`.")
+    decomposable: bool = Field(description="Whether POST /v1/decomposition applies (depthwise, then pointwise: Xception's own build).")
 
 
 class LayerTable(BaseModel):
