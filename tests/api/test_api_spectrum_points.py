@@ -144,3 +144,57 @@ def test_layer_attributions_take_the_layers_real_parts(sc, png):
     )
     assert body["parameter"] == "part"
     assert_problem(sc.post(f"/v1/activations?model=regular&layer={LAYER}&part=input&sort=attribution", files=files(png)), 422, "part=conv")
+
+
+@pytest.mark.slow
+def test_a_point_saved_by_a_spectrum_run_is_listed_and_hosted(tmp_path, png):
+    """``xception-demo spectrum --save`` registers each point in the model home: the service lists
+    it, loads it with its config (segments, order) from the card, and serves its grouped maps."""
+    from api.main import create_app
+    from api.registry import ModelRegistry
+    from xception_core.decode import decode_image
+    from xception_core.spectrum import SpectrumRequest, run_spectrum, spectrum_points
+    from xception_core.train import TrainConfig
+    from xception_core.transform import eval_transform
+    from xception_core.weights import read_checkpoint
+
+    base = TrainConfig(
+        stem_channels=(4, 8), entry_channels=(8, 12, 16), middle_repeats=1, exit_channels=(16, 20, 24),
+        input_size=72, epochs=1, batch_size=8, train_size=16, val_size=10, eval_every=1, threads=1,
+    )
+    home = tmp_path / "home"
+    request = SpectrumRequest(
+        base=base, out_dir=tmp_path / "run", points=tuple(spectrum_points([2], ["depthwise-first"], [0])),
+        save=True, home=home, timing_batch=2, timing_rounds=1,
+    )
+    run_spectrum(request, progress=False, log=lambda line: None)
+    name, layer = "spectrum-k2-depthwise-first-s0", "middle.block5.sep1"
+    registry = ModelRegistry(home=home, device="cpu", default_model=name)
+    with TestClient(create_app(make_settings(preload_default_model=False), registry=registry)) as c:
+        listed = {m["id"]: m for m in c.get("/v1/models").json()["models"]}
+        assert listed[name]["status"] == "available" and listed[name]["num_classes"] == 20
+        detail = c.get(f"/v1/models/{name}").json()
+        assert detail["config"]["segments"] == 2 and detail["config"]["order"] == "depthwise-first"
+        assert (detail["segments"], detail["order"], detail["input_size"]) == (2, "depthwise-first", 72)
+        assert detail["extra"]["metrics"]["val_top1"] >= 0
+        rows = {r["name"]: r for r in c.get(f"/v1/models/{name}/layers").json()["separable_layers"]}
+        assert rows[layer]["parts"] == ["grouped", "pointwise"] and rows[layer]["decomposable"] is False
+
+        entry = registry.get(name)
+        served = entry.model
+        stored = read_checkpoint(tmp_path / "run" / "points" / "k2-depthwise-first-s0.safetensors")
+        assert torch.equal(served.state_dict()[f"{layer}.grouped.weight"].cpu(), stored[f"{layer}.grouped.weight"])
+        x = eval_transform(decode_image(png), entry.preprocess)[None]
+        with torch.no_grad():
+            _, kept = forward_with_capture(served, x, [layer], ("grouped", "pointwise"))
+        for part in ("grouped", "pointwise"):
+            r = c.post(f"/v1/activations?layer={layer}&part={part}&top=16&format=npy", files=files(png))
+            assert r.status_code == 200, r.text
+            order = [int(i) for i in r.headers["x-channels"].split(",")]
+            np.testing.assert_allclose(load_npy(r.content), kept[layer][part][0][order].numpy(), rtol=1e-3, atol=1e-3)
+        assert_problem(c.post(f"/v1/activations?layer={layer}&part=depthwise", files=files(png)), 422, "its parts are grouped, pointwise, input")
+        assert_problem(
+            c.post(f"/v1/decomposition?layer={layer}&channel=0", files=files(png)), 422, "grouped 3x3 before the 1x1", "decompose exactly"
+        )
+        assert c.post("/v1/predict?top_k=3", files=files(png)).json()["model"] == name
+
