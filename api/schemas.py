@@ -149,6 +149,38 @@ class LayerSpectrum(BaseModel):
     points: list[SpectrumPoint] = Field(description="From a regular convolution (k = 1) to the depthwise separable one.")
 
 
+class CurvePoint(BaseModel):
+    step: int
+    epoch: float
+    train_loss: float
+    val_top1: float = Field(ge=0, le=1)
+
+
+class TrainedPoint(BaseModel):
+    key: str = Field(description="The point's name in the run, e.g. `k4-pointwise-first-s0`.")
+    segments: int | Literal["C"] = Field(description="k segments of each 3x3 convolution: 1 a regular one, `C` one per channel.")
+    order: Literal["depthwise-first", "pointwise-first"] | None = Field(description="Which part runs first; null for k = 1.")
+    seed: int = Field(description="Training seed (the data and its order are the same for every point).")
+    kind: str = Field(description="regular, Inception-like, grouped then 1x1, extreme Inception or depthwise separable.")
+    label: str
+    params: int = Field(description="Parameters of the whole network.")
+    macs: int = Field(description="Multiply-accumulates of one forward pass at the run's input size.")
+    val_top1: float = Field(ge=0, le=1, description="Validation top-1 after training.")
+    train_seconds: float = Field(description="Wall time of the training run (depends on the machine's load then).")
+    train_step_ms: float | None = Field(description="One training step per image, timed interleaved with the other points.")
+    infer_ms: float | None = Field(description="Inference per image (BatchNorm folded, eval), timed interleaved with the other points.")
+    steps: int = Field(description="Training steps.")
+    curve: list[CurvePoint] | None = Field(None, description="The validation curve (with `curves=true`).")
+
+
+class SpectrumResults(BaseModel):
+    source: str = Field(description="Where the results come from.")
+    settings: dict[str, Any] = Field(description="The architecture and training budget every point shared (its own `segments`, `order`, `seed` aside).")
+    machine: dict[str, Any] = Field(description="The CPU (name, vector extensions, cores) and torch version the times were measured with.")
+    timing: dict[str, Any] = Field(description="How the times were measured (batch, rounds, threads, model form).")
+    points: list[TrainedPoint]
+
+
 # --------------------------------------------------------------------------- predictions
 
 
