@@ -1,29 +1,34 @@
-"""GET /v1/spectrum/results: the paper's spectrum trained and measured (the committed run)."""
+"""GET /v1/spectrum/results: the paper's spectrum trained and measured (the committed run, or the
+run in the ``spectrum_dir`` setting)."""
 
 
-import functools
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
-from xception_core.spectrum_report import committed_results
+from xception_core.spectrum_report import committed_results, read_results
 
 from ..errors import ApiError
 from ..schemas import SpectrumResults
 from ..settings import Settings
 from .common import problems
 
-SOURCE = (
+COMMITTED = (
     "the committed run (docs/spectrum in the repository, shipped with the service): "
     "`xception-demo spectrum` on the bundled architecture, every point trained on the same generated data, "
     "seeds and number of steps"
 )
+CONFIGURED = (
+    "a run of `xception-demo spectrum` configured on the server (setting spectrum_dir), every point trained "
+    "on the same data, seeds and number of steps"
+)
 
 
-@functools.cache
-def _results() -> dict[str, Any]:
-    return committed_results()
+def _results(folder: Path | None) -> dict[str, Any]:
+    """The configured run's results (read on every request: a run may still be adding points), else the committed run's."""
+    return committed_results() if folder is None else read_results(folder / "spectrum.json")
 
 
 def _point(p: dict[str, Any], curves: bool) -> dict[str, Any]:
@@ -47,13 +52,17 @@ def build(settings: Settings) -> APIRouter:
         Xception's depthwise separable convolution (k = C, either order) -- trained alike, with their
         parameters and MACs (counted by the same formula as GET .../layers/{layer}/spectrum) and the
         inference and training-step times measured on the machine named in `machine`."""
+        folder = settings.spectrum_dir
         try:
-            data = await run_in_threadpool(_results)
+            data = await run_in_threadpool(_results, folder)
         except ValueError as exc:
-            raise ApiError(503, "spectrum-results-unavailable", f"the spectrum results shipped with the service cannot be read: {exc}") from None
+            where = "of the configured run (setting spectrum_dir)" if folder else "shipped with the service"
+            # the server's paths stay on the server: the detail names the file, not its folder
+            reason = str(exc).replace(str(folder), "spectrum_dir") if folder else str(exc)
+            raise ApiError(503, "spectrum-results-unavailable", f"the spectrum results {where} cannot be read: {reason}") from None
         timing = data.get("machine", {}).get("before_timing", {})
         return {
-            "source": SOURCE,
+            "source": COMMITTED if folder is None else CONFIGURED,
             "settings": data.get("base", {}),
             "machine": {k: timing.get(k) for k in ("cpu", "flags", "cores", "torch")},
             "timing": data.get("timing", {}),

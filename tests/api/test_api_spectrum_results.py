@@ -11,7 +11,6 @@ from fastapi.testclient import TestClient
 
 from apihelpers import assert_problem, make_settings
 from xception_core.profile import profile_model
-from xception_core.spectrum_report import read_results
 from xception_core.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,14 +62,35 @@ def test_curves_on_request(c):
     assert_problem(c.get("/v1/spectrum/results?curves=maybe"), 422, "curves")
 
 
-def test_unreadable_results_are_a_503_that_says_so(c, monkeypatch, tmp_path):
-    import api.routers.spectrum as route
+def _client(**settings) -> TestClient:
+    from api.main import create_app
+    from api.registry import ModelRegistry
 
-    damaged = tmp_path / "spectrum.json"
-    damaged.write_text(json.dumps({"points": [{"key": "k1-s0"}]}))
-    monkeypatch.setattr(route, "committed_results", lambda: read_results(damaged))
-    route._results.cache_clear()
-    try:
-        assert_problem(c.get("/v1/spectrum/results"), 503, "cannot be read", "a point lacks segments")
-    finally:
-        route._results.cache_clear()
+    return TestClient(create_app(make_settings(preload_default_model=False, **settings), registry=ModelRegistry.from_models([])))
+
+
+def test_a_configured_run_is_served_instead(tmp_path):
+    """``spectrum_dir``: the operator's own run, read on each request (a run may still be adding points)."""
+    data = json.loads((DOCS / "spectrum.json").read_text())
+    data["points"] = data["points"][:2]
+    (tmp_path / "spectrum.json").write_text(json.dumps(data))
+    with _client(spectrum_dir=tmp_path) as c:
+        body = c.get("/v1/spectrum/results").json()
+        assert [p["key"] for p in body["points"]] == ["k1-s0", "k2-pointwise-first-s0"] and "spectrum_dir" in body["source"]
+        data["points"] = data["points"][:1]
+        (tmp_path / "spectrum.json").write_text(json.dumps(data))
+        assert [p["key"] for p in c.get("/v1/spectrum/results").json()["points"]] == ["k1-s0"]
+
+
+@pytest.mark.parametrize("content,why", [
+    (None, "not a spectrum run's json"),
+    ("{", "not a spectrum run's json"),
+    (json.dumps({"points": []}), "no points"),
+    (json.dumps({"points": [{"key": "k1-s0"}]}), "a point lacks segments"),
+])
+def test_unreadable_results_are_a_503_that_says_so(tmp_path, content, why):
+    if content is not None:
+        (tmp_path / "spectrum.json").write_text(content)
+    with _client(spectrum_dir=tmp_path) as c:
+        body = assert_problem(c.get("/v1/spectrum/results"), 503, "results of the configured run (setting spectrum_dir) cannot be read", why)
+    assert str(tmp_path) not in body["detail"]
