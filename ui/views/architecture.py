@@ -229,7 +229,7 @@ def _measured_chart(frame: pd.DataFrame, column: str, title: str) -> alt.Chart:
         tooltip=["point", "seed", alt.Tooltip(f"{column}:Q", format=","), alt.Tooltip("val top-1:Q", format=".1%")],
     )
     labels = base.mark_text(align="left", dx=6, dy=-6, fontSize=10).encode(text="k:N")
-    return (dots + labels).properties(height=260, title=f"validation top-1 against {title}")
+    return (dots + labels).properties(height=380, title=f"validation top-1 against {title}")  # legend and axes included
 
 
 def measured(results: dict) -> None:
