@@ -112,4 +112,3 @@ class Decompositions:
             "cached": cached,
             "timing_ms": deadline.elapsed_ms(),
         }
-
