@@ -142,11 +142,11 @@ PART_TITLES = {
 }
 
 
-def part_channels(row: dict[str, Any], part: str) -> int:
-    """Channels of a part's output: the 3×3 part run first keeps the input's channels, every other part
-    has the layer's output channels."""
-    spatial_first = row.get("order", "depthwise-first") == "depthwise-first" and part in ("depthwise", "grouped")
-    return row["in_channels"] if spatial_first else row["out_channels"]
+def part_channels(table: dict[str, Any], layer: str, part: str) -> int:
+    """Channels of a separable layer's part, as the layer table's row of that convolution
+    (``<layer>.<part>``) gives them."""
+    name = f"{layer}.{part}"
+    return next(r["out_channels"] for r in table["layers"] if r["name"] == name)
 
 
 def layer_label(row: dict[str, Any]) -> str:

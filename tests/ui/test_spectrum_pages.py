@@ -94,3 +94,14 @@ def test_architecture_page_names_the_point(inception_app):
     assert any("elsewhere on the paper's spectrum" in t and "Inception-like" in t for t in texts(at.caption))
     separable = at.dataframe[1].value
     assert set(separable["parts"]) == {"pointwise → grouped"}
+
+
+def test_each_part_shows_its_own_channel_count(app, cat_png):
+    """Xception's order: the depthwise part keeps the layer's 16 input channels, the pointwise one has its 24."""
+    at = with_photo(app, cat_png)
+    at.switch_page(EXPLORER).run()
+    at.selectbox(key="lx_layer_entry").select("entry.block3.sep1").run()
+    at.slider(key="lx_top").set_value(24).run()
+    assert_clean(at)
+    grids = [c for c in tile_captions(at) if len(c) > 4]
+    assert [len(c) for c in grids] == [16, 24], [len(c) for c in grids]

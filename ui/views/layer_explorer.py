@@ -82,7 +82,7 @@ if len(layer_parts) == 1:
     columns[1].caption("A regular convolution has one part: nothing separates the spatial and the cross-channel mapping.")
 for part, column in zip(layer_parts, columns):
     title, meaning = widgets.PART_TITLES.get(part, (part, ""))
-    channel_count = widgets.part_channels(row, part)
+    channel_count = widgets.part_channels(table, layer, part)
     with column:
         st.subheader(title, help=meaning)
         with widgets.api_errors():
