@@ -28,7 +28,7 @@ from xception_core.attributions import (
     UnknownMethodError,
 )
 from xception_core.decode import ImageDecodeError
-from xception_core.introspect import UnknownLayerError
+from xception_core.introspect import UnknownLayerError, ViewNotApplicableError
 from xception_core.render import RenderError
 from xception_core.weights import Command, UnknownModelError, WeightsError, WeightsMissingError
 
@@ -184,6 +184,14 @@ def translate(exc: BaseException) -> ApiError | None:
         return ApiError(status, str(getattr(exc, "code", "image-error")).replace("_", "-"), str(exc))
     if isinstance(exc, UnknownLayerError):
         return ApiError(422, "unknown-layer", str(exc), parameter="layer")
+    if isinstance(exc, ViewNotApplicableError):
+        return ApiError(
+            422,
+            "view-not-applicable",
+            f"{exc}. Only depthwise separable layers decompose exactly (each pointwise channel a weighted sum "
+            "of depthwise maps); POST /v1/activations still shows every part of this layer",
+            parameter="layer",
+        )
     if isinstance(exc, UnknownModelError):
         choices = list(exc.choices) if exc.choices is not None else None
         return ApiError(404, "unknown-model", exc.explain(_on_the_server), parameter="model", valid_choices=choices)
@@ -316,7 +324,7 @@ async def _unexpected_handler(request: Request, exc: Exception) -> JSONResponse:
 
 #: The core's error families :func:`translate` words; handled like :class:`ApiError` (inside the
 #: middleware, so their answers carry the request id), wherever they are raised.
-CORE_ERRORS = (AttributionError, ImageDecodeError, UnknownLayerError, WeightsError, RenderError)
+CORE_ERRORS = (AttributionError, ImageDecodeError, UnknownLayerError, ViewNotApplicableError, WeightsError, RenderError)
 
 
 def install(app: FastAPI) -> None:

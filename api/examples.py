@@ -21,6 +21,14 @@ EXAMPLES: list[tuple[str, str, str, str]] = [
         f"curl -s '{BASE}/v1/models/{M}/layers/middle.block5.sep1/spectrum?points=4'",
     ),
     ("GET", "/v1/models/{model_id}/classes", "Class names in index order", f"curl -s {BASE}/v1/models/{M}/classes"),
+    (
+        "GET",
+        "/v1/spectrum/results",
+        "The paper's spectrum trained: validation top-1, parameters, MACs and times of each point of the committed run "
+        "(with the validation curves on request)",
+        f"curl -s {BASE}/v1/spectrum/results\n"
+        f"curl -s '{BASE}/v1/spectrum/results?curves=true'",
+    ),
     ("GET", "/v1/samples", "Sample images: photographs and generated images of the bundled model's classes", f"curl -s {BASE}/v1/samples"),
     (
         "GET",

@@ -22,7 +22,8 @@ configured, add `-H 'X-API-Key: <key>'` to every `/v1` call. Errors come back as
 
 Layer names (`entry.block2.sep1` ... `middle.block5.sep3` ...) exist in every configuration with at
 least one middle block; `GET /v1/models/{id}/layers` lists a model's separable layers
-(`separable_layers`) with the shapes of their `depthwise` and `pointwise` outputs. Interactive
+(`separable_layers`) with their `parts` (the `part` values they accept: `depthwise` and `pointwise`
+in Xception; `grouped` or `conv` in models from elsewhere on the paper's spectrum). Interactive
 documentation: `/docs`; the schema: `/openapi.json`.
 """
 

@@ -121,14 +121,20 @@ class LoadedModel:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def layer_shape(self, layer: str, part: str) -> tuple[int, int, int]:
-        """``(C, H, W)`` of a separable layer's part (``input``, ``depthwise``, ``pointwise``).
+    def parts(self, layer: str) -> tuple[str, ...]:
+        """The parts of a separable layer in forward order (``SeparableConv2d.parts``), without ``input``."""
+        return self.separable[layer].parts
 
-        The 3x3 depthwise convolution keeps the spatial size, so all three share ``H, W``.
+    def layer_shape(self, layer: str, part: str) -> tuple[int, int, int]:
+        """``(C, H, W)`` of a separable layer's part: ``input`` or one of :meth:`parts`.
+
+        Every part keeps the spatial size (3x3 with padding 1, or 1x1), so all share ``H, W``;
+        a part has as many channels as its convolution's output.
         """
         s = self.separable_profile[layer]
         h, w = s.output_size
-        return (s.out_channels if part == "pointwise" else s.in_channels, int(h), int(w))
+        channels = s.in_channels if part == "input" else getattr(self.separable[layer], part).out_channels
+        return (int(channels), int(h), int(w))
 
     @contextmanager
     def replica(self, fused: bool = False) -> Iterator[Xception]:

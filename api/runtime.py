@@ -9,9 +9,10 @@ byte-bounded cache (:mod:`api.cache`), keyed by the model's key and the upload's
   (:meth:`Runtime.input`);
 * ``("logits", model key, sha256)``: the logits ``[classes]`` float32 and their precision
   (:mod:`api.features.predict`; a capture leaves float32 ones);
-* ``("layer", model key, sha256, layer)``: ``{"input", "depthwise", "pointwise"}`` maps
-  ``[C, H, W]`` of one separable layer, in ``cache_activation_dtype`` (:meth:`Runtime.layer_maps`:
-  one capture serves both parts and every later channel selection, colour map and format);
+* ``("layer", model key, sha256, layer)``: the maps ``[C, H, W]`` of ``input`` and of every part
+  of one separable layer (``depthwise`` and ``pointwise`` for Xception; ``grouped``, ``conv``...
+  elsewhere on the paper's spectrum), in ``cache_activation_dtype`` (:meth:`Runtime.layer_maps`:
+  one capture serves every part and every later channel selection, colour map and format);
 * ``("channel_importance", model key, sha256, layer, part, target)``: per-channel scores
   (:mod:`api.features.activations`).
 """
@@ -34,10 +35,6 @@ from .metrics import Metrics
 from .registry import LoadedModel, ModelRegistry
 from .settings import Settings
 from .workers import Deadline, WorkPool
-
-
-#: What one capture of a layer keeps: its input and its two parts' outputs.
-CAPTURED = ("depthwise", "pointwise", "input")
 
 
 @dataclass(frozen=True)
@@ -103,8 +100,8 @@ class Runtime:
         return x, False
 
     def layer_maps(self, entry: LoadedModel, upload: Upload, layer: str, deadline: Deadline | None) -> tuple[dict[str, torch.Tensor], bool]:
-        """The three parts' maps ``[C, H, W]`` of one separable layer (one capture for all three),
-        and whether the cache had them; the capture's logits are cached too."""
+        """The maps ``[C, H, W]`` of one separable layer's input and of each of its parts (one
+        capture for all), and whether the cache had them; the capture's logits are cached too."""
         key = ("layer", entry.key, upload.sha, layer)
         maps = self.cache.get(key)
         if maps is not None:
@@ -114,7 +111,7 @@ class Runtime:
             deadline.check()
         started = time.perf_counter()
         with torch.no_grad():
-            logits, kept = forward_with_capture(entry.model, on_device(x[None], entry), [layer], CAPTURED)
+            logits, kept = forward_with_capture(entry.model, on_device(x[None], entry), [layer], (*entry.parts(layer), "input"))
         sync(entry)
         self.metrics.inference.labels(self.device, entry.id, "capture").observe(time.perf_counter() - started)
         maps = {part: t[0].detach().to("cpu", self.cache_dtype).contiguous() for part, t in kept[layer].items()}
@@ -142,6 +139,21 @@ def sync(entry: LoadedModel) -> None:
 def check_layer(entry: LoadedModel, layer: str) -> None:
     if layer not in entry.separable:
         raise invalid_choice("layer", layer, list(entry.separable))
+
+
+def check_part(entry: LoadedModel, layer: str, part: str, *, allow_input: bool = True) -> None:
+    """``part`` must be one of the layer's parts (or ``input``): 422 naming the layer's build and its parts."""
+    parts = entry.parts(layer)
+    choices = [*parts, "input"] if allow_input else list(parts)
+    if part not in choices:
+        described = entry.separable[layer].describe()
+        raise ApiError(
+            422,
+            "unknown-part",
+            f"{layer} ({described}) has no part {part!r}; its parts are {', '.join(choices)}",
+            parameter="part",
+            valid_choices=choices,
+        )
 
 
 def check_target(entry: LoadedModel, target: int | None) -> None:

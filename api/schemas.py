@@ -66,6 +66,10 @@ class ModelDetail(ModelSummary):
     total_params: int
     total_macs: int = Field(description="Multiply-accumulates of one forward pass at `input_size`.")
     separable_layers: list[str] = Field(description="Names of the separable convolutions, in forward order.")
+    segments: int | Literal["C"] = Field(description="Where the model's separable convolutions sit on the paper's spectrum: "
+                                         "k segments per 3x3 convolution, 1 a regular one, `C` one per channel (Xception).")
+    order: Literal["depthwise-first", "pointwise-first"] = Field(description="Which part of each separable convolution runs first.")
+    parts: list[str] = Field(description="Every part name the model's layers have (GET .../layers gives each layer's).")
     extra: dict[str, Any] = Field(default_factory=dict)
     engine: EngineState | None = Field(
         None, description="How predictions run while the model is loaded; null when it is not loaded."
@@ -83,17 +87,29 @@ class LayerRow(BaseModel):
     macs: int
 
 
+Part = Literal["conv", "depthwise", "grouped", "pointwise"]
+
+
 class SeparableRow(BaseModel):
     name: str = Field(description="Separable layer name, e.g. `middle.block7.sep2` (use it as `layer=`).")
     flow: str
-    in_channels: int = Field(description="Channels of the depthwise output (and of the layer's input).")
-    out_channels: int = Field(description="Channels of the pointwise output.")
-    output_size: list[int] = Field(description="[H, W] of both parts' outputs.")
-    depthwise_params: int
-    pointwise_params: int
-    depthwise_macs: int
-    pointwise_macs: int
+    in_channels: int = Field(description="Channels of the layer's input.")
+    out_channels: int = Field(description="Channels of the layer's output.")
+    output_size: list[int] = Field(description="[H, W] of every part's output.")
+    depthwise_params: int = Field(description="Parameters of the 3x3 part (`depthwise`, `grouped` or, at k = 1, `conv`).")
+    pointwise_params: int = Field(description="Parameters of the 1x1 part (0 for a regular convolution).")
+    depthwise_macs: int = Field(description="Multiply-accumulates of the 3x3 part.")
+    pointwise_macs: int = Field(description="Multiply-accumulates of the 1x1 part.")
     regular_params: int = Field(description="Parameters of a regular 3x3 convolution with the same channels (the other end of the spectrum).")
+    parts: list[Part] = Field(
+        description="The layer's parts in forward order, the `part` values the analysis endpoints accept for it "
+        "(besides `input`): `depthwise`, `pointwise` (Xception); `grouped`, `pointwise` or `pointwise`, `grouped` "
+        "(k segments); `pointwise`, `depthwise` (extreme Inception); `conv` (k = 1, a regular convolution)."
+    )
+    segments: int = Field(description="Groups of the 3x3 part: 1 a regular convolution ... one per channel (depthwise).")
+    order: Literal["depthwise-first", "pointwise-first"] | None = Field(description="Which part runs first; null for a regular convolution.")
+    spectrum_point: str = Field(description="The point of the paper's spectrum in words, e.g. `k = 4 segments, pointwise-first (Inception-like)`.")
+    decomposable: bool = Field(description="Whether POST /v1/decomposition applies (depthwise, then pointwise: Xception's own build).")
 
 
 class LayerTable(BaseModel):
@@ -131,6 +147,38 @@ class LayerSpectrum(BaseModel):
     out_channels: int
     output_size: list[int] = Field(description="[H, W] of the layer's output at the model's input size.")
     points: list[SpectrumPoint] = Field(description="From a regular convolution (k = 1) to the depthwise separable one.")
+
+
+class CurvePoint(BaseModel):
+    step: int
+    epoch: float
+    train_loss: float
+    val_top1: float = Field(ge=0, le=1)
+
+
+class TrainedPoint(BaseModel):
+    key: str = Field(description="The point's name in the run, e.g. `k4-pointwise-first-s0`.")
+    segments: int | Literal["C"] = Field(description="k segments of each 3x3 convolution: 1 a regular one, `C` one per channel.")
+    order: Literal["depthwise-first", "pointwise-first"] | None = Field(description="Which part runs first; null for k = 1.")
+    seed: int = Field(description="Training seed (the data and its order are the same for every point).")
+    kind: str = Field(description="regular, Inception-like, grouped then 1x1, extreme Inception or depthwise separable.")
+    label: str
+    params: int = Field(description="Parameters of the whole network.")
+    macs: int = Field(description="Multiply-accumulates of one forward pass at the run's input size.")
+    val_top1: float = Field(ge=0, le=1, description="Validation top-1 after training.")
+    train_seconds: float = Field(description="Wall time of the training run (depends on the machine's load then).")
+    train_step_ms: float | None = Field(description="One training step per image, timed interleaved with the other points.")
+    infer_ms: float | None = Field(description="Inference per image (BatchNorm folded, eval), timed interleaved with the other points.")
+    steps: int = Field(description="Training steps.")
+    curve: list[CurvePoint] | None = Field(None, description="The validation curve (with `curves=true`).")
+
+
+class SpectrumResults(BaseModel):
+    source: str = Field(description="Where the results come from.")
+    settings: dict[str, Any] = Field(description="The architecture and training budget every point shared (its own `segments`, `order`, `seed` aside).")
+    machine: dict[str, Any] = Field(description="The CPU (name, vector extensions, cores) and torch version the times were measured with.")
+    timing: dict[str, Any] = Field(description="How the times were measured (batch, rounds, threads, model form).")
+    points: list[TrainedPoint]
 
 
 # --------------------------------------------------------------------------- predictions

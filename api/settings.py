@@ -38,6 +38,13 @@ class Settings(BaseSettings):
         "Default: the user's cache directory.",
     )
 
+    spectrum_dir: Path | None = Field(
+        None,
+        description="Output folder of an `xception-demo spectrum` run (its `spectrum.json`) whose results "
+        "`GET /v1/spectrum/results` serves and the Architecture page draws; give an absolute path (`xception-demo up` "
+        "starts the API in the package's folder). Default: the committed run, shipped with the package.",
+    )
+
     # --- models and device -----------------------------------------------------
     default_model: str | None = Field(
         None,

@@ -18,7 +18,8 @@ import httpx
 
 __all__ = ["ActivationsQuery", "ApiClient", "ApiError", "AttributionQuery", "Normalization", "Part", "Sign", "SortKey"]
 
-Part = Literal["depthwise", "pointwise", "input"]
+#: A separable layer's parts (its own: ``parts`` in GET /v1/models/{id}/layers) or its input.
+Part = Literal["conv", "depthwise", "grouped", "pointwise", "input"]
 SortKey = Literal["mean", "max", "attribution"]
 Normalization = Literal["channel", "layer"]
 Sign = Literal["positive", "negative", "absolute", "all"]
@@ -65,7 +66,7 @@ class AttributionQuery:
     method: str
     target: int | None = None
     layer: str | None = None
-    part: Literal["depthwise", "pointwise"] | None = None
+    part: Literal["conv", "depthwise", "grouped", "pointwise"] | None = None
     method_params: Mapping[str, Any] = field(default_factory=dict)
     format: Literal["json", "png", "npy"] = "json"
     array: Literal["attribution", "heatmap"] = "attribution"
@@ -261,6 +262,12 @@ class ApiClient:
         """The paper's spectrum for one separable layer: ``{"layer", "in_channels", "out_channels",
         "output_size", "points": [{"segments", "kind", "label", "params", "macs"}]}``."""
         return self._json("GET", f"/v1/models/{model_id}/layers/{layer}/spectrum", params={"points": points})
+
+    def spectrum_results(self, *, curves: bool = False) -> dict[str, Any]:
+        """The paper's spectrum trained (the committed run): ``{"source", "settings", "machine",
+        "timing", "points": [{"key", "segments", "order", "kind", "label", "params", "macs",
+        "val_top1", "infer_ms", ...}]}``."""
+        return self._json("GET", "/v1/spectrum/results", params={"curves": str(curves).lower()})
 
     # ------------------------------------------------------------------ samples
 

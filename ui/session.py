@@ -109,6 +109,11 @@ def spectrum(url: str, model: str, layer: str) -> dict[str, Any]:
 
 
 @st.cache_data(ttl=3600, show_spinner=False)
+def spectrum_results(url: str) -> dict[str, Any]:
+    return client(url).spectrum_results()
+
+
+@st.cache_data(ttl=3600, show_spinner=False)
 def samples(url: str) -> list[dict[str, Any]]:
     return client(url).samples()
 

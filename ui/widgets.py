@@ -133,6 +133,22 @@ def separable_by_flow(table: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     return groups
 
 
+#: What each part of a separable layer is (title, meaning), by the names the API gives them.
+PART_TITLES = {
+    "depthwise": ("Depthwise 3×3 · spatial", "one 3×3 filter per channel: where each channel's spatial pattern occurs"),
+    "grouped": ("Grouped 3×3 · per segment", "a 3×3 convolution within each of the k segments of channels: spatial, and cross-channel inside a segment"),
+    "pointwise": ("Pointwise 1×1 · cross-channel", "each map a weighted sum over all channels entering the 1×1 convolution, at the same pixel"),
+    "conv": ("Regular 3×3 · spatial and cross-channel", "k = 1: one 3×3 convolution over all channels at once"),
+}
+
+
+def part_channels(table: dict[str, Any], layer: str, part: str) -> int:
+    """Channels of a separable layer's part, as the layer table's row of that convolution
+    (``<layer>.<part>``) gives them."""
+    name = f"{layer}.{part}"
+    return next(r["out_channels"] for r in table["layers"] if r["name"] == name)
+
+
 def layer_label(row: dict[str, Any]) -> str:
     h, w = row["output_size"]
     short = row["name"].split(".", 1)[-1]

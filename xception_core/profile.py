@@ -39,8 +39,11 @@ class SeparableProfile:
 
     ``depthwise_*`` count the 3x3 part (the depthwise convolution in Xception; the grouped
     one, or the regular ``conv``, at other points of the spectrum) and ``pointwise_*`` the
-    1x1 part (0 for a regular convolution); ``parts`` names them in forward order and
-    ``segments`` is the 3x3 part's number of groups.
+    1x1 part (0 for a regular convolution); ``parts`` names them in forward order,
+    ``segments`` is the 3x3 part's number of groups, ``order`` which part runs first (None for
+    a regular convolution), ``spectrum_point`` says the point in words
+    (``SeparableConv2d.describe``) and ``decomposable`` whether the pointwise decomposition
+    applies (``SeparableConv2d.is_separable``: depthwise, then pointwise).
     """
 
     name: str
@@ -55,12 +58,14 @@ class SeparableProfile:
     regular_params: int  # a regular 3x3 convolution with the same channels (the spectrum's k = 1)
     parts: tuple[str, ...]  # e.g. ("depthwise", "pointwise"), ("pointwise", "grouped"), ("conv",)
     segments: int  # groups of the 3x3 part: 1 regular ... C one per channel
+    order: str | None = None  # "depthwise-first" / "pointwise-first"; None for a regular convolution
+    spectrum_point: str = ""  # e.g. "k = 4 segments, pointwise-first (Inception-like)"
+    decomposable: bool = True  # the pointwise decomposition applies (SeparableConv2d.is_separable)
 
     def to_dict(self) -> dict:
-        """The fields the REST API's layer table has (``parts`` and ``segments`` are not among them yet)."""
         d = asdict(self)
         d["output_size"] = list(self.output_size)
-        del d["parts"], d["segments"]
+        d["parts"] = list(self.parts)
         return d
 
 
@@ -244,6 +249,7 @@ def _profile(config: XceptionConfig, input_size: int) -> ModelProfile:
                 name, spatial.flow, module.in_channels, module.out_channels, last.output_size,
                 spatial.params, pw.params if pw else 0, spatial.macs, pw.macs if pw else 0,
                 segment_spectrum(module.in_channels, module.out_channels, 1)[0], module.parts, module.groups,
+                None if module.parts == ("conv",) else module.order, module.describe(), module.is_separable,
             )
         )
     return ModelProfile(

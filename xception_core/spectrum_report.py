@@ -1,16 +1,18 @@
 """What a spectrum run writes: ``spectrum.csv`` (one row per point), ``spectrum.json`` (settings,
 machine, points with their validation curves) and ``spectrum.png`` (validation top-1 against
-parameters and against MACs)."""
+parameters and against MACs); and reading a run's ``spectrum.json`` back, the committed run
+(``docs/spectrum``, shipped as package data ``data/spectrum.json``) by default."""
 
 from __future__ import annotations
 
 import csv
 import json
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CSV_FIELDS", "write_report", "plot_spectrum"]
+__all__ = ["CSV_FIELDS", "write_report", "plot_spectrum", "read_results", "committed_results"]
 
 CSV_FIELDS = (
     "key", "segments", "order", "seed", "kind", "label", "params", "macs",
@@ -70,3 +72,25 @@ def plot_spectrum(rows: Sequence[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def committed_results() -> dict[str, Any]:
+    """The committed run (``docs/spectrum/spectrum.json``), shipped with the package."""
+    return read_results(resources.files("xception_core") / "data" / "spectrum.json")
+
+
+def read_results(path: Any) -> dict[str, Any]:
+    """A run's ``spectrum.json`` (a path or a package resource): ``base``, ``machine``, ``timing``
+    and ``points``, each point with the :data:`CSV_FIELDS` and its ``curve``; ValueError otherwise."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a spectrum run's JSON ({exc})") from None
+    points = data.get("points") if isinstance(data, dict) else None
+    if not isinstance(points, list) or not points:
+        raise ValueError(f"{path}: no points")
+    for point in points:
+        missing = [f for f in (*CSV_FIELDS, "curve") if not isinstance(point, dict) or f not in point]
+        if missing:
+            raise ValueError(f"{path}: a point lacks {', '.join(missing)}")
+    return data

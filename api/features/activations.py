@@ -1,6 +1,6 @@
 """Feature maps: ``POST /v1/activations``.
 
-One capture of a layer (:meth:`~api.runtime.Runtime.layer_maps`, cached) serves both parts and
+One capture of a layer (:meth:`~api.runtime.Runtime.layer_maps`, cached) serves all its parts and
 every later channel selection, colour map and format. ``sort=attribution`` ranks channels by
 gradient x activation for a class (the catalogue's ``channel_importance``, cached too), so it
 runs in the attribution pool.
@@ -21,7 +21,7 @@ from xception_core.attributions import AttributionRequest
 from ..encodings import BinaryResult, b64png, finite, joined, npy_bytes, tile_png
 from ..errors import ApiError, out_of_range
 from ..registry import LoadedModel
-from ..runtime import Runtime, Upload, check_layer, check_target
+from ..runtime import Runtime, Upload, check_layer, check_part, check_target
 from ..workers import Deadline
 from .attributions import Attributions
 
@@ -62,6 +62,7 @@ class Activations:
 
     def _validate(self, entry: LoadedModel, r: ActivationsRequest) -> None:
         check_layer(entry, r.layer)
+        check_part(entry, r.layer, r.part)
         n_channels, h, w = entry.layer_shape(r.layer, r.part)
         if r.channels is not None:
             bad = [c for c in r.channels if not 0 <= c < n_channels]
@@ -70,8 +71,9 @@ class Activations:
         if r.sort == "attribution":
             check_target(entry, r.target)
             if r.part == "input":
+                parts = " or ".join(f"part={p}" for p in entry.parts(r.layer))
                 raise ApiError(
-                    422, "invalid-parameter", "sort=attribution needs part=depthwise or pointwise (the attribution is taken at that part)", parameter="sort"
+                    422, "invalid-parameter", f"sort=attribution needs {parts} (the attribution is taken at that part)", parameter="sort"
                 )
         if r.fmt == "png":
             count = len(r.channels) if r.channels is not None else min(r.top, n_channels)

@@ -20,6 +20,7 @@ import torch
 from xception_core import attributions as core_attr
 from xception_core import render
 from xception_core.attributions import AttributionRequest, AttributionResult, get_method
+from xception_core.introspect import PARTS
 from xception_core.transform import to_pixels
 
 from ..encodings import BinaryResult, b64png, finite, joined, npy_bytes
@@ -143,6 +144,8 @@ class Attributions:
 def validate(entry: LoadedModel, request: AttributionRequest) -> None:
     """The catalogue's rules for this model, checked before queueing: the core's
     UnknownMethodError / ParamError, which :func:`api.errors.translate` words as problems."""
+    known = entry.separable.get(request.layer) if isinstance(request.layer, str) else None
     get_method(request.method).validate(
-        request.params, layer=request.layer, part=request.part, layers=list(entry.separable), input_size=entry.input_size
+        request.params, layer=request.layer, part=request.part, layers=list(entry.separable), input_size=entry.input_size,
+        parts=known.parts if known is not None else PARTS,
     )

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from xception_core import render
-from xception_core.introspect import decompose
+from xception_core.introspect import check_decomposable, decompose
 
 from ..encodings import BinaryResult, b64png, npz_bytes, tile_png
 from ..errors import out_of_range
@@ -47,6 +47,7 @@ class Decompositions:
         rt = self.runtime
         entry = await rt.model(request.model, deadline)
         check_layer(entry, request.layer)
+        check_decomposable(entry.separable[request.layer])  # ViewNotApplicableError: a 422 that says why
         c_out = entry.layer_shape(request.layer, "pointwise")[0]
         if not 0 <= request.channel < c_out:
             raise out_of_range("channel", request.channel, 0, c_out - 1, f"the pointwise output of {request.layer} has {c_out} channels")

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, File, Query, UploadFile
 
 from xception_core import render
+from xception_core.model import PART_NAMES
 
 from ..deps import deadline, get_features, read_image
 from ..errors import ApiError
@@ -20,6 +21,7 @@ from ..workers import Deadline
 from .common import ANALYSIS_ERRORS, IMAGE_DESCRIPTION, ModelQuery, binary, binary_content, problems
 
 Colormap = Literal[render.COLORMAPS]  # type: ignore[valid-type]
+LayerPart = Literal[(*PART_NAMES, "input")]  # type: ignore[valid-type]
 #: one channel index, with optional spaces (ASCII only: the same in Python and ECMAScript regexes)
 _INDEX = " *[0-9]{1,6} *"
 _CHANNELS = re.compile(f"{_INDEX}(,{_INDEX})*")
@@ -81,11 +83,13 @@ def build(settings: Settings) -> APIRouter:
         upload: Upload = Depends(read_image),
         model: ModelQuery = None,
         part: Annotated[
-            Literal["depthwise", "pointwise", "input"],
+            LayerPart,
             Query(
-                description="`depthwise`: the spatial 3x3 per-channel output; `pointwise`: the 1x1 cross-channel output "
-                "(before its BatchNorm); `input`: the tensor entering the layer (for `sep1` of a block: the previous "
-                "block's output, after the block's leading ReLU)."
+                description="`depthwise`: the spatial 3x3 per-channel output; `pointwise`: the 1x1 cross-channel output; "
+                "elsewhere on the paper's spectrum `grouped` (a 3x3 convolution over k segments of channels) and `conv` "
+                "(k = 1, a regular 3x3 convolution); the last part before the block's BatchNorm. A layer has only its own "
+                "parts (`parts` in GET /v1/models/{id}/layers). `input`: the tensor entering the layer (for `sep1` of a "
+                "block: the previous block's output, after the block's leading ReLU)."
             ),
         ] = "depthwise",
         channels: Annotated[
@@ -166,7 +170,9 @@ def build(settings: Settings) -> APIRouter:
         """Pointwise output channel `channel` of `layer` is `sum_i W[channel, i] * depthwise_i` (paper
         configuration: no activation in between). Returns the 1x1 weights `W[channel, :]`, the `top`
         contributions `W[channel, i] * depthwise_i` by energy, the rest, their sum, and the pointwise
-        output itself: `max_abs_error` shows the sum equals it."""
+        output itself: `max_abs_error` shows the sum equals it. Only depthwise separable layers
+        (depthwise, then pointwise; `decomposable` in GET /v1/models/{id}/layers) decompose so:
+        other points of the paper's spectrum get a 422 `view-not-applicable` that says why."""
         request = DecompositionRequest(model, upload, layer, channel, top, format, colormap, tile_px)
         result = await features.decompositions.decompose(request, limit)
         return result if isinstance(result, dict) else binary(result)

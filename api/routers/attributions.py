@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, File, Query, UploadFile
 from xception_core import attributions as core_attr
 from xception_core import render
 from xception_core.attributions import AttributionRequest, format_value
+from xception_core.model import PART_NAMES
 
 from ..deps import deadline, get_features, read_image
 from ..features import Features
@@ -22,6 +23,7 @@ from .common import ANALYSIS_ERRORS, IMAGE_DESCRIPTION, ModelQuery, binary, bina
 
 Method = Literal[tuple(core_attr.METHODS)]  # type: ignore[valid-type]
 OverlayColormap = Literal[render.COLORMAPS]  # type: ignore[valid-type]
+LayerPart = Literal[PART_NAMES]  # type: ignore[valid-type]
 
 _STEP_PARAMS = {"n_steps"}
 _SAMPLE_PARAMS = {"nt_samples", "n_samples"}
@@ -124,7 +126,11 @@ def build(settings: Settings) -> APIRouter:
         method: Annotated[Method, Query(description="Attribution method (GET /v1/methods lists them with their parameters).")] = "integrated_gradients",
         target: Annotated[int | None, Query(ge=0, description="Class index to explain, 0..classes-1; default: the predicted class.")] = None,
         layer: Annotated[str | None, Query(max_length=100, description="Separable layer for layer methods (layer_gradcam, guided_gradcam, channel_importance).")] = None,
-        part: Annotated[Literal["depthwise", "pointwise"] | None, Query(description="Part of `layer` for layer methods.")] = None,
+        part: Annotated[
+            LayerPart | None,
+            Query(description="Part of `layer` for layer methods: one of the layer's `parts` (GET /v1/models/{id}/layers): "
+                  "`depthwise` or `pointwise` in Xception; `grouped` or `conv` elsewhere on the paper's spectrum."),
+        ] = None,
         format: Annotated[
             Literal["json", "png", "npy"],
             Query(description="`json`: figures and a base64 overlay; `png`: the overlay PNG; `npy`: the raw float32 array (see `array`)."),

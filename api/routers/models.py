@@ -73,6 +73,9 @@ def build(settings: Settings) -> APIRouter:
             "total_params": profile.total_params,
             "total_macs": profile.total_macs,
             "separable_layers": [s.name for s in profile.separable],
+            "segments": card.config.segments,
+            "order": card.config.order,
+            "parts": list(dict.fromkeys(p for s in profile.separable for p in s.parts)),
             "extra": card.extra,
             "engine": entry.predictor.info().to_dict() if (entry := runtime.registry.peek(card.id)) else None,
         }
@@ -81,7 +84,8 @@ def build(settings: Settings) -> APIRouter:
     async def get_model_layers(model_id: ModelId, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
         """Every layer (name, flow, kind, channels, output size, parameters, MACs) at the model's input
         size, and every separable convolution: the `layer` values the analysis endpoints accept, with
-        the shapes their `depthwise` and `pointwise` parts have."""
+        their `parts` (the `part` values they accept), where they sit on the paper's spectrum
+        (`segments`, `order`) and whether the pointwise decomposition applies."""
         card = await run_in_threadpool(runtime.registry.card, model_id)
         profile = await runtime.inference_pool.run(_profile, card)
         d = profile.to_dict()

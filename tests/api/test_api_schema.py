@@ -134,6 +134,7 @@ OPERATION_IDS = {
     ("get", "/v1/models/{model_id}/layers"): "getModelLayers",
     ("get", "/v1/models/{model_id}/layers/{layer}/spectrum"): "getLayerSpectrum",
     ("get", "/v1/models/{model_id}/classes"): "getModelClasses",
+    ("get", "/v1/spectrum/results"): "getSpectrumResults",
     ("get", "/v1/samples"): "listSamples",
     ("get", "/v1/samples/{sample_id}"): "getSampleImage",
     ("post", "/v1/predict"): "predict",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -100,6 +101,27 @@ def test_architecture_page_flows_layers_and_spectrum(app, cat_png):
     assert params["k = 4"] == 32 * 32 + 4 * 8 * 8 * 9
     assert params["k = 32 (separable)"] == 32 * 9 + 32 * 32
     assert dict(zip(spectrum["segments"], spectrum["MACs"]))["k = 32 (separable)"] == (32 * 9 + 32 * 32) * 36
+
+
+def test_architecture_page_shows_the_measured_spectrum_beside_the_counted_one(app, api_url):
+    import httpx
+
+    at = app.run()
+    at.switch_page(ARCHITECTURE).run()
+    assert_clean(at)
+    assert "The spectrum, trained" in texts(at.subheader)
+    results = httpx.get(f"{api_url}/v1/spectrum/results", timeout=30).json()["points"]
+    measured = at.dataframe[3].value
+    assert list(measured["point"]) == [p["label"] for p in results]
+    assert list(measured["params"]) == [p["params"] for p in results] and list(measured["MACs"]) == [p["macs"] for p in results]
+    assert list(measured["val top-1"]) == [p["val_top1"] for p in results]
+    assert set(measured["order"]) == {"k = 1 (regular)", "depthwise first", "1×1 first"}
+    charts = [json.loads(c.spec) if isinstance(c.spec, str) else c.spec for c in at.get("vega_lite_chart")]
+    titles = [json.dumps(c.get("title", "")) for c in charts]
+    assert any("against parameters" in t for t in titles) and any("against MACs" in t for t in titles), titles
+    assert any("same formula as the table above" in t for t in texts(at.caption))
+    # the counted table is still there, from the API's spectrum endpoint
+    assert at.dataframe[2].value["segments"].iloc[0] == "k = 1 (regular conv)"
 
 
 def test_layer_explorer_draws_depthwise_and_pointwise_maps(app, cat_png):

@@ -1,5 +1,7 @@
 """Architecture: entry, middle and exit flows; per layer its output size, parameters and MACs;
-the paper's spectrum from regular to depthwise separable convolution for a chosen layer."""
+the paper's spectrum from regular to depthwise separable convolution for a chosen layer (counted
+by the API with the core's formula), and the spectrum trained (the committed run's measured
+accuracy against parameters and MACs)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import pandas as pd
 import streamlit as st
 
 from ui import session, widgets
-from ui.client import ApiError
 
 st.title("Architecture")
 st.caption(
@@ -44,6 +45,12 @@ def _blocks(flow: str) -> OrderedDict[str, list[dict]]:
 
 
 flows = [f for f in ("entry", "middle", "exit", "head") if any(r["flow"] == f for r in rows)]
+separable_names = {s["name"] for s in separable}
+
+
+def _n_separable(layers: list[dict]) -> int:
+    """Separable convolutions among a block's layer rows (whatever their parts: depthwise, grouped, conv...)."""
+    return len({r["name"].rsplit(".", 1)[0] for r in layers} & separable_names)
 
 
 def _diagram() -> str:
@@ -61,7 +68,7 @@ def _diagram() -> str:
         if flow == "middle" and len(blocks) > 2:
             first, last = blocks[0][0], blocks[-1][0]
             out = blocks[-1][1][-1]
-            n_sep = sum(1 for r in blocks[0][1] if r["kind"] == "depthwise")
+            n_sep = _n_separable(blocks[0][1])
             label = f"{first} … {last}\\n{len(blocks)} × ({n_sep} sep conv)\\n{out['out_channels']} ch, {out['output_size'][0]}×{out['output_size'][1]}"
             lines.append(f'middle_all [label="{label}", fillcolor="{colours[flow]}"];')
             lines.append(f"{previous} -> middle_all;")
@@ -69,7 +76,7 @@ def _diagram() -> str:
         else:
             for block, layers in blocks:
                 last = layers[-1]
-                n_sep = sum(1 for r in layers if r["kind"] == "depthwise")
+                n_sep = _n_separable(layers)
                 kinds = sorted({r["kind"] for r in layers} - {block})
                 what = f"{n_sep} sep conv" if n_sep else ", ".join(kinds) or "layer"
                 node = f"{flow}_{block}"
@@ -132,12 +139,19 @@ if flow_separable:
             "depthwise MACs": [s["depthwise_macs"] for s in flow_separable],
             "pointwise MACs": [s["pointwise_macs"] for s in flow_separable],
             "regular conv params": [s["regular_params"] for s in flow_separable],
+            "parts": [" → ".join(s.get("parts", ("depthwise", "pointwise"))) for s in flow_separable],
         }
     )
     st.dataframe(
         sep_frame, hide_index=True, width="stretch",
-        column_config={c: st.column_config.NumberColumn(format="localized") for c in sep_frame.columns[3:]},
+        column_config={c: st.column_config.NumberColumn(format="localized") for c in sep_frame.columns[3:8]},
     )
+    builds = sorted({s["spectrum_point"] for s in flow_separable if s.get("spectrum_point")})
+    if builds and any(not s.get("decomposable", True) for s in flow_separable):
+        st.caption(
+            "This model sits elsewhere on the paper's spectrum: " + "; ".join(builds) + ". "
+            "The depthwise columns count its 3×3 part (grouped, or a regular convolution at k = 1), the pointwise ones its 1×1 part."
+        )
 
 widgets.download("Layer table (CSV)", pd.DataFrame(rows).to_csv(index=False).encode(), f"layers-{model}.csv", "text/csv", "dl_layers")
 
@@ -153,33 +167,14 @@ widgets.forget_stale("spectrum_layer", names)
 chosen_name = st.selectbox("Layer", names, index=default, key="spectrum_layer",
                            format_func=lambda n: widgets.layer_label(next(s for s in separable if s["name"] == n)))
 chosen = next(s for s in separable if s["name"] == chosen_name)
-try:
-    points = session.spectrum(session.api_url(), model, chosen_name)["points"]
-except ApiError as error:
-    widgets.show_error(error)
-    st.stop()
-regular = points[0]
-spec_frame = pd.DataFrame(
-    {
-        "segments": [p["label"] for p in points],
-        "kind": [p["kind"] for p in points],
-        "params": [p["params"] for p in points],
-        "MACs": [p["macs"] for p in points],
-        "vs regular": [f"{p['params'] / regular['params']:.1%}" for p in points],
-    }
-)
-st.dataframe(
-    spec_frame, hide_index=True, width="stretch",
-    column_config={"params": st.column_config.NumberColumn(format="localized"), "MACs": st.column_config.NumberColumn(format="localized")},
-)
 
 
-def _spectrum_chart(column: str, colour: str) -> alt.Chart:
+def _bar_chart(frame: pd.DataFrame, column: str, colour: str) -> alt.Chart:
     return (
-        alt.Chart(spec_frame)
+        alt.Chart(frame)
         .mark_bar(color=colour)
         .encode(
-            x=alt.X("segments:N", sort=list(spec_frame["segments"]), title=None, axis=alt.Axis(labelAngle=0, labelLimit=160)),
+            x=alt.X("segments:N", sort=list(frame["segments"]), title=None, axis=alt.Axis(labelAngle=0, labelLimit=160)),
             y=alt.Y(f"{column}:Q", title=column),
             tooltip=["segments", "kind", alt.Tooltip(f"{column}:Q", format=",")],
         )
@@ -187,12 +182,100 @@ def _spectrum_chart(column: str, colour: str) -> alt.Chart:
     )
 
 
-left, right = st.columns(2)
-left.altair_chart(_spectrum_chart("params", "#4C78A8"), width="stretch")
-right.altair_chart(_spectrum_chart("MACs", "#F58518"), width="stretch")
-actual = chosen["depthwise_params"] + chosen["pointwise_params"]
+def counted(points: list[dict]) -> None:
+    """The chosen layer's spectrum as the API counts it (the core's formula: one definition)."""
+    regular = points[0]
+    frame = pd.DataFrame(
+        {
+            "segments": [p["label"] for p in points],
+            "kind": [p["kind"] for p in points],
+            "params": [p["params"] for p in points],
+            "MACs": [p["macs"] for p in points],
+            "vs regular": [f"{p['params'] / regular['params']:.1%}" for p in points],
+        }
+    )
+    st.dataframe(
+        frame, hide_index=True, width="stretch",
+        column_config={"params": st.column_config.NumberColumn(format="localized"), "MACs": st.column_config.NumberColumn(format="localized")},
+    )
+    left, right = st.columns(2)
+    left.altair_chart(_bar_chart(frame, "params", "#4C78A8"), width="stretch")
+    right.altair_chart(_bar_chart(frame, "MACs", "#F58518"), width="stretch")
+    actual = chosen["depthwise_params"] + chosen["pointwise_params"]
+    parts = chosen.get("parts", ["depthwise", "pointwise"])
+    where = "the right end of the spectrum" if chosen.get("decomposable", True) else chosen.get("spectrum_point", "")
+    st.caption(
+        f"{chosen_name}: this model's layer ({' → '.join(parts)}) has {actual:,} parameters "
+        f"({chosen['depthwise_params']:,} in its 3×3 part + {chosen['pointwise_params']:,} in its 1×1 part) and "
+        f"{chosen['depthwise_macs'] + chosen['pointwise_macs']:,} MACs — {where}."
+    )
+
+
+with widgets.api_errors():
+    counted(session.spectrum(session.api_url(), model, chosen_name)["points"])
+
+ORDER_NAMES = {None: "k = 1 (regular)", "depthwise-first": "depthwise first", "pointwise-first": "1×1 first"}
+ORDER_COLOURS = ["#444444", "#4C78A8", "#F58518"]
+
+
+def _measured_chart(frame: pd.DataFrame, column: str, title: str) -> alt.Chart:
+    base = alt.Chart(frame).encode(
+        x=alt.X(f"{column}:Q", scale=alt.Scale(type="log", zero=False), title=title),
+        y=alt.Y("val top-1:Q", scale=alt.Scale(zero=False), axis=alt.Axis(format="%"), title="validation top-1"),
+    )
+    dots = base.mark_point(filled=True, size=70).encode(
+        color=alt.Color("order:N", scale=alt.Scale(domain=list(ORDER_NAMES.values()), range=ORDER_COLOURS), legend=alt.Legend(orient="bottom")),
+        shape=alt.Shape("order:N", scale=alt.Scale(domain=list(ORDER_NAMES.values()), range=["circle", "square", "triangle-up"])),
+        tooltip=["point", "seed", alt.Tooltip(f"{column}:Q", format=","), alt.Tooltip("val top-1:Q", format=".1%")],
+    )
+    labels = base.mark_text(align="left", dx=6, dy=-6, fontSize=10).encode(text="k:N")
+    return (dots + labels).properties(height=380, title=f"validation top-1 against {title}")  # legend and axes included
+
+
+def measured(results: dict) -> None:
+    """The committed spectrum run: accuracy against parameters and MACs, and its table."""
+    pts = results["points"]
+    frame = pd.DataFrame(
+        {
+            "point": [p["label"] for p in pts],
+            "k": [str(p["segments"]) for p in pts],
+            "order": [ORDER_NAMES.get(p["order"], p["order"]) for p in pts],
+            "seed": [p["seed"] for p in pts],
+            "params": [p["params"] for p in pts],
+            "MACs": [p["macs"] for p in pts],
+            "val top-1": [p["val_top1"] for p in pts],
+            "infer ms/image": [p["infer_ms"] for p in pts],
+            "train step ms/image": [p["train_step_ms"] for p in pts],
+        }
+    )
+    left, right = st.columns(2)
+    left.altair_chart(_measured_chart(frame, "params", "parameters"), width="stretch")
+    right.altair_chart(_measured_chart(frame, "MACs", "MACs per image"), width="stretch")
+    st.dataframe(
+        frame, hide_index=True, width="stretch",
+        column_config={
+            "params": st.column_config.NumberColumn(format="localized"),
+            "MACs": st.column_config.NumberColumn(format="localized"),
+            "val top-1": st.column_config.NumberColumn(format="percent"),
+        },
+    )
+    conf, machine = results["settings"], results["machine"]
+    steps = max(p["steps"] for p in pts)
+    st.caption(
+        f"Whole networks of the bundled architecture (stem {conf.get('stem_channels')}, entry {conf.get('entry_channels')}, "
+        f"{conf.get('middle_repeats')} middle blocks, exit {conf.get('exit_channels')}, {conf.get('input_size')} px), "
+        f"every 3×3 convolution built as point k; {steps} training steps each on {conf.get('train_size'):,} generated images, "
+        f"validated on {conf.get('val_size'):,}. Parameters and MACs come from the same formula as the table above. "
+        f"Times measured on {machine.get('cpu')} ({machine.get('cores')} cores), interleaved. "
+        f"Source: {results['source']}."
+    )
+
+
+st.subheader("The spectrum, trained")
 st.caption(
-    f"{chosen_name}: the network's separable convolution has {actual:,} parameters "
-    f"({chosen['depthwise_params']:,} depthwise + {chosen['pointwise_params']:,} pointwise) and "
-    f"{chosen['depthwise_macs'] + chosen['pointwise_macs']:,} MACs — the right end of the spectrum."
+    "The paper leaves the points between a regular and a depthwise separable convolution unexplored. "
+    "Here each point was trained alike — same data, seeds and steps — and measured: "
+    "`xception-demo spectrum` reruns it offline (README: “The paper's spectrum, trained”)."
 )
+with widgets.api_errors():
+    measured(session.spectrum_results(session.api_url()))

@@ -65,7 +65,10 @@ with pick:
         l1, l2 = st.columns([3, 2])
         widgets.forget_stale("attr_layer", names)
         layer = l1.selectbox(f"Layer (for {', '.join(layer_methods)})", names, index=len(names) - 1, key="attr_layer")
-        part = l2.radio("Part", ["pointwise", "depthwise"], horizontal=True, key="attr_part")
+        row = next(s for s in table["separable_layers"] if s["name"] == layer)
+        parts = list(reversed(row.get("parts", ["depthwise", "pointwise"])))  # the layer's output part first
+        widgets.forget_stale("attr_part", parts)
+        part = l2.radio("Part", parts, horizontal=True, key="attr_part")
 with overlay:
     sign = st.radio("Sign", list(SIGNS), format_func=SIGNS.get, horizontal=True, key="attr_sign")
     opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="attr_opacity")

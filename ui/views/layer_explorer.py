@@ -1,5 +1,7 @@
 """Layer explorer: the depthwise (spatial) and pointwise (cross-channel) maps of a separable
-layer side by side, and how one pointwise channel is built from depthwise channels."""
+layer side by side, and how one pointwise channel is built from depthwise channels. Layers
+elsewhere on the paper's spectrum show their own parts (grouped, pointwise first, a regular
+convolution) in forward order; their decomposition is explained away, not drawn."""
 
 from __future__ import annotations
 
@@ -36,6 +38,14 @@ by_name = {r["name"]: r for r in groups[flow]}
 widgets.forget_stale(f"lx_layer_{flow}", list(by_name))
 layer = pick_layer.selectbox("Separable layer", list(by_name), format_func=lambda n: widgets.layer_label(by_name[n]), key=f"lx_layer_{flow}")
 row = by_name[layer]
+layer_parts = list(row.get("parts", ["depthwise", "pointwise"]))
+decomposable = row.get("decomposable", True)
+if not decomposable:
+    st.info(
+        f"This model sits elsewhere on the paper's spectrum: {layer} is **{row.get('spectrum_point', ' → '.join(layer_parts))}**. "
+        f"Its parts, in forward order: {' → '.join(layer_parts)}.",
+        icon=":material/info:",
+    )
 
 o1, o2, o3, o4, o5 = st.columns([3, 3, 2, 2, 3])
 top = o1.slider("Channels per part", 1, limits.max_channels, min(16, limits.max_channels), key="lx_top")
@@ -67,12 +77,12 @@ else:
 # ---------------------------------------------------------------- maps side by side
 common = {"layer": layer, "normalize": normalize, "colormap": colormap, "tile_px": TILE_PX}
 shown: dict[str, list[int]] = {}
-left, right = st.columns(2, gap="large")
-PARTS = (
-    ("depthwise", left, "Depthwise 3×3 · spatial", "one 3×3 filter per channel: where each channel's spatial pattern occurs", row["in_channels"]),
-    ("pointwise", right, "Pointwise 1×1 · cross-channel", "each map a weighted sum over all depthwise channels at the same pixel", row["out_channels"]),
-)
-for part, column, title, meaning, channel_count in PARTS:
+columns = st.columns(2, gap="large")
+if len(layer_parts) == 1:
+    columns[1].caption("A regular convolution has one part: nothing separates the spatial and the cross-channel mapping.")
+for part, column in zip(layer_parts, columns):
+    title, meaning = widgets.PART_TITLES.get(part, (part, ""))
+    channel_count = widgets.part_channels(table, layer, part)
     with column:
         st.subheader(title, help=meaning)
         with widgets.api_errors():
@@ -111,6 +121,15 @@ for part, column, title, meaning, channel_count in PARTS:
 # ---------------------------------------------------------------- decomposition
 st.divider()
 st.subheader("How a pointwise channel is built from depthwise channels")
+if not decomposable:
+    st.info(
+        "Only a depthwise separable layer (depthwise 3×3, then pointwise 1×1) decomposes exactly into one "
+        f"term per depthwise channel. {layer} is {row.get('spectrum_point', 'another point of the spectrum')}: "
+        "with the 1×1 first, each output mixes the layer's input before the 3×3; a grouped 3×3 mixes the channels "
+        "of its segment itself; a regular convolution has no 1×1 part. Open a separable model to see it.",
+        icon=":material/info:",
+    )
+    st.stop()
 st.caption(
     "Without an activation between them (the paper's configuration), pointwise channel j is the weighted sum "
     "Σᵢ W[j, i] · depthwiseᵢ of the depthwise maps, W being the 1×1 kernel. Below: the strongest terms, the rest, "
