@@ -213,8 +213,10 @@ def run(args: argparse.Namespace) -> dict:
 def table(result: dict) -> str:
     m = result["machine"]
     lines = [
-        f"{m['cpu']}, {m['cores']} cores, {m['threads']} torch threads, flags: {' '.join(m['flags']) or 'none of ' + ', '.join(FLAGS)}; "
-        f"torch {m['torch']}; {result['size']} px",
+        (
+            f"{m['cpu']}, {m['cores']} cores, {m['threads']} torch threads, flags: {' '.join(m['flags']) or 'none of ' + ', '.join(FLAGS)}; "
+            f"torch {m['torch']}; {result['size']} px"
+        ),
         "",
         "| measurement | n | median | ratio | target |",
         "| --- | --- | --- | --- | --- |",
