@@ -147,8 +147,8 @@ def build(settings: Settings) -> APIRouter:
                 description="Which quality figures to compute: `none` returns the map alone (fastest; no deletion / insertion "
                 "figures, whatever `auc_steps` defaults to), `auc` adds the deletion and insertion AUC (`auc_steps` steps), "
                 "`full` also the curves and, on request, `infidelity` and `sensitivity`. A figure asked for explicitly that "
-                "the level leaves out is a 422. Ask for `none` to show the map at once, then for `auc` (the map comes from "
-                "the server's cache, only the figures are computed)."
+                "the level leaves out is a 422. Ask for `none` to show the map at once, then for `auc` or `full` for the "
+                "figures (each level is cached on its own: the second request computes the map again with its figures)."
             ),
         ] = "full",
         params: dict[str, Any] = Depends(method_params),
