@@ -72,6 +72,9 @@ class Runtime:
             on_miss=lambda kind: metrics.cache_misses.labels(kind).inc(),
         )
         self.images = ImageStore(settings.image_store_bytes, settings.image_store_ttl_s)
+        metrics.image_store_bytes.set_function(lambda: self.images.stats()["bytes"])
+        metrics.image_store_entries.set_function(lambda: self.images.stats()["entries"])
+        metrics.attribution_cache_bytes.set_function(lambda: self.attributions.bytes)
         self.inference_pool = WorkPool("inference", settings.inference_workers, settings.max_pending_jobs, metrics)
         self.attribution_pool = WorkPool("attribution", settings.attribution_workers, settings.max_pending_jobs, metrics)
         self.cache_dtype = torch.float16 if settings.cache_activation_dtype == "float16" else torch.float32

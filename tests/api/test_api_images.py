@@ -143,3 +143,11 @@ def test_the_npy_of_an_id_equals_the_npy_of_the_body(client, png_images):
     first = client.post("/v1/activations?layer=entry.block3.sep1&top=3&format=npy", files=files(png))
     second = client.post(f"/v1/activations?layer=entry.block3.sep1&top=3&format=npy&image_id={hashlib.sha256(png).hexdigest()}")
     assert (load_npy(first.content) == load_npy(second.content)).all()
+
+
+def test_the_store_is_in_the_metrics(client, app, png):
+    client.post("/v1/images", files=files(png))
+    metrics = client.get("/metrics").text
+    stats = app.state.features.runtime.images.stats()
+    assert f"xception_image_store_bytes {float(stats['bytes'])}" in metrics and stats["bytes"] >= len(png)
+    assert f"xception_image_store_entries {float(stats['entries'])}" in metrics
