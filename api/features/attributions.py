@@ -9,6 +9,7 @@ the request's deadline; a float32 prediction of the same image lends its logits.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -52,21 +53,40 @@ class ExplainRequest:
 class Attributions:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        #: cache key -> done when the attribution being computed for it has finished (or failed)
+        self._running: dict[tuple, asyncio.Future] = {}
+        self.joined = 0  # requests that waited for an identical one's computation
 
     async def explain(self, request: ExplainRequest, deadline: Deadline) -> dict[str, Any] | BinaryResult:
         """The answer: from the attribution cache when an identical attribution was computed before
         (encoded in the inference pool, so a hit never waits behind a running attribution), else
-        computed in the attribution pool and cached."""
+        computed in the attribution pool and cached. An identical request that arrives while the
+        attribution is being computed waits for it instead of computing it again."""
         rt = self.runtime
         entry = await rt.model(request.model, deadline)
         check_target(entry, request.attribution.target)
         request = replace(request, attribution=with_quality(request.attribution, request.quality))
         resolved = validate(entry, request.attribution)
         key = self.cache_key(entry, request, resolved)
+        running = self._running.get(key)
+        if running is not None:
+            # the same attribution is being computed for another request: wait for it, not twice
+            self.joined += 1
+            try:
+                await asyncio.wait_for(asyncio.shield(running), timeout=max(deadline.remaining(), 0.0))
+            except (TimeoutError, asyncio.TimeoutError):
+                raise deadline.error() from None
         hit = rt.attributions.get(key)
         if hit is not None:
             return await rt.inference_pool.run(self._answer, entry, request, (key, hit, True), deadline, deadline=deadline, device=rt.device)
-        return await rt.attribution_pool.run(self._job, entry, request, key, deadline, deadline=deadline, device=rt.device)
+        done = asyncio.get_running_loop().create_future()
+        self._running.setdefault(key, done)
+        try:
+            return await rt.attribution_pool.run(self._job, entry, request, key, deadline, deadline=deadline, device=rt.device)
+        finally:
+            if self._running.get(key) is done:
+                del self._running[key]
+            done.set_result(None)
 
     def overlay(self, entry: LoadedModel, request: ExplainRequest, key: tuple, r: AttributionResult) -> bytes:
         """The overlay PNG of a result, rendered once per style (kept beside the result: a cache

@@ -104,3 +104,46 @@ def test_quality_none_with_an_explicit_figure_is_a_422(client, png):
     assert_problem(client.post("/v1/attributions?method=saliency&quality=auc&infidelity=true", files=files(png)), 422, "quality=full")
     assert client.post("/v1/attributions?method=saliency&quality=none&auc_steps=0&infidelity=false", files=files(png)).status_code == 200
     assert_problem(client.post("/v1/attributions?method=saliency&quality=most", files=files(png)), 422, "quality")
+
+
+def test_an_identical_request_during_the_computation_waits_for_it(tiny_model, png):
+    """Two identical requests at once (a browser's rerun): one computation, two answers."""
+    import threading
+
+    from apihelpers import wait_until
+
+    app = make_app(tiny_model, attribution_workers=2)
+    features = app.state.features
+    started, release = threading.Event(), threading.Event()
+    real_job = features.attributions._job
+    jobs = []
+
+    def slow_job(*args, **kwargs):
+        jobs.append(1)
+        started.set()
+        release.wait(60)
+        return real_job(*args, **kwargs)
+
+    features.attributions._job = slow_job
+    query = "/v1/attributions?method=saliency&quality=none&format=npy&seed=77"
+    answers = {}
+    with TestClient(app, raise_server_exceptions=False) as c:
+        c.post("/v1/predict", files=files(png))  # model loaded
+
+        def ask(name):
+            answers[name] = c.post(query, files=files(png))
+
+        first = threading.Thread(target=ask, args=("first",))
+        first.start()
+        assert started.wait(60)
+        second = threading.Thread(target=ask, args=("second",))
+        second.start()
+        try:
+            wait_until(lambda: features.attributions.joined == 1, "the second request to wait for the first", timeout=60)
+        finally:
+            release.set()
+        first.join(60)
+        second.join(60)
+    assert len(jobs) == 1
+    assert answers["first"].headers["x-cache"] == "miss" and answers["second"].headers["x-cache"] == "hit"
+    assert answers["first"].content == answers["second"].content
