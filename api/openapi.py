@@ -8,6 +8,8 @@ says less than the server enforces.
   read only one of the two styles otherwise send the image as a text part), an ``image`` part
   has 1 to ``max_upload_bytes`` bytes, the batch 1 to ``max_batch_images`` parts, and a multipart
   body has no field but its images (``additionalProperties: false``): what :mod:`api.deps` enforces.
+  On the analysis endpoints the ``image`` part is optional (not nullable) and the body not
+  required, since the query's ``image_id`` may name a stored image instead.
 * Errors are ``application/problem+json``; every operation has its curl example
   (``x-codeSamples``) and documents ``X-Request-ID``. The 401 answer is documented only when the
   service has an API key (then the routes also declare the ``X-API-Key`` security scheme).
