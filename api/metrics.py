@@ -46,6 +46,11 @@ class Metrics:
         self.cache_evictions = Counter("xception_cache_evictions", "Entries evicted from the cache", registry=r)
         self.cache_bytes = Gauge("xception_cache_bytes", "Bytes held by the cache", registry=r)
         self.cache_entries = Gauge("xception_cache_entries", "Entries held by the cache", registry=r)
+        self.image_store_bytes = Gauge("xception_image_store_bytes", "Bytes of uploaded images kept for reuse by image_id", registry=r)
+        self.image_store_entries = Gauge("xception_image_store_entries", "Uploaded images kept for reuse by image_id", registry=r)
+        self.attribution_cache_bytes = Gauge(
+            "xception_attribution_cache_bytes", "Bytes held by the cache of finished attributions (and their overlays)", registry=r
+        )
         self.queue_depth = Gauge("xception_pool_pending_jobs", "Jobs queued or running per worker pool", ("pool",), registry=r)
         self.rejected = Counter("xception_pool_rejected", "Jobs refused because a pool was full (503)", ("pool",), registry=r)
         self.timeouts = Counter("xception_deadline_exceeded", "Requests that ran past their deadline (504)", ("kind",), registry=r)

@@ -8,6 +8,8 @@ says less than the server enforces.
   read only one of the two styles otherwise send the image as a text part), an ``image`` part
   has 1 to ``max_upload_bytes`` bytes, the batch 1 to ``max_batch_images`` parts, and a multipart
   body has no field but its images (``additionalProperties: false``): what :mod:`api.deps` enforces.
+  On the analysis endpoints the ``image`` part is optional (not nullable) and the body not
+  required, since the query's ``image_id`` may name a stored image instead.
 * Errors are ``application/problem+json``; every operation has its curl example
   (``x-codeSamples``) and documents ``X-Request-ID``. The 401 answer is documented only when the
   service has an API key (then the routes also declare the ``X-API-Key`` security scheme).
@@ -81,7 +83,15 @@ def _multipart_bodies(schema: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _complete_body(body: dict[str, Any], settings: Settings) -> None:
     body["additionalProperties"] = False
-    for field in body.get("properties", {}).values():
+    properties = body.get("properties", {})
+    for name, field in list(properties.items()):
+        options = field.get("anyOf", [])
+        files = [o for o in options if _is_file(o)]
+        if files and len(options) == 2 and {"type": "null"} in options:
+            # an optional file part (``image_id`` may stand in for it) is one that may be left
+            # out, not one that may be "null": the part's schema alone, not required
+            field.pop("anyOf")
+            properties[name] = field = {**files[0], **field}
         for option in field.get("anyOf", [field]):
             if _is_file(option):
                 _mark_binary(option)

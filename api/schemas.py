@@ -74,6 +74,11 @@ class ModelDetail(ModelSummary):
     engine: EngineState | None = Field(
         None, description="How predictions run while the model is loaded; null when it is not loaded."
     )
+    warmup_ms: dict[str, float] | None = Field(
+        None,
+        description="Milliseconds each engine's warm-up took when the model loaded (predict, capture, replica, "
+        "replica_fused); null when it is not loaded or `warm_up` is off.",
+    )
 
 
 class LayerRow(BaseModel):
@@ -201,6 +206,16 @@ class PredictResponse(BaseModel):
     cached: bool = Field(description="Whether the logits came from the cache.")
     predictions: list[PredictionItem]
     timing_ms: float = Field(description="Server time for this request, in milliseconds.")
+
+
+class ImageInfo(BaseModel):
+    image_id: str = Field(description="sha256 (hex) of the uploaded bytes: pass it as `image_id` to any analysis endpoint instead of the image.")
+    width: int = Field(ge=1, description="Width in pixels, upright (after EXIF orientation).")
+    height: int = Field(ge=1, description="Height in pixels, upright (after EXIF orientation).")
+    format: str | None = Field(description="Container format (JPEG, PNG, WEBP, BMP, GIF, TIFF).")
+    bytes: int = Field(ge=1, description="Size of the stored file in bytes.")
+    expires_at: str = Field(description="When the image leaves the store unless it is used again (UTC, ISO 8601); every use renews it.")
+    ttl_s: float = Field(description="Seconds an image is kept after its last use (setting `image_store_ttl_s`).")
 
 
 class BatchItem(BaseModel):
@@ -332,11 +347,15 @@ class AttributionResponse(BaseModel):
     precision: Literal["fp32", "mixed"]
     shape: list[int] = Field(description="Shape of the raw attribution (format=npy returns it): [3, H, W] for input methods, [1, h, w] for layer_gradcam, [C] for channel_importance.")
     value_range: list[float | None] = Field(description="[min, max] of the heatmap.")
+    quality_level: Literal["none", "auc", "full"] = Field(description="The `quality` the request asked for.")
     quality: dict[str, float | None] = Field(
         description="Quality figures: convergence_delta (integrated_gradients, deeplift), deletion_auc and insertion_auc "
-        "(unless auc_steps=0), infidelity and sensitivity_max (on request)."
+        "(unless quality=none or auc_steps=0), infidelity and sensitivity_max (quality=full, on request)."
     )
-    curves: dict[str, list[float | None]] = Field(default_factory=dict, description="Deletion / insertion curves (fractions, deletion, insertion).")
+    curves: dict[str, list[float | None]] = Field(
+        default_factory=dict, description="Deletion / insertion curves (fractions, deletion, insertion); quality=full only."
+    )
+    cached: bool = Field(description="Whether the attribution came from the server's cache (also the `X-Cache` header: hit or miss).")
     channel_ranking: list[ChannelScore] | None = Field(None, description="channel_importance only: channels by decreasing score (at most max_channels).")
     overlay_png: str = Field(description="Heatmap over the (preprocessed) input as a base64 PNG.")
     timing_ms: float = Field(description="Server time for this request.")
