@@ -7,8 +7,9 @@ import os
 import re
 import unicodedata
 from collections.abc import Callable
+from typing import Annotated
 
-from fastapi import Request, Security
+from fastapi import Query, Request, Security
 from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -17,6 +18,7 @@ from .auth import API_KEY_HEADER, api_key_valid, unauthorized
 from .errors import ApiError
 from .features import Features
 from .features.predict import BatchPart
+from .images import IMAGE_ID_PATTERN
 from .runtime import Runtime, Upload
 from .settings import Settings
 from .workers import Deadline
@@ -60,6 +62,15 @@ def deadline(kind: str) -> Callable[[Request], Deadline]:
 
     return dependency
 
+
+ImageIdQuery = Annotated[
+    str | None,
+    Query(
+        pattern=IMAGE_ID_PATTERN,
+        description="Instead of the 'image' field: the image_id (sha256) of an image uploaded before (POST /v1/images, "
+        "or any analysis request). Unknown or expired: 404, upload again.",
+    ),
+]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._ ()+-]")
 
@@ -109,24 +120,59 @@ def _require_multipart(request: Request, field: str) -> None:
         )
 
 
-async def read_image(request: Request) -> Upload:
+async def read_upload(request: Request) -> Upload:
     """The single ``image`` part of the multipart body, hashed (the route declares it for OpenAPI)."""
-    settings = get_settings(request)
     _require_multipart(request, "image")
     form = await request.form()
     _check_form(form, "image")
     parts = form.getlist("image")
     if len(parts) != 1:
         raise ApiError(422, "one-image-expected", f"send exactly one 'image' field (got {len(parts)}); use /v1/predict/batch for several")
-    part = parts[0]
+    return await _upload(parts[0], get_settings(request).max_upload_bytes)
+
+
+async def _upload(part: object, limit: int) -> Upload:
     if not isinstance(part, UploadFile):
         raise ApiError(422, "image-not-a-file", "form field 'image' must be a file upload (curl -F image=@photo.jpg), not a text value")
-    data = await _read(part, settings.max_upload_bytes)
-    if len(data) > settings.max_upload_bytes:
-        raise ApiError(413, "upload-too-large", f"the image is over the limit of {settings.max_upload_bytes} bytes; send a smaller image")
+    data = await _read(part, limit)
+    if len(data) > limit:
+        raise ApiError(413, "upload-too-large", f"the image is over the limit of {limit} bytes; send a smaller image")
     if not data:
         raise ApiError(422, "empty-upload", "the uploaded image is empty (0 bytes); send an image file")
     return Upload(data, await _hash(data))
+
+
+def _has_body(request: Request) -> bool:
+    return request.headers.get("content-length") not in (None, "0") or "transfer-encoding" in request.headers
+
+
+async def read_image(request: Request, image_id: ImageIdQuery = None) -> Upload:
+    """The image of an analysis request: the multipart ``image`` part, or the stored image that
+    ``image_id`` names (exactly one of the two)."""
+    if image_id is None:
+        if not _has_body(request) and not request.headers.get("content-type"):
+            raise ApiError(
+                422,
+                "image-required",
+                "send the image as the multipart/form-data field 'image' (curl -F image=@photo.jpg), or name an image "
+                "uploaded before with the query parameter image_id (POST /v1/images returns it)",
+                parameter="image",
+            )
+        return await read_upload(request)
+    if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        form = await request.form()
+        _check_form(form, "image")
+        if form.getlist("image"):
+            raise ApiError(
+                422,
+                "image-and-image-id",
+                "send either the 'image' field or the image_id query parameter, not both",
+                parameter="image_id",
+            )
+    elif _has_body(request):
+        raise ApiError(422, "image-and-image-id", "with image_id the request has no body: send either the image or image_id, not both", parameter="image_id")
+    stored = get_runtime(request).images.require(image_id)
+    return Upload(stored.data, stored.sha, stored=True)
 
 
 async def read_images(request: Request) -> list[BatchPart]:

@@ -30,7 +30,21 @@ EXAMPLES: list[tuple[str, str, str, str]] = [
         f"curl -s -o dots.png '{BASE}/v1/samples/generated-04?variant=7'\n"
         f"curl -s {BASE}/v1/samples/chelsea | curl -s -F image=@- '{BASE}/v1/predict?top_k=3'",
     ),
-    ("POST", "/v1/predict", "Top-5 classes of one image", f"curl -s -F image=@photo.jpg '{BASE}/v1/predict?top_k=5'"),
+    (
+        "POST",
+        "/v1/images",
+        "Store an image once (nothing is computed); then name it with `image_id` instead of sending it again, on any analysis endpoint",
+        f"ID=$(curl -s -F image=@photo.jpg {BASE}/v1/images | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"image_id\"])')\n"
+        f"curl -s -X POST '{BASE}/v1/predict?image_id='$ID\n"
+        f"curl -s -X POST '{BASE}/v1/attributions?method=saliency&quality=none&image_id='$ID",
+    ),
+    (
+        "POST",
+        "/v1/predict",
+        "Top-5 classes of one image; the same image again by its `image_id` (404 once it left the store: upload again)",
+        f"curl -s -F image=@photo.jpg '{BASE}/v1/predict?top_k=5'\n"
+        f"curl -s -X POST '{BASE}/v1/predict?top_k=5&image_id=<image_id of an earlier answer>'",
+    ),
     (
         "POST",
         "/v1/predict/batch",

@@ -27,7 +27,7 @@ from .metrics import Metrics
 from .middleware import REQUEST_ID_HEADER, ApiKeyMiddleware, RequestContextMiddleware
 from .openapi import build_schema, operation_id
 from .registry import ModelRegistry
-from .routers import activations, attributions, health, models, predict, samples
+from .routers import activations, attributions, health, images, models, predict, samples
 from .settings import Settings
 
 log = logging.getLogger("api.main")
@@ -41,6 +41,8 @@ from depthwise channels, and Captum attributions of the prediction.
 * Analysis endpoints take the image as the multipart field `image` (the body carries only the image);
   every other parameter, including `model`, goes in the query string.
 * `image_id` is the sha256 of the uploaded bytes; the server caches by it, so repeated calls on one image are cheap.
+  The image is kept for a while (`POST /v1/images` stores one without computing anything): instead of the
+  `image` field, a request may name it with the query parameter `image_id` (404 once it is gone: upload again).
 * Errors are `application/problem+json` (`type`, `title`, `status`, `detail`), with a `detail` that says what to fix.
 * Every response carries `X-Request-ID` (a sane client-supplied one is kept).
 """
@@ -100,7 +102,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.include_router(health.build(settings))
     # the dependency declares the X-API-Key scheme in OpenAPI: only when there is a key to send
     secured = [Depends(require_api_key)] if settings.api_key is not None else []
-    for module in (models, samples, predict, activations, attributions):
+    for module in (models, samples, images, predict, activations, attributions):
         app.include_router(module.build(settings), dependencies=secured)
 
     # add_middleware: the last added runs first (outermost).
@@ -117,7 +119,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["X-API-Key", "X-Request-ID", "Content-Type"],
-            expose_headers=[REQUEST_ID_HEADER, "X-Image-Id", "X-Channels", "X-Shape", "X-Target", "X-Attribution-Ms"],
+            expose_headers=[REQUEST_ID_HEADER, "X-Image-Id", "X-Channels", "X-Shape", "X-Target", "X-Attribution-Ms", "X-Cache"],
             allow_credentials=False,
         )
     app.add_middleware(RequestContextMiddleware, metrics=metrics, access=settings.access_log)

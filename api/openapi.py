@@ -81,7 +81,15 @@ def _multipart_bodies(schema: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _complete_body(body: dict[str, Any], settings: Settings) -> None:
     body["additionalProperties"] = False
-    for field in body.get("properties", {}).values():
+    properties = body.get("properties", {})
+    for name, field in list(properties.items()):
+        options = field.get("anyOf", [])
+        files = [o for o in options if _is_file(o)]
+        if files and len(options) == 2 and {"type": "null"} in options:
+            # an optional file part (``image_id`` may stand in for it) is one that may be left
+            # out, not one that may be "null": the part's schema alone, not required
+            field.pop("anyOf")
+            properties[name] = field = {**files[0], **field}
         for option in field.get("anyOf", [field]):
             if _is_file(option):
                 _mark_binary(option)

@@ -18,10 +18,12 @@ byte-bounded cache (:mod:`api.cache`), keyed by the model's key and the upload's
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass
 
 import torch
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from xception_core.decode import decode_image
@@ -30,6 +32,7 @@ from xception_core.transform import eval_transform
 
 from .cache import ByteLRU
 from .errors import ApiError, invalid_choice, out_of_range
+from .images import ImageStore, StoredImage
 from .metrics import Metrics
 from .registry import LoadedModel, ModelRegistry
 from .settings import Settings
@@ -42,10 +45,12 @@ CAPTURED = ("depthwise", "pointwise", "input")
 
 @dataclass(frozen=True)
 class Upload:
-    """An uploaded image: its bytes and their sha256 (the ``image_id``)."""
+    """An uploaded image: its bytes and their sha256 (the ``image_id``); ``stored``: it came
+    from the image store (``?image_id=``), not from the request's body."""
 
     data: bytes
     sha: str
+    stored: bool = False
 
 
 class Runtime:
@@ -60,6 +65,13 @@ class Runtime:
             on_evict=lambda n: metrics.cache_evictions.inc(n),
             on_size=lambda b, n: (metrics.cache_bytes.set(b), metrics.cache_entries.set(n)),
         )
+        # finished attributions (api.features.attributions), apart: they must not evict layer maps
+        self.attributions = ByteLRU(
+            settings.attribution_cache_bytes,
+            on_hit=lambda kind: metrics.cache_hits.labels(kind).inc(),
+            on_miss=lambda kind: metrics.cache_misses.labels(kind).inc(),
+        )
+        self.images = ImageStore(settings.image_store_bytes, settings.image_store_ttl_s)
         self.inference_pool = WorkPool("inference", settings.inference_workers, settings.max_pending_jobs, metrics)
         self.attribution_pool = WorkPool("attribution", settings.attribution_workers, settings.max_pending_jobs, metrics)
         self.cache_dtype = torch.float16 if settings.cache_activation_dtype == "float16" else torch.float32
@@ -94,13 +106,35 @@ class Runtime:
         key = ("input", entry.key, upload.sha)
         x = self.cache.get(key)
         if x is not None:
+            self.keep(upload)
             return x, True
         if not upload.data:
             raise ApiError(422, "empty-upload", "the uploaded image is empty (0 bytes); send an image file")
         image = decode_image(upload.data, max_pixels=self.settings.max_image_pixels)
+        self.keep(upload, image)
         x = eval_transform(image, entry.preprocess).contiguous()
         self.cache.put(key, x)
         return x, False
+
+    def keep(self, upload: Upload, image: Image.Image | None = None) -> None:
+        """Put an uploaded image that decoded (now or before) into the image store, so that its
+        ``image_id`` serves later requests; an image that came from the store is left as is."""
+        if not upload.stored:
+            size = image.size if image is not None else (None, None)
+            self.images.put(upload.sha, upload.data, *size, image_format(upload.data) if image is not None else None)
+
+    def describe(self, upload: Upload) -> StoredImage:
+        """Decode an upload (the same checks as every analysis), store it, return what was stored
+        (``POST /v1/images``; a worker thread's job)."""
+        image = decode_image(upload.data, max_pixels=self.settings.max_image_pixels)
+        stored = self.images.put(upload.sha, upload.data, image.width, image.height, image_format(upload.data))
+        if stored is None:
+            raise ApiError(
+                413, "image-store-too-small",
+                f"the image ({len(upload.data)} bytes) is larger than the whole image store ({self.images.max_bytes} bytes, "
+                "XCEPTION_IMAGE_STORE_BYTES); send it with each request instead",
+            )
+        return stored
 
     def layer_maps(self, entry: LoadedModel, upload: Upload, layer: str, deadline: Deadline | None) -> tuple[dict[str, torch.Tensor], bool]:
         """The three parts' maps ``[C, H, W]`` of one separable layer (one capture for all three),
@@ -108,6 +142,7 @@ class Runtime:
         key = ("layer", entry.key, upload.sha, layer)
         maps = self.cache.get(key)
         if maps is not None:
+            self.keep(upload)
             return maps, True
         x, _ = self.input(entry, upload)
         if deadline is not None:
@@ -123,6 +158,15 @@ class Runtime:
         if self.cache.peek(logits_key) is None:
             self.cache.put(logits_key, (logits[0].detach().float().cpu().clone(), "fp32"))
         return maps, False
+
+
+def image_format(data: bytes) -> str | None:
+    """The container format of bytes that decoded (Pillow's name: JPEG, PNG, ...), from the header."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.format
+    except Exception:  # noqa: BLE001 - a fact for the answer, not a check
+        return None
 
 
 def on_device(x: torch.Tensor, entry: LoadedModel) -> torch.Tensor:

@@ -155,6 +155,16 @@ class PredictResponse(BaseModel):
     timing_ms: float = Field(description="Server time for this request, in milliseconds.")
 
 
+class ImageInfo(BaseModel):
+    image_id: str = Field(description="sha256 (hex) of the uploaded bytes: pass it as `image_id` to any analysis endpoint instead of the image.")
+    width: int = Field(ge=1, description="Width in pixels, upright (after EXIF orientation).")
+    height: int = Field(ge=1, description="Height in pixels, upright (after EXIF orientation).")
+    format: str | None = Field(description="Container format (JPEG, PNG, WEBP, BMP, GIF, TIFF).")
+    bytes: int = Field(ge=1, description="Size of the stored file in bytes.")
+    expires_at: str = Field(description="When the image leaves the store unless it is used again (UTC, ISO 8601); every use renews it.")
+    ttl_s: float = Field(description="Seconds an image is kept after its last use (setting `image_store_ttl_s`).")
+
+
 class BatchItem(BaseModel):
     position: int = Field(description="0-based position of the part in the request.")
     filename: str | None = Field(None, description="The part's file name, reduced to a safe base name.")

@@ -160,6 +160,27 @@ class Settings(BaseSettings):
         le=1024 * 1024 * MiB,
         description="Bytes of preprocessed inputs, logits and captured layers kept (LRU); 0 disables the cache.",
     )
+    image_store_bytes: int = Field(
+        256 * MiB,
+        ge=0,
+        le=1024 * 1024 * MiB,
+        description="Bytes of uploaded images kept for reuse by `image_id` (least recently used first out); "
+        "0 keeps none (every request then sends its image).",
+    )
+    image_store_ttl_s: float = Field(
+        3600.0,
+        gt=0,
+        le=30 * 86400,
+        description="Seconds an uploaded image is kept after it was last stored or used; after that its "
+        "`image_id` answers 404 (upload again via `POST /v1/images`).",
+    )
+    attribution_cache_bytes: int = Field(
+        128 * MiB,
+        ge=0,
+        le=1024 * 1024 * MiB,
+        description="Bytes of finished attributions kept (LRU; a repeated identical request is answered from "
+        "it, `X-Cache: hit`); 0 disables it.",
+    )
     cache_activation_dtype: Literal["float32", "float16"] = Field(
         "float32",
         description="dtype of cached layer maps; `float16` halves their memory at ~1e-3 relative precision "

@@ -140,6 +140,7 @@ class Predictions:
         """((cached logits, precision), None) or (None, preprocessed input); a worker thread's job."""
         hit = self.runtime.cache.get(("logits", entry.key, upload.sha))
         if hit is not None:
+            self.runtime.keep(upload)
             return hit, None
         x, _ = self.runtime.input(entry, upload)
         return None, x

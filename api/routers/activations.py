@@ -4,7 +4,7 @@
 import re
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, File, Query, UploadFile
+from fastapi import APIRouter, Depends, Query
 
 from xception_core import render
 
@@ -17,7 +17,7 @@ from ..runtime import Upload
 from ..schemas import ActivationsResponse, DecompositionResponse
 from ..settings import Settings
 from ..workers import Deadline
-from .common import ANALYSIS_ERRORS, IMAGE_DESCRIPTION, ModelQuery, binary, binary_content, problems
+from .common import ANALYSIS_ERRORS, ImageField, ModelQuery, binary, binary_content, problems
 
 Colormap = Literal[render.COLORMAPS]  # type: ignore[valid-type]
 #: one channel index, with optional spaces (ASCII only: the same in Python and ECMAScript regexes)
@@ -76,8 +76,8 @@ def build(settings: Settings) -> APIRouter:
         responses={200: {"content": binary_content(None, "image/png", "application/x-npy"), "description": "JSON, PNG montage or NPY array (per `format`)."}, **ANALYSIS_ERRORS},
     )
     async def activations(
-        image: Annotated[UploadFile, File(description=IMAGE_DESCRIPTION)],
         layer: LayerQ,
+        image: ImageField = None,
         upload: Upload = Depends(read_image),
         model: ModelQuery = None,
         part: Annotated[
@@ -147,9 +147,9 @@ def build(settings: Settings) -> APIRouter:
         responses={200: {"content": binary_content(None, "image/png", "application/x-npz"), "description": "JSON, PNG montage or NPZ arrays (per `format`)."}, **ANALYSIS_ERRORS},
     )
     async def decomposition(
-        image: Annotated[UploadFile, File(description=IMAGE_DESCRIPTION)],
         layer: LayerQ,
         channel: Annotated[int, Query(ge=0, le=100_000, description="Pointwise output channel: 0..C_out-1 of the layer.")],
+        image: ImageField = None,
         upload: Upload = Depends(read_image),
         model: ModelQuery = None,
         top: Annotated[int, Query(ge=1, le=max_ch, description=f"How many contributions to return, strongest first (1..{max_ch}).")] = 8,

@@ -5,7 +5,7 @@ import inspect
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, File, Query, UploadFile
+from fastapi import APIRouter, Depends, Query
 
 from xception_core import attributions as core_attr
 from xception_core import render
@@ -18,7 +18,7 @@ from ..runtime import Upload
 from ..schemas import AttributionResponse, MethodList
 from ..settings import Settings
 from ..workers import Deadline
-from .common import ANALYSIS_ERRORS, IMAGE_DESCRIPTION, ModelQuery, binary, binary_content, problems
+from .common import ANALYSIS_ERRORS, ImageField, ModelQuery, binary, binary_content, problems
 
 Method = Literal[tuple(core_attr.METHODS)]  # type: ignore[valid-type]
 OverlayColormap = Literal[render.COLORMAPS]  # type: ignore[valid-type]
@@ -118,7 +118,7 @@ def build(settings: Settings) -> APIRouter:
         responses={200: {"content": binary_content(None, "image/png", "application/x-npy"), "description": "JSON, overlay PNG or NPY array (per `format`)."}, **ANALYSIS_ERRORS},
     )
     async def attributions(
-        image: Annotated[UploadFile, File(description=IMAGE_DESCRIPTION)],
+        image: ImageField = None,
         upload: Upload = Depends(read_image),
         model: ModelQuery = None,
         method: Annotated[Method, Query(description="Attribution method (GET /v1/methods lists them with their parameters).")] = "integrated_gradients",

@@ -3,7 +3,7 @@
 
 from typing import Annotated, Any
 
-from fastapi import Query
+from fastapi import File, Query, UploadFile
 from fastapi.responses import Response
 
 from ..encodings import BinaryResult
@@ -12,7 +12,7 @@ from ..schemas import Problem
 _DESCRIPTIONS = {
     400: "Malformed request (e.g. a Content-Length that is not a number).",
     401: "Missing or wrong X-API-Key (only when the service has an API key).",
-    404: "Unknown model (the detail lists the valid ids).",
+    404: "Unknown model (the detail lists the valid ids), or an `image_id` that is not (or no longer) stored (upload the image again).",
     408: "The request body stalled (no bytes for body_timeout_s seconds).",
     409: "The model is known but its weights are not installed (the detail says how to get them).",
     413: "Upload over the size limit, or an image with more pixels than allowed.",
@@ -42,6 +42,14 @@ IMAGE_DESCRIPTION = (
     "The image file (JPEG, PNG, WEBP, BMP, GIF or TIFF; at most the configured upload size and pixel count). "
     "The content type the client claims is ignored: the bytes decide."
 )
+
+
+#: The ``image`` part of an analysis request: optional in the schema, since ``image_id`` may name a
+#: stored image instead (:func:`api.deps.read_image` enforces exactly one of the two).
+ImageField = Annotated[
+    UploadFile | None,
+    File(description=IMAGE_DESCRIPTION + " Leave it out when the query names a stored image with `image_id`."),
+]
 
 
 def header_name(fact: str) -> str:

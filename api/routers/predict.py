@@ -12,7 +12,7 @@ from ..runtime import Upload
 from ..schemas import BatchResponse, PredictResponse
 from ..settings import Settings
 from ..workers import Deadline
-from .common import ANALYSIS_ERRORS, IMAGE_DESCRIPTION, ModelQuery
+from .common import ANALYSIS_ERRORS, IMAGE_DESCRIPTION, ImageField, ModelQuery
 
 
 def build(settings: Settings) -> APIRouter:
@@ -29,7 +29,7 @@ def build(settings: Settings) -> APIRouter:
 
     @router.post("/predict", response_model=PredictResponse, summary="Classify one image", responses=ANALYSIS_ERRORS)
     async def predict(
-        image: Annotated[UploadFile, File(description=IMAGE_DESCRIPTION)],
+        image: ImageField = None,
         upload: Upload = Depends(read_image),
         model: ModelQuery = None,
         top_k: TopK = 5,

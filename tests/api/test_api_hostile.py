@@ -204,7 +204,7 @@ def test_extra_form_field_is_refused(hclient, base):
     [
         ({"json": {"image": "aGVsbG8="}}, 415, "application/json"),
         ({"content": b"\x89PNG raw body", "headers": {"content-type": "image/png"}}, 415, "image/png"),
-        ({"content": b""}, 415, "multipart"),
+        ({"content": b""}, 422, "multipart/form-data field 'image'"),
         ({"content": b"--x\r\nbroken", "headers": {"content-type": "multipart/form-data; boundary=x"}}, 422, "exactly one 'image'"),
         ({"content": b"abc", "headers": {"content-type": "multipart/form-data"}}, 400, "multipart/form-data"),
     ],

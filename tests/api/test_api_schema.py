@@ -136,6 +136,7 @@ OPERATION_IDS = {
     ("get", "/v1/models/{model_id}/classes"): "getModelClasses",
     ("get", "/v1/samples"): "listSamples",
     ("get", "/v1/samples/{sample_id}"): "getSampleImage",
+    ("post", "/v1/images"): "uploadImage",
     ("post", "/v1/predict"): "predict",
     ("post", "/v1/predict/batch"): "predictBatch",
     ("get", "/v1/colormaps"): "listColormaps",
@@ -165,7 +166,9 @@ def test_file_fields_are_binary_in_both_styles_with_the_servers_bounds():
     spec = _app.openapi()
     settings = _app.state.settings
     uploads = {key: op for key, op in _operations(spec).items() if "requestBody" in op}
-    assert set(uploads) == {("post", p) for p in ("/v1/predict", "/v1/predict/batch", "/v1/activations", "/v1/decomposition", "/v1/attributions")}
+    assert set(uploads) == {
+        ("post", p) for p in ("/v1/images", "/v1/predict", "/v1/predict/batch", "/v1/activations", "/v1/decomposition", "/v1/attributions")
+    }
     for key, op in uploads.items():
         body = _multipart_schema(spec, op)
         assert body["additionalProperties"] is False, key
@@ -177,6 +180,12 @@ def test_file_fields_are_binary_in_both_styles_with_the_servers_bounds():
         else:
             assert set(body["properties"]) == {"image"}, key
             part = body["properties"]["image"]
+            # image_id (query) may stand in for the part: optional, not nullable; /v1/images needs it
+            assert body.get("required", []) == (["image"] if key[1] == "/v1/images" else []), key
+            assert op["requestBody"].get("required", False) is (key[1] == "/v1/images"), key
+            params = {p["name"]: p for p in op.get("parameters", [])}
+            if key[1] != "/v1/images":
+                assert params["image_id"]["schema"]["anyOf"][0]["pattern"] == "^[0-9a-f]{64}$", key
             assert (part["minLength"], part["maxLength"]) == (1, settings.max_upload_bytes), key
         assert (part["type"], part["format"], part["contentMediaType"]) == ("string", "binary", "application/octet-stream"), key
 
