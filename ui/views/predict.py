@@ -150,7 +150,7 @@ with result:
         size = f" · {len(image.data):,} bytes" if image.data is not None else ""
         st.caption(f"{described}{size}  \nimage_id `{image.image_id[:16]}…`")
         if stored:
-            until = f", kept until {stored['expires']}" if stored.get("expires") else ""
+            until = f", kept until {stored['expires_at']} after its last use" if stored.get("expires_at") else ""
             st.caption(f"Stored on the server once ({stored.get('width')}×{stored.get('height')} {stored.get('format', '')}{until}); "
                        "every page names it by its id, and the address bar is a link to this view.")
         if image.true_label:
