@@ -294,11 +294,15 @@ class AttributionResponse(BaseModel):
     precision: Literal["fp32", "mixed"]
     shape: list[int] = Field(description="Shape of the raw attribution (format=npy returns it): [3, H, W] for input methods, [1, h, w] for layer_gradcam, [C] for channel_importance.")
     value_range: list[float | None] = Field(description="[min, max] of the heatmap.")
+    quality_level: Literal["none", "auc", "full"] = Field(description="The `quality` the request asked for.")
     quality: dict[str, float | None] = Field(
         description="Quality figures: convergence_delta (integrated_gradients, deeplift), deletion_auc and insertion_auc "
-        "(unless auc_steps=0), infidelity and sensitivity_max (on request)."
+        "(unless quality=none or auc_steps=0), infidelity and sensitivity_max (quality=full, on request)."
     )
-    curves: dict[str, list[float | None]] = Field(default_factory=dict, description="Deletion / insertion curves (fractions, deletion, insertion).")
+    curves: dict[str, list[float | None]] = Field(
+        default_factory=dict, description="Deletion / insertion curves (fractions, deletion, insertion); quality=full only."
+    )
+    cached: bool = Field(description="Whether the attribution came from the server's cache (also the `X-Cache` header: hit or miss).")
     channel_ranking: list[ChannelScore] | None = Field(None, description="channel_importance only: channels by decreasing score (at most max_channels).")
     overlay_png: str = Field(description="Heatmap over the (preprocessed) input as a base64 PNG.")
     timing_ms: float = Field(description="Server time for this request.")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ from xception_core import render
 from xception_core.attributions import AttributionRequest, AttributionResult, get_method
 from xception_core.transform import to_pixels
 
+from ..errors import ApiError
 from ..encodings import BinaryResult, b64png, finite, joined, npy_bytes
 from ..registry import LoadedModel
 from ..runtime import Runtime, Upload, check_target
@@ -32,7 +33,9 @@ from ..workers import Deadline, DeadlineExceeded
 class ExplainRequest:
     """An attribution request: what to attribute (the core's request: method, target, layer,
     part, parameters) and how to answer (``fmt`` json / png / npy; for npy the ``array``; the
-    overlay's ``sign``, ``opacity`` and ``colormap``); ``precision`` None: the settings'."""
+    overlay's ``sign``, ``opacity`` and ``colormap``); ``precision`` None: the settings'.
+    ``quality``: ``none`` (the map alone: no deletion / insertion figures), ``auc`` (their two
+    AUCs, no curves) or ``full`` (AUCs, curves and, on request, infidelity and sensitivity)."""
 
     model: str | None
     upload: Upload
@@ -43,6 +46,7 @@ class ExplainRequest:
     opacity: float
     colormap: str | None
     precision: str | None
+    quality: str = "full"
 
 
 class Attributions:
@@ -50,11 +54,30 @@ class Attributions:
         self.runtime = runtime
 
     async def explain(self, request: ExplainRequest, deadline: Deadline) -> dict[str, Any] | BinaryResult:
+        """The answer: from the attribution cache when an identical attribution was computed before
+        (encoded in the inference pool, so a hit never waits behind a running attribution), else
+        computed in the attribution pool and cached."""
         rt = self.runtime
         entry = await rt.model(request.model, deadline)
         check_target(entry, request.attribution.target)
-        validate(entry, request.attribution)
-        return await rt.attribution_pool.run(self._job, entry, request, deadline, deadline=deadline, device=rt.device)
+        request = replace(request, attribution=with_quality(request.attribution, request.quality))
+        resolved = validate(entry, request.attribution)
+        key = self.cache_key(entry, request, resolved)
+        hit = rt.attributions.get(key)
+        if hit is not None:
+            return await rt.inference_pool.run(self._answer, entry, request, hit, True, deadline, deadline=deadline, device=rt.device)
+        return await rt.attribution_pool.run(self._job, entry, request, key, deadline, deadline=deadline, device=rt.device)
+
+    def cache_key(self, entry: LoadedModel, request: ExplainRequest, resolved: dict[str, Any]) -> tuple:
+        """What determines the attribution: the model and its weights (``entry.key``), the image's
+        sha256, the method, target, layer, part, precision and every resolved parameter (defaults
+        filled in, so ``n_steps=32`` and the default 32 are one entry). The output options
+        (format, array, sign, opacity, colour map) and the quality level's presentation are applied
+        to the cached result."""
+        what = request.attribution
+        params = tuple(sorted((k, repr(v)) for k, v in resolved.items()))
+        return ("attribution", entry.key, request.upload.sha, what.method, what.target, what.layer, what.part,
+                self.precision(entry, request.precision), params)
 
     def precision(self, entry: LoadedModel, requested: str | None) -> str:
         """``fp32`` or ``mixed`` (float16 autocast: a CUDA feature; on the CPU attributions stay float32)."""
@@ -89,7 +112,7 @@ class Attributions:
         rt.metrics.attribution.labels(rt.device, request.method).observe(time.perf_counter() - started)
         return result
 
-    def _job(self, entry: LoadedModel, request: ExplainRequest, deadline: Deadline) -> dict[str, Any] | BinaryResult:
+    def _job(self, entry: LoadedModel, request: ExplainRequest, key: tuple, deadline: Deadline) -> dict[str, Any] | BinaryResult:
         rt, upload, what = self.runtime, request.upload, request.attribution
         x, _ = rt.input(entry, upload)
         deadline.check()
@@ -99,13 +122,26 @@ class Attributions:
         cached = rt.cache.peek(("logits", entry.key, upload.sha))
         logits = cached[0] if cached is not None and cached[1] == "fp32" and precision == "fp32" else None
         r = self.attribute(entry, x, what, precision, deadline, logits)
-        facts = {"method": what.method, "target": str(r.target), "attribution_ms": f"{r.timing_ms:.1f}"}
+        rt.attributions.put(key, r, result_nbytes(r))
+        return self._answer(entry, request, r, False, deadline)
+
+    def _answer(
+        self, entry: LoadedModel, request: ExplainRequest, r: AttributionResult, hit: bool, deadline: Deadline
+    ) -> dict[str, Any] | BinaryResult:
+        """The answer in the requested format, from a result fresh or cached (never modified)."""
+        rt, upload, what = self.runtime, request.upload, request.attribution
+        precision = self.precision(entry, request.precision)
+        quality, curves = dict(r.quality), dict(r.curves)
+        if request.quality != "full":
+            curves = {}
+        facts = {"method": what.method, "target": str(r.target), "attribution_ms": f"{r.timing_ms:.1f}", "cache": "hit" if hit else "miss"}
         if request.fmt == "npy":
             raw = r.attribution if request.array == "attribution" else r.heatmap
             return BinaryResult(
                 npy_bytes(raw.numpy().astype(np.float32)), "application/x-npy", upload.sha, entry.id,
                 {**facts, "shape": joined(raw.shape)}, filename=f"{what.method}.{request.array}.npy",
             )
+        x, _ = rt.input(entry, upload)
         image = to_pixels(x, entry.preprocess)
         overlay = render.overlay_png(image, r.heatmap.numpy(), sign=request.sign, opacity=request.opacity, colormap=request.colormap)  # type: ignore[arg-type]
         if request.fmt == "png":
@@ -129,8 +165,10 @@ class Attributions:
             "precision": precision,
             "shape": list(r.attribution.shape),
             "value_range": [finite(float(heat.min())), finite(float(heat.max()))],
-            "quality": {k: finite(float(v)) for k, v in r.quality.items()},
-            "curves": {k: [finite(float(v)) for v in vs] for k, vs in r.curves.items()},
+            "quality_level": request.quality,
+            "quality": {k: finite(float(v)) for k, v in quality.items()},
+            "curves": {k: [finite(float(v)) for v in vs] for k, vs in curves.items()},
+            "cached": hit,
             "channel_ranking": ranking,
             "overlay_png": b64png(overlay),
             "timing_ms": deadline.elapsed_ms(),
@@ -140,9 +178,40 @@ class Attributions:
         }
 
 
-def validate(entry: LoadedModel, request: AttributionRequest) -> None:
-    """The catalogue's rules for this model, checked before queueing: the core's
-    UnknownMethodError / ParamError, which :func:`api.errors.translate` words as problems."""
-    get_method(request.method).validate(
+def validate(entry: LoadedModel, request: AttributionRequest) -> dict[str, Any]:
+    """The catalogue's rules for this model, checked before queueing: the resolved parameters, or
+    the core's UnknownMethodError / ParamError, which :func:`api.errors.translate` words as problems."""
+    return get_method(request.method).validate(
         request.params, layer=request.layer, part=request.part, layers=list(entry.separable), input_size=entry.input_size
     )
+
+
+#: the parameters that ask for quality figures, and the level each needs
+_QUALITY_PARAMS = {"auc_steps": "auc", "infidelity": "full", "sensitivity": "full"}
+_LEVELS = ("none", "auc", "full")
+
+
+def with_quality(request: AttributionRequest, level: str) -> AttributionRequest:
+    """The request with what ``quality`` leaves out switched off (``none``: ``auc_steps=0``;
+    ``none`` and ``auc``: no infidelity, no sensitivity). A figure asked for explicitly that the
+    level leaves out is a 422 (the two say different things)."""
+    params = dict(request.params)
+    for name, needs in _QUALITY_PARAMS.items():
+        if _LEVELS.index(level) >= _LEVELS.index(needs):
+            continue
+        asked = params.get(name)
+        if asked not in (None, 0, False, "0", "false"):
+            raise ApiError(
+                422, "quality-conflict",
+                f"{name}={asked} asks for a quality figure that quality={level} leaves out; use quality={needs} (or full), "
+                f"or drop {name}",
+                parameter=name,
+            )
+        params[name] = 0 if name == "auc_steps" else False
+    return replace(request, params=params)
+
+
+def result_nbytes(r: AttributionResult) -> int:
+    """Memory held by a cached attribution: its two arrays, the curves, a little for the rest."""
+    curves = sum(len(v) for v in r.curves.values()) * 8
+    return r.attribution.element_size() * r.attribution.nelement() + r.heatmap.element_size() * r.heatmap.nelement() + curves + 2048

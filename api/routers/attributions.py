@@ -5,7 +5,7 @@ import inspect
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 
 from xception_core import attributions as core_attr
 from xception_core import render
@@ -118,6 +118,7 @@ def build(settings: Settings) -> APIRouter:
         responses={200: {"content": binary_content(None, "image/png", "application/x-npy"), "description": "JSON, overlay PNG or NPY array (per `format`)."}, **ANALYSIS_ERRORS},
     )
     async def attributions(
+        response: Response,
         image: ImageField = None,
         upload: Upload = Depends(read_image),
         model: ModelQuery = None,
@@ -140,15 +141,28 @@ def build(settings: Settings) -> APIRouter:
             Literal["fp32", "mixed"] | None,
             Query(description="`fp32` (the default, unless the service sets attribution_precision) or `mixed` (float16 autocast; CUDA only, float32 on the CPU)."),
         ] = None,
+        quality: Annotated[
+            Literal["none", "auc", "full"],
+            Query(
+                description="Which quality figures to compute: `none` returns the map alone (fastest; no deletion / insertion "
+                "figures, whatever `auc_steps` defaults to), `auc` adds the deletion and insertion AUC (`auc_steps` steps), "
+                "`full` also the curves and, on request, `infidelity` and `sensitivity`. A figure asked for explicitly that "
+                "the level leaves out is a 422. Ask for `none` to show the map at once, then for `auc` (the map comes from "
+                "the server's cache, only the figures are computed)."
+            ),
+        ] = "full",
         params: dict[str, Any] = Depends(method_params),
         features: Features = Depends(get_features),
         limit: Deadline = Depends(deadline("attribution")),
     ) -> Any:
         """Explains the target class's logit with a Captum method. Method parameters go in the query
         string next to `method`; a parameter that does not belong to the method is refused (422).
-        Each answer carries the method's quality figures: the convergence delta (integrated gradients,
-        DeepLift), deletion and insertion AUC (Petsiuk et al.; `auc_steps=0` skips them) and, on request,
-        Captum's infidelity and sensitivity_max."""
+        Each answer carries the method's quality figures as `quality` asks: the convergence delta
+        (integrated gradients, DeepLift), deletion and insertion AUC (Petsiuk et al.; `auc_steps=0` or
+        `quality=none` skips them) and, on request, Captum's infidelity and sensitivity_max.
+        Finished attributions are cached on the server (keyed by the model and its weights, the image,
+        the method, target, layer, part, precision and every parameter): an identical request is
+        answered from the cache, in any format, and says so in `X-Cache: hit` (`miss` otherwise)."""
         request = ExplainRequest(
             model=model,
             upload=upload,
@@ -159,8 +173,12 @@ def build(settings: Settings) -> APIRouter:
             opacity=opacity,
             colormap=colormap,
             precision=precision,
+            quality=quality,
         )
         result = await features.attributions.explain(request, limit)
-        return result if isinstance(result, dict) else binary(result)
+        if isinstance(result, dict):
+            response.headers["X-Cache"] = "hit" if result["cached"] else "miss"
+            return result
+        return binary(result)
 
     return router

@@ -1,0 +1,106 @@
+"""Finished attributions cached on the server (``X-Cache``), and ``quality=none|auc|full``."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from apifixtures import *  # noqa: F401,F403
+from apihelpers import assert_problem, files, load_npy, make_app
+
+IG = "method=integrated_gradients&n_steps=8&internal_batch_size=8"
+
+
+def _computed(app, method: str) -> float:
+    """How many attributions the service has computed (not answered from the cache)."""
+    return app.state.metrics.attribution.labels("cpu", method)._sum.get(), sum(
+        s.value for m in app.state.metrics.attribution.collect() for s in m.samples if s.name.endswith("_count") and s.labels["method"] == method
+    )
+
+
+@pytest.fixture(scope="module")
+def nocache(tiny_model):
+    """A second service without an attribution cache: every answer is freshly computed."""
+    with TestClient(make_app(tiny_model, attribution_cache_bytes=0), raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.mark.parametrize("seed, query", list(enumerate([
+    f"{IG}&format=npy", f"{IG}&format=npy&array=heatmap", "method=saliency&format=npy", "method=smoothgrad&nt_samples=3&format=npy",
+    "method=layer_gradcam&layer=entry.block3.sep2&part=pointwise&format=npy&quality=none",
+], start=10)))
+def test_a_hit_equals_a_fresh_result_bit_for_bit(client, nocache, png_images, seed, query):
+    png = png_images[1]
+    first = client.post(f"/v1/attributions?{query}&seed={seed}", files=files(png))
+    again = client.post(f"/v1/attributions?{query}&seed={seed}", files=files(png))
+    fresh = nocache.post(f"/v1/attributions?{query}&seed={seed}", files=files(png))
+    assert (first.status_code, again.status_code, fresh.status_code) == (200, 200, 200), first.text
+    assert (first.headers["x-cache"], again.headers["x-cache"], fresh.headers["x-cache"]) == ("miss", "hit", "miss")
+    assert again.content == first.content == fresh.content
+    assert load_npy(again.content).dtype == "float32"
+
+
+def test_a_hit_computes_nothing_and_serves_every_format(app, client, png_images):
+    png = png_images[2]
+    first = client.post(f"/v1/attributions?{IG}", files=files(png))
+    assert first.status_code == 200 and first.headers["x-cache"] == "miss" and first.json()["cached"] is False
+    before = _computed(app, "integrated_gradients")
+    again = client.post(f"/v1/attributions?{IG}", files=files(png))
+    assert again.headers["x-cache"] == "hit" and again.json()["cached"] is True
+    a, b = first.json(), again.json()
+    for field in ("overlay_png", "quality", "curves", "value_range", "params", "target", "probability", "attribution_ms"):
+        assert a[field] == b[field], field
+    # other output options and encodings of the same attribution: still hits
+    for extra in ("&format=png", "&format=png&sign=all&colormap=viridis", "&format=npy&array=heatmap", "&n_steps=8&opacity=0.2"):
+        r = client.post(f"/v1/attributions?{IG}{extra}", files=files(png))
+        assert r.status_code == 200 and r.headers["x-cache"] == "hit", extra
+    assert _computed(app, "integrated_gradients") == before
+
+
+@pytest.mark.parametrize("change", ["&n_steps=9", "&seed=1", "&target=2", "&baseline=black", "&precision=fp32&quality=none", "&auc_steps=4"])
+def test_what_changes_the_result_changes_the_key(client, png_images, change):
+    png = png_images[3]
+    assert client.post(f"/v1/attributions?{IG}", files=files(png)).status_code == 200
+    r = client.post(f"/v1/attributions?{IG}".replace("&n_steps=8", "") + (change if "n_steps" in change else "&n_steps=8" + change), files=files(png))
+    assert r.status_code == 200, r.text
+    assert r.headers["x-cache"] == "miss"
+
+
+def test_another_model_or_image_is_another_entry(client, png_images):
+    a = client.post("/v1/attributions?method=saliency&quality=none", files=files(png_images[0]))
+    b = client.post("/v1/attributions?method=saliency&quality=none", files=files(png_images[1] + b""))
+    assert a.headers["x-cache"] in ("miss", "hit") and b.status_code == 200
+    assert a.json()["overlay_png"] != b.json()["overlay_png"]
+
+
+def test_the_cache_is_bounded(tiny_model, png_images):
+    # one [3, 96, 96] float32 attribution + its [96, 96] heatmap: about 150 kB: room for two
+    app = make_app(tiny_model, attribution_cache_bytes=320_000)
+    cache = app.state.features.runtime.attributions
+    with TestClient(app, raise_server_exceptions=False) as c:
+        for png in png_images[:3]:
+            assert c.post("/v1/attributions?method=saliency&quality=none&format=npy", files=files(png)).headers["x-cache"] == "miss"
+        assert len(cache) == 2 and cache.bytes <= cache.max_bytes
+        assert c.post("/v1/attributions?method=saliency&quality=none&format=npy", files=files(png_images[0])).headers["x-cache"] == "miss"
+        assert c.post("/v1/attributions?method=saliency&quality=none&format=npy", files=files(png_images[2])).headers["x-cache"] == "hit"
+
+
+def test_quality_none_returns_the_map_without_figures(client, png):
+    none = client.post("/v1/attributions?method=saliency&quality=none", files=files(png)).json()
+    assert none["quality_level"] == "none"
+    assert "deletion_auc" not in none["quality"] and "insertion_auc" not in none["quality"]
+    assert none["curves"] == {} and none["params"]["auc_steps"] == 0
+    auc = client.post("/v1/attributions?method=saliency&quality=auc", files=files(png)).json()
+    assert {"deletion_auc", "insertion_auc"} <= set(auc["quality"]) and auc["curves"] == {}
+    full = client.post("/v1/attributions?method=saliency", files=files(png)).json()
+    assert full["quality_level"] == "full" and set(full["curves"]) == {"fractions", "deletion", "insertion"}
+    assert full["quality"] == auc["quality"]
+    assert none["overlay_png"] == full["overlay_png"]  # the same map
+
+
+def test_quality_none_with_an_explicit_figure_is_a_422(client, png):
+    problem = assert_problem(client.post("/v1/attributions?method=saliency&quality=none&auc_steps=8", files=files(png)), 422, "quality=none", "auc_steps")
+    assert problem["parameter"] == "auc_steps"
+    assert_problem(client.post("/v1/attributions?method=saliency&quality=auc&infidelity=true", files=files(png)), 422, "quality=full")
+    assert client.post("/v1/attributions?method=saliency&quality=none&auc_steps=0&infidelity=false", files=files(png)).status_code == 200
+    assert_problem(client.post("/v1/attributions?method=saliency&quality=most", files=files(png)), 422, "quality")
