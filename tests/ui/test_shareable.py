@@ -45,11 +45,14 @@ class CountingTransport(httpx.BaseTransport):
     def __init__(self) -> None:
         self.inner = httpx.HTTPTransport()
         self.seen: list[tuple[str, str, bool, str | None]] = []  # method, path, image bytes in the body, image_id
+        self.answers: list[tuple[str, dict[str, str], str | None]] = []  # path, query, X-Cache
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         multipart = request.headers.get("content-type", "").startswith("multipart/form-data")
         self.seen.append((request.method, request.url.path, multipart, request.url.params.get("image_id")))
-        return self.inner.handle_request(request)
+        response = self.inner.handle_request(request)
+        self.answers.append((request.url.path, dict(request.url.params), response.headers.get("x-cache")))
+        return response
 
     def uploads(self) -> list[str]:
         return [path for method, path, body, _ in self.seen if body]
@@ -92,6 +95,39 @@ def test_an_image_is_uploaded_once_and_named_by_its_id_afterwards(app, cat_png, 
     assert {path for path, _ in analyses} == set(ANALYSES), counted.seen
     assert all(image == image_id for _, image in analyses), analyses
     assert at.query_params["image"] == image_id
+
+
+def test_attributions_show_the_map_first_then_the_quality_figures(app, cat_png, counted):
+    fresh = cat_png + secrets.token_bytes(8)  # bytes no other test sent: nothing of it in the server's caches
+    at = app.run()
+    at.file_uploader(key="uploader").upload("chelsea.png", fresh, "image/png")
+    at.run()
+    at.switch_page(ATTRIBUTIONS).run()
+    at.multiselect(key="attr_methods").set_value(["saliency", "layer_gradcam"]).run()
+    at.button(key="attr_run").click().run()
+    assert_clean(at)
+    asked = [(q["method"], q["quality"], cache) for path, q, cache in counted.answers if path == "/v1/attributions"]
+    # both maps first (no figures: nothing asked of them), then the figures; those requests find the maps in the cache
+    assert [(m, level) for m, level, _ in asked] == [
+        ("saliency", "none"), ("layer_gradcam", "none"), ("saliency", "auc"), ("layer_gradcam", "auc")
+    ], asked
+    assert all("auc_steps" not in q for path, q, _ in counted.answers if q.get("quality") == "none")
+    labels = [m.label for m in at.metric]
+    assert labels.count("deletion AUC") == 2 and labels.count("insertion AUC") == 2
+    assert not any("from the server's cache" in t for t in texts(at.caption))
+    # the same view again in another session (the app's own cache empty): the server answers from its cache
+    st.cache_data.clear()
+    at.run()
+    assert [cache for path, _, cache in counted.answers if path == "/v1/attributions"][len(asked):] == ["hit"] * 4
+    assert sum("from the server's cache" in t for t in texts(at.caption)) == 2, texts(at.caption)
+    asked = [(q["method"], q["quality"], cache) for path, q, cache in counted.answers if path == "/v1/attributions"]
+    # full: the curves too, and the maps are not computed again
+    at.radio(key="attr_quality").set_value("full").run()
+    at.button(key="attr_run").click().run()
+    assert_clean(at)
+    assert len(at.get("vega_lite_chart")) >= 2, "no deletion / insertion curves"
+    again = [(q["method"], q["quality"]) for path, q, _ in counted.answers if path == "/v1/attributions"][len(asked):]
+    assert again == [("saliency", "full"), ("layer_gradcam", "full")], again  # the maps came from the app's own cache
 
 
 def test_an_evicted_image_goes_again_once_when_the_session_has_it(api_url, cat_png):

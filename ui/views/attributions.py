@@ -21,6 +21,23 @@ QUALITY_LEVELS = {
     "full": "all figures and curves",
     "none": "none (map only)",
 }
+#: the parameters that ask for quality figures, and the lowest quality level that computes them
+QUALITY_PARAMS = {"auc_steps": "auc", "infidelity": "full", "sensitivity": "full"}
+LEVEL_ORDER = ("none", "auc", "full")
+
+
+def _at_level(request: dict[str, Any], level: str) -> dict[str, Any]:
+    """The request without the quality parameters that ``level`` leaves out (the API refuses a
+    figure asked for explicitly that the level does not compute)."""
+    keep = {k: v for k, v in request["method_params"].items()
+            if LEVEL_ORDER.index(QUALITY_PARAMS.get(k, "none")) <= LEVEL_ORDER.index(level)}
+    return {**request, "method_params": keep}
+
+
+def _level_needed(common: dict[str, Any], chosen_level: str) -> str:
+    """The chosen level, raised to ``full`` when infidelity or sensitivity is ticked."""
+    needs = [QUALITY_PARAMS[k] for k, v in common.items() if k in ("infidelity", "sensitivity") and v]
+    return max([chosen_level, *needs], key=LEVEL_ORDER.index) if chosen_level != "none" else "none"
 QUALITY = {
     "convergence_delta": ("convergence delta", "closer to 0 is better: attributions sum to f(x) − f(baseline)"),
     "deletion_auc": ("deletion AUC", "lower is better: deleting the most attributed pixels first should drop the score fast"),
@@ -151,7 +168,10 @@ requests = [
     }
     for method in chosen
 ]
-current = {"image_id": image.image_id, "model": model, "requests": requests, "quality": quality_level}
+level = _level_needed(common, quality_level)
+if level != quality_level:
+    st.caption(f"Quality figures: **{level}** (infidelity and sensitivity are among the full figures).")
+current = {"image_id": image.image_id, "model": model, "requests": requests, "quality": level}
 slow = [m for m in chosen if specs[m]["costly"]]
 clicked = st.button("Compute attributions", type="primary", icon=":material/play_arrow:", key="attr_run")
 if clicked or st.session_state.pop("_attr_autorun", False):
@@ -195,7 +215,7 @@ def _draw_map(answer: dict[str, Any], request: dict[str, Any], n: int) -> None:
     where = f" at {answer['layer']} ({answer['part']})" if answer.get("layer") else ""
     probability = f", p = {answer['probability']:.1%}" if answer.get("probability") is not None else ""
     st.caption(f"target **{answer['target_label']}** ({answer['target_source']}{probability}){where}")
-    cached = " · from the server's cache" if answer.get("x_cache") == "hit" else ""
+    cached = " · from the server's cache" if answer.get("x_cache") == "hit" or answer.get("cached") else ""
     st.caption(f"map: {answer['attribution_ms']:.0f} ms · {answer['device']}{cached}")
     if answer.get("channel_ranking"):
         ranking = pd.DataFrame(answer["channel_ranking"][:16])
@@ -212,25 +232,26 @@ def _draw_map(answer: dict[str, Any], request: dict[str, Any], n: int) -> None:
         widgets.download("Overlay PNG", widgets.b64(answer["overlay_png"]), f"{base}-overlay.png", "image/png", f"dl_attr_png_{n}")
     with d2:
         widgets.download(
-            "Heatmap npy", lambda r=dict(request): session.attribution(image, model, format="npy", array="heatmap", quality="none", **r),
+            "Heatmap npy", lambda r=dict(request): session.attribution(image, model, format="npy", array="heatmap", quality="none", **_at_level(r, "none")),
             f"{base}-heatmap.npy", "application/x-npy", f"dl_attr_heat_{n}",
         )
     with d3:
         widgets.download(
-            "Raw npy", lambda r=dict(request): session.attribution(image, model, format="npy", array="attribution", quality="none", **r),
+            "Raw npy", lambda r=dict(request): session.attribution(image, model, format="npy", array="attribution", quality="none", **_at_level(r, "none")),
             f"{base}-attribution.npy", "application/x-npy", f"dl_attr_raw_{n}",
         )
 
 
 def _has_figures(answer: dict[str, Any]) -> bool:
-    return bool(answer.get("quality")) or bool(answer.get("curves"))
+    """Whether the map's answer carries the figures already: an API without ``quality=`` levels
+    (it does not say ``quality_level``) computes them with every map."""
+    return "quality_level" not in answer and (bool(answer.get("quality")) or bool(answer.get("curves")))
 
 
 def _draw_quality(answer: dict[str, Any]) -> None:
     _quality_figures(answer.get("quality") or {})
     if answer.get("quality_ms") is not None:
-        cached = " · from the server's cache" if answer.get("x_cache") == "hit" else ""
-        st.caption(f"quality figures: {answer['quality_ms']:.0f} ms{cached}")
+        st.caption(f"quality figures: {answer['quality_ms']:.0f} ms")
     chart = _curves(answer.get("curves") or {})
     if chart is not None:
         st.altair_chart(chart, width="stretch", height=200)
@@ -248,7 +269,7 @@ for n, (column, request) in enumerate(zip(results, shown["requests"]), 1):
         with widgets.api_errors():
             progress.progress((n - 1) / (2 * total), text=f"Computing {request['method']} ({n}/{total})…")
             with st.spinner(f"Computing {request['method']}…"):
-                answer = session.attribution(image, model, quality="none", **request)
+                answer = session.attribution(image, model, quality="none", **_at_level(request, "none"))
             _draw_map(answer, request, n)
             figures = st.container()
             if _has_figures(answer) or shown["quality"] == "none":  # an API that sends the figures with the map
@@ -266,7 +287,7 @@ for n, (request, (figures, waiting)) in enumerate(pending, 1):
     progress.progress(0.5 + (n - 1) / (2 * max(1, len(pending))), text=f"Quality figures of {request['method']}…")
     with figures:
         with widgets.api_errors():
-            answer = session.attribution(image, model, quality=shown["quality"], **request)
+            answer = session.attribution(image, model, quality=shown["quality"], **_at_level(request, shown["quality"]))
             waiting.empty()
             _draw_quality(answer)
 progress.empty()
