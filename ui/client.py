@@ -9,6 +9,7 @@ service, a timeout, an answer that is not what the API sends -- is raised as
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -213,6 +214,7 @@ class ApiClient:
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
         #: Whether the API keeps uploaded images (``POST /v1/images``): None until an upload says.
         self.stores_images: bool | None = None
+        self._unstorable: set[str] = set()  # ids of images larger than the whole store
 
     def close(self) -> None:
         self._http.close()
@@ -264,7 +266,7 @@ class ApiClient:
         ref = image if isinstance(image, ImageRef) else ImageRef(data=image)
         if ref.image_id is not None and ref.data is not None and self.stores_images is None:
             self.upload_image(ref.data)  # learns whether the API stores images
-        if ref.image_id is None or (ref.data is not None and not self.stores_images):
+        if ref.image_id is None or (ref.data is not None and (not self.stores_images or ref.image_id in self._unstorable)):
             return self._request("POST", path, params=params, image=ref.data)
         try:
             return self._request("POST", path, params={**params, "image_id": ref.image_id})
@@ -343,12 +345,16 @@ class ApiClient:
         """``POST /v1/images``: store the image once; later requests name it by ``image_id``.
 
         Returns ``{"image_id", "width", "height", "format", "bytes", ...}``, or ``None`` when the API
-        does not store images (404/405: an older service) -- then the bytes go with every request."""
+        does not store images (404/405: an older service) or not this one (larger than its whole
+        store: 413 ``image-store-too-small``) -- then the bytes go with every request."""
         try:
             stored = self._json("POST", "/v1/images", image=data, image_name=name)
         except ApiError as error:
             if error.status in (404, 405) and not image_gone(error):
                 self.stores_images = False
+                return None
+            if error.slug == "image-store-too-small":  # this one does not fit the store: its bytes go each time
+                self._unstorable.add(hashlib.sha256(data).hexdigest())
                 return None
             raise
         self.stores_images = True

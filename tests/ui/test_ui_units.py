@@ -98,3 +98,27 @@ def test_client_says_plainly_when_an_image_id_is_gone_and_it_has_no_bytes():
     with pytest.raises(ApiError) as caught:
         _client(lambda request: httpx.Response(404, json=unknown_model)).predict(ImageRef("cd" * 32), model="x")
     assert not image_gone(caught.value) and caught.value.slug == "unknown-model"
+
+
+def test_client_sends_the_bytes_of_an_image_too_large_for_the_store():
+    from ui.client import ImageRef
+
+    seen = []
+    too_small = {"type": "urn:xception-explorer:problem:image-store-too-small", "title": "Content Too Large", "status": 413,
+                 "detail": "the image (10 bytes) is larger than the whole image store (0 bytes); send it with each request instead"}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.url.path, request.url.params.get("image_id"), b"IMAGEBYTES" in request.read()))
+        if request.url.path == "/v1/images":
+            return httpx.Response(413, json=too_small)
+        return httpx.Response(200, json={"predictions": []})
+
+    client = _client(handler)
+    import hashlib
+
+    ref = ImageRef(hashlib.sha256(b"IMAGEBYTES").hexdigest(), b"IMAGEBYTES")
+    assert client.upload_image(ref.data) is None
+    client.stores_images = True  # other images fit
+    client.predict(ref)
+    client.predict(ref)
+    assert seen == [("/v1/images", None, True), ("/v1/predict", None, True), ("/v1/predict", None, True)], seen
