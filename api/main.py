@@ -64,7 +64,9 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         torch.set_num_threads(settings.torch_threads)
     registry = registry or default_registry(settings)
     # attributions (and sort=attribution) borrow a private replica: one per thread that can ask
-    registry.serve_with(settings.engine_options(), max_replicas=settings.attribution_workers + settings.inference_workers)
+    registry.serve_with(
+        settings.engine_options(), max_replicas=settings.attribution_workers + settings.inference_workers, warm_up=settings.warm_up
+    )
     metrics = Metrics()
     features = Features.build(settings, registry, metrics)
 

@@ -116,6 +116,40 @@ class LoadedModel:
         self._replica_count = {False: 0, True: 0}
         self._max_replicas = max(1, int(max_replicas))
         self._replica_lock = threading.Condition()
+        self.warmup_ms: dict[str, float] | None = None  # set by warm_up()
+
+    def warm_up(self) -> dict[str, float]:
+        """Run each engine once on a generated image, so the first request gets the steady-state
+        time: the prediction engine (onnxruntime sessions and eager kernels allocate on their
+        first call), the shared model (captures), and one private attribution replica of each
+        kind, forward and backward (their copies are made here, not in the first request).
+        Returns, and keeps in ``warmup_ms``, the milliseconds each took."""
+        timings: dict[str, float] = {}
+        generator = torch.Generator().manual_seed(0)
+        x = (torch.rand(1, 3, self.input_size, self.input_size, generator=generator) * 2 - 1).to(self.device)
+        x = x.contiguous(memory_format=torch.channels_last)
+
+        def timed(name: str, work) -> None:
+            started = time.perf_counter()
+            work()
+            timings[name] = (time.perf_counter() - started) * 1000
+
+        timed("predict", lambda: self.predictor.predict(x))
+
+        def capture() -> None:
+            with torch.inference_mode():
+                self.model(x)
+
+        timed("capture", capture)
+        for fused in sorted({False, self.fused}):
+            timed("replica_fused" if fused else "replica", lambda f=fused: self._warm_replica(x, f))
+        self.warmup_ms = timings
+        return timings
+
+    def _warm_replica(self, x: torch.Tensor, fused: bool) -> None:
+        with self.replica(fused=fused) as model, torch.enable_grad():
+            xg = x.detach().clone().requires_grad_()
+            model(xg)[0].max().backward()
 
     @property
     def num_classes(self) -> int:
@@ -194,6 +228,7 @@ class ModelRegistry:
         # None: what the app serving this registry says (see serve_with)
         self.max_replicas = max_replicas
         self.engine = engine
+        self.warm_up: bool | None = None  # None: what the serving app says (see serve_with); off outside an app
         self._memory: dict[str, InMemoryModel] = {}
         for m in models:
             m.card()  # validate now
@@ -215,7 +250,7 @@ class ModelRegistry:
         kwargs.setdefault("include_weights", False)
         return cls(models=models, device=device, default_model=default_model, **kwargs)
 
-    def serve_with(self, engine: EngineOptions, max_replicas: int) -> None:
+    def serve_with(self, engine: EngineOptions, max_replicas: int, warm_up: bool = True) -> None:
         """The serving app's choices, for what the registry's builder left open (``None``).
 
         The app calls it once, before any request: ``engine`` is the app's
@@ -226,6 +261,8 @@ class ModelRegistry:
             self.engine = engine
         if self.max_replicas is None:
             self.max_replicas = max_replicas
+        if self.warm_up is None:
+            self.warm_up = warm_up
 
     # ------------------------------------------------------------------ cards
 
@@ -323,11 +360,14 @@ class ModelRegistry:
         entry = LoadedModel(
             card, model, self.device, engine=self.engine or EngineOptions(), max_replicas=self.max_replicas or 1
         )
+        if self.warm_up:
+            entry.warm_up()
         engine = entry.predictor.info()
         log.info(
-            "loaded model %s on %s in %.0f ms; predictions: %s, %s%s", card.id, self.device,
+            "loaded model %s on %s in %.0f ms; predictions: %s, %s%s%s", card.id, self.device,
             (time.perf_counter() - started) * 1000, engine.backend, engine.precision,
             "".join(f"; {note}" for note in engine.notes),
+            "" if entry.warmup_ms is None else "; warmed up: " + ", ".join(f"{k} {v:.0f} ms" for k, v in entry.warmup_ms.items()),
             extra={"model": card.id, "device": str(self.device)},
         )
         return entry

@@ -70,6 +70,11 @@ class ModelDetail(ModelSummary):
     engine: EngineState | None = Field(
         None, description="How predictions run while the model is loaded; null when it is not loaded."
     )
+    warmup_ms: dict[str, float] | None = Field(
+        None,
+        description="Milliseconds each engine's warm-up took when the model loaded (predict, capture, replica, "
+        "replica_fused); null when it is not loaded or `warm_up` is off.",
+    )
 
 
 class LayerRow(BaseModel):

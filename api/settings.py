@@ -78,6 +78,12 @@ class Settings(BaseSettings):
         "(same logits within float rounding, faster). Activations, decompositions and attributions always "
         "use the unfused model. Costs one more copy of the weights per loaded model.",
     )
+    warm_up: bool = Field(
+        True,
+        description="When a model loads, run its prediction engine, its capture model and one attribution replica of "
+        "each kind once on a generated image (forward and backward), so the first request gets the steady-state time "
+        "(the load takes that much longer; `GET /v1/models/{id}` shows `warmup_ms`).",
+    )
     mixed_precision_margin: float = Field(
         _ENGINE.margin, ge=0, le=10, description="Logit gap under which a mixed-precision prediction is redone in float32."
     )

@@ -75,6 +75,7 @@ def build(settings: Settings) -> APIRouter:
             "separable_layers": [s.name for s in profile.separable],
             "extra": card.extra,
             "engine": entry.predictor.info().to_dict() if (entry := runtime.registry.peek(card.id)) else None,
+            "warmup_ms": entry.warmup_ms if entry else None,
         }
 
     @router.get("/{model_id}/layers", response_model=LayerTable, summary="Layer table", responses=problems(401, 404))
