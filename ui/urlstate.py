@@ -10,6 +10,7 @@ method, a number out of range...) is ignored with a notice, never an error.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
@@ -80,7 +81,7 @@ def parse_int(raw: str) -> int:
 
 def parse_float(raw: str) -> float:
     value = float(raw)
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise ValueError("not a finite number")
     return value
 

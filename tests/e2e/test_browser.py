@@ -103,6 +103,9 @@ def test_upload_predict_and_layer_maps_in_chromium(tmp_path):
                 wait_until_idle(page)
                 assert page.locator('[data-testid="stMetricLabel"]:has-text("Device")').count() == 1
                 assert "%" in page.locator("[data-testid=stMain] h3").first.inner_text()  # "<top class> — 12.3%"
+                # a photograph on a model that knows only generated patterns: said, with the way to ImageNet weights
+                warning = page.locator('[data-testid="stAlertContentWarning"]').filter(has_text="generated patterns")
+                assert warning.count() == 1 and "xception-demo weights download xception-imagenet" in warning.inner_text()
                 page.screenshot(path=str(ARTIFACTS / "e2e-predict.png"))
 
                 open_page(page, "Layer explorer")

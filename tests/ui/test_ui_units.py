@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import httpx
 import pytest
 
@@ -67,9 +69,9 @@ def test_client_falls_back_to_bytes_when_the_api_stores_no_images():
     from ui.client import ImageRef
 
     for status in (404, 405):
-        seen = []
+        seen: list[tuple] = []
 
-        def handler(request: httpx.Request) -> httpx.Response:
+        def handler(request: httpx.Request, seen=seen, status=status) -> httpx.Response:
             seen.append((request.url.path, request.url.params.get("image_id"), b"IMAGEBYTES" in request.read()))
             if request.url.path == "/v1/images":
                 return httpx.Response(status, json={"type": "about:blank", "title": "Not Found", "status": status, "detail": "Not Found"})
@@ -114,8 +116,6 @@ def test_client_sends_the_bytes_of_an_image_too_large_for_the_store():
         return httpx.Response(200, json={"predictions": []})
 
     client = _client(handler)
-    import hashlib
-
     ref = ImageRef(hashlib.sha256(b"IMAGEBYTES").hexdigest(), b"IMAGEBYTES")
     assert client.upload_image(ref.data) is None
     client.stores_images = True  # other images fit

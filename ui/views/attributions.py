@@ -285,9 +285,8 @@ for n, (column, request) in enumerate(zip(results, shown["requests"]), 1):
                 pending.append((request, (figures, waiting)))
 for n, (request, (figures, waiting)) in enumerate(pending, 1):
     progress.progress(0.5 + (n - 1) / (2 * max(1, len(pending))), text=f"Quality figures of {request['method']}…")
-    with figures:
-        with widgets.api_errors():
-            answer = session.attribution(image, model, quality=shown["quality"], **_at_level(request, shown["quality"]))
-            waiting.empty()
-            _draw_quality(answer)
+    with figures, widgets.api_errors():
+        answer = session.attribution(image, model, quality=shown["quality"], **_at_level(request, shown["quality"]))
+        waiting.empty()
+        _draw_quality(answer)
 progress.empty()
