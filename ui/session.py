@@ -2,8 +2,11 @@
 
 State (``st.session_state``, shared by every page):
 
-* ``image``: the :class:`ImageInput` being analysed (bytes, name, sha256 = the API's ``image_id``);
-* ``model_id``: the model picked in the sidebar (``None``: the service's default).
+* ``image``: the :class:`ImageInput` being analysed (bytes, name, sha256 = the API's ``image_id``;
+  opened from a shared link: the id alone);
+* ``model_id``: the model picked in the sidebar (``None``: the service's default);
+* ``_stored_images``: what ``POST /v1/images`` answered for each image this session stored -- an
+  image is uploaded once, and every request after that names it by its id.
 
 API answers are cached with ``st.cache_data`` by everything that determines them
 (API URL, model, image sha256, parameters), so moving between pages or widgets
