@@ -22,8 +22,8 @@ from xception_core import render
 from xception_core.attributions import AttributionRequest, AttributionResult, get_method
 from xception_core.transform import to_pixels
 
-from ..errors import ApiError
 from ..encodings import BinaryResult, b64png, finite, joined, npy_bytes
+from ..errors import ApiError
 from ..registry import LoadedModel
 from ..runtime import Runtime, Upload, check_target
 from ..workers import Deadline, DeadlineExceeded
@@ -65,8 +65,21 @@ class Attributions:
         key = self.cache_key(entry, request, resolved)
         hit = rt.attributions.get(key)
         if hit is not None:
-            return await rt.inference_pool.run(self._answer, entry, request, hit, True, deadline, deadline=deadline, device=rt.device)
+            return await rt.inference_pool.run(self._answer, entry, request, (key, hit, True), deadline, deadline=deadline, device=rt.device)
         return await rt.attribution_pool.run(self._job, entry, request, key, deadline, deadline=deadline, device=rt.device)
+
+    def overlay(self, entry: LoadedModel, request: ExplainRequest, key: tuple, r: AttributionResult) -> bytes:
+        """The overlay PNG of a result, rendered once per style (kept beside the result: a cache
+        hit in the same style costs no rendering)."""
+        rt = self.runtime
+        style = ("overlay", key, request.sign, request.opacity, request.colormap)
+        png = rt.attributions.get(style)
+        if png is None:
+            x, _ = rt.input(entry, request.upload)
+            image = to_pixels(x, entry.preprocess)
+            png = render.overlay_png(image, r.heatmap.numpy(), sign=request.sign, opacity=request.opacity, colormap=request.colormap)  # type: ignore[arg-type]
+            rt.attributions.put(style, png)
+        return png
 
     def cache_key(self, entry: LoadedModel, request: ExplainRequest, resolved: dict[str, Any]) -> tuple:
         """What determines the attribution: the model and its weights (``entry.key``), the image's
@@ -123,13 +136,15 @@ class Attributions:
         logits = cached[0] if cached is not None and cached[1] == "fp32" and precision == "fp32" else None
         r = self.attribute(entry, x, what, precision, deadline, logits)
         rt.attributions.put(key, r, result_nbytes(r))
-        return self._answer(entry, request, r, False, deadline)
+        return self._answer(entry, request, (key, r, False), deadline)
 
     def _answer(
-        self, entry: LoadedModel, request: ExplainRequest, r: AttributionResult, hit: bool, deadline: Deadline
+        self, entry: LoadedModel, request: ExplainRequest, found: tuple[tuple, AttributionResult, bool], deadline: Deadline
     ) -> dict[str, Any] | BinaryResult:
-        """The answer in the requested format, from a result fresh or cached (never modified)."""
+        """The answer in the requested format from ``(cache key, result, whether it was a hit)``;
+        the result is never modified."""
         rt, upload, what = self.runtime, request.upload, request.attribution
+        key, r, hit = found
         precision = self.precision(entry, request.precision)
         quality, curves = dict(r.quality), dict(r.curves)
         if request.quality != "full":
@@ -141,9 +156,7 @@ class Attributions:
                 npy_bytes(raw.numpy().astype(np.float32)), "application/x-npy", upload.sha, entry.id,
                 {**facts, "shape": joined(raw.shape)}, filename=f"{what.method}.{request.array}.npy",
             )
-        x, _ = rt.input(entry, upload)
-        image = to_pixels(x, entry.preprocess)
-        overlay = render.overlay_png(image, r.heatmap.numpy(), sign=request.sign, opacity=request.opacity, colormap=request.colormap)  # type: ignore[arg-type]
+        overlay = self.overlay(entry, request, key, r)
         if request.fmt == "png":
             return BinaryResult(overlay, "image/png", upload.sha, entry.id, facts)
         heat = r.heatmap
