@@ -22,6 +22,7 @@ IMAGENET_FILE = "xception-43020ad28.pth"
 IMAGENET_OFFLINE_COMMAND = f"{IMAGENET_COMMAND} --file {IMAGENET_FILE}"
 FLOW_TITLES = {"entry": "Entry flow", "middle": "Middle flow", "exit": "Exit flow", "head": "Head"}
 PREDICT_PAGE = "views/predict.py"
+PREDICT_SOURCE_KEY = "_predict_source"  # the Predict page's image source (its radio starts from it)
 
 
 # --------------------------------------------------------------------------- errors
@@ -321,6 +322,12 @@ def _restore_sample(sample_id: str, variant: str | None) -> bool:
     except ApiError as error:
         show_error(error)
         return False
+    # the Predict page opens on that sample's picker
+    st.session_state[PREDICT_SOURCE_KEY] = "Generated sample" if sample["kind"] == "generated" else "Sample photo"
+    if sample["kind"] == "generated":
+        generated = [s["id"] for s in offered.values() if s["kind"] == "generated"]
+        st.session_state["generated_class"] = generated.index(sample_id)
+        st.session_state["generated_variant"] = number
     return True
 
 

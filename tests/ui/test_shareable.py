@@ -205,6 +205,9 @@ def test_a_link_to_a_sample_fetches_it_again(app):
     assert image.sample_id == "generated-03" and image.variant == 2 and image.true_index == 3
     assert at.slider(key="top_k").value == 3
     assert at.query_params["sample"] == "generated-03" and at.query_params["variant"] == "2"
+    # the Predict page shows that sample in its picker
+    assert at.radio(key="predict_source").value == "Generated sample"
+    assert at.selectbox(key="generated_class").value == 3 and at.number_input(key="generated_variant").value == 2
 
 
 def test_a_link_whose_image_is_gone_says_so_plainly(app):
