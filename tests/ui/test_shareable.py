@@ -197,6 +197,14 @@ def test_a_link_restores_the_attributions_and_shows_their_maps(app, api_url, cat
     assert any("middle.block5.sep3 (depthwise)" in c for c in texts(at.caption))
 
 
+def test_a_sample_link_with_a_variant_out_of_range_opens_variant_0(app):
+    app.query_params.update(sample="generated-03", variant="99999")
+    at = app.run()
+    assert_clean(at)
+    assert any("variant=99999" in t for t in texts(at.warning)), texts(at.warning)
+    assert at.session_state["image"].variant == 0 and "variant" not in at.query_params
+
+
 def test_a_link_to_a_sample_fetches_it_again(app):
     app.query_params.update(page="predict", sample="generated-03", variant="2", top_k="3")
     at = app.run()
@@ -238,11 +246,12 @@ def test_values_of_a_link_that_do_not_fit_are_ignored_with_a_notice(app, api_url
     assert at.radio(key="attr_quality").value == "auc"
     # a page or an image id that is not one
     at2 = type(app).from_file(app._script_path, default_timeout=180)
-    at2.query_params.update(page="nowhere", image="../../etc/passwd", top_k="0")
+    at2.query_params.update(page="nowhere", image="../../etc/passwd", sample="nope", top_k="0")
     at2.run()
     assert not at2.exception, [e.value for e in at2.exception]
     notices = " ".join(texts(at2.warning))
-    assert "page=nowhere" in notices and "image=../../etc/passwd" in notices and "top_k=0" not in notices  # no image: no top-k
+    assert "page=nowhere" in notices and "image=../../etc/passwd" in notices and "sample=nope" in notices
+    assert "top_k=0" not in notices  # no image: the page stops before its top-k
     assert texts(at2.title) == ["Predict"]
 
 
