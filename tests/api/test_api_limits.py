@@ -229,7 +229,9 @@ def test_attribution_deadline_is_504_and_stops_the_work(tiny_model, png):
             c.app.state.settings = normal
         # the running job notices the deadline in its next forward pass and frees the worker
         wait_until(lambda: runtime.attribution_pool.pending == 0, "the timed-out attribution still runs")
-        assert c.post(saliency, files=files(png)).status_code == 200  # the single worker is free again
+        # the single worker is free again (another seed: not an attribution-cache hit, which needs no worker)
+        again = c.post(saliency + "&seed=1", files=files(png))
+        assert again.status_code == 200 and again.headers["x-cache"] == "miss"
         metrics = c.get("/metrics").text
         assert 'xception_deadline_exceeded_total{kind="attribution"} 1.0' in metrics
         # the integrated-gradients job was aborted, not finished in the background: it never recorded a duration
