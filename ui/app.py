@@ -21,13 +21,16 @@ st.set_page_config(page_title="Xception Explorer", page_icon=":material/biotech:
 
 # The pages live in views/, not pages/: a pages/ folder beside the entry script switches
 # Streamlit to its older multipage mode for some runs, which skips this script (and its sidebar).
-PAGES = [
-    st.Page("views/predict.py", title="Predict", icon=":material/image_search:", default=True),
-    st.Page("views/architecture.py", title="Architecture", icon=":material/account_tree:"),
-    st.Page("views/layer_explorer.py", title="Layer explorer", icon=":material/grid_view:"),
-    st.Page("views/attributions.py", title="Attributions", icon=":material/center_focus_strong:"),
-]
+PAGES = {
+    "predict": st.Page("views/predict.py", title="Predict", icon=":material/image_search:", default=True),
+    "architecture": st.Page("views/architecture.py", title="Architecture", icon=":material/account_tree:"),
+    "layer_explorer": st.Page("views/layer_explorer.py", title="Layer explorer", icon=":material/grid_view:"),
+    "attributions": st.Page("views/attributions.py", title="Attributions", icon=":material/center_focus_strong:"),
+}
 
-page = st.navigation(PAGES)
+page = st.navigation(list(PAGES.values()))
+widgets.restore_page(PAGES, page)  # a shared link: its page, its image (the page restores its own widgets)
+widgets.restore_image()
 widgets.sidebar()
+widgets.publish_image()
 page.run()

@@ -9,6 +9,7 @@ service, a timeout, an answer that is not what the API sends -- is raised as
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,14 +17,42 @@ from typing import Any, Literal
 
 import httpx
 
-__all__ = ["ActivationsQuery", "ApiClient", "ApiError", "AttributionQuery", "Normalization", "Part", "Sign", "SortKey"]
+__all__ = [
+    "ActivationsQuery", "ApiClient", "ApiError", "AttributionQuery", "ImageRef", "Normalization", "Part", "Sign", "SortKey",
+    "image_gone",
+]
 
 #: A separable layer's parts (its own: ``parts`` in GET /v1/models/{id}/layers) or its input.
 Part = Literal["conv", "depthwise", "grouped", "pointwise", "input"]
 SortKey = Literal["mean", "max", "attribution"]
 Normalization = Literal["channel", "layer"]
 Sign = Literal["positive", "negative", "absolute", "all"]
+Quality = Literal["none", "auc", "full"]
 
+#: What the app says when an image id is no longer in the server's image store and the app has no bytes to send again.
+IMAGE_GONE = "This image is no longer stored on the server — upload it again."
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """The image of an analysis request: its id in the server's image store (``POST /v1/images``),
+    its bytes, or both. With both, the id is sent and the bytes only when the server has forgotten it."""
+
+    image_id: str | None = None
+    data: bytes | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.image_id is None and self.data is None:
+            raise ValueError("an image needs an image_id or its bytes")
+
+
+def image_gone(error: ApiError) -> bool:
+    """Whether ``error`` says that an ``image_id`` is unknown to the server (evicted or never stored)."""
+    if error.status != 404:
+        return False
+    if error.problem.get("parameter") == "image_id" or "image" in error.slug:
+        return True
+    return error.slug not in ("unknown-model",) and "upload" in error.detail.lower()
 
 
 @dataclass(frozen=True)
@@ -73,10 +102,12 @@ class AttributionQuery:
     sign: Sign = "positive"
     opacity: float = 0.5
     colormap: str | None = None
+    quality: Quality | None = None  # None: the server's default (every figure)
 
     def params(self) -> dict[str, Any]:
         query: dict[str, Any] = {
             "method": self.method,
+            "quality": self.quality,
             "target": self.target,
             "layer": self.layer,
             "part": self.part,
@@ -182,6 +213,9 @@ class ApiClient:
         if api_key:
             headers["X-API-Key"] = api_key
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
+        #: Whether the API keeps uploaded images (``POST /v1/images``): None until an upload says.
+        self.stores_images: bool | None = None
+        self._unstorable: set[str] = set()  # ids of images larger than the whole store
 
     def close(self) -> None:
         self._http.close()
@@ -216,7 +250,9 @@ class ApiClient:
         return response
 
     def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        response = self._request(method, path, **kwargs)
+        return self._decode(self._request(method, path, **kwargs), method, path)
+
+    def _decode(self, response: httpx.Response, method: str, path: str) -> dict[str, Any]:
         try:
             body = response.json()
         except (ValueError, UnicodeDecodeError):
@@ -225,10 +261,34 @@ class ApiClient:
             raise ApiError(502, "Unexpected answer", f"{method} {path} answered with JSON that is not an object")
         return body
 
-    def _analysis(self, path: str, image: bytes, params: dict[str, Any], fmt: str) -> dict[str, Any] | bytes:
-        if fmt == "json":
-            return self._json("POST", path, params=params, image=image)
-        return self._request("POST", path, params=params, image=image).content
+    def _with_image(self, path: str, image: bytes | ImageRef, params: dict[str, Any]) -> httpx.Response:
+        """POST an analysis: by ``image_id`` when the server stores images (the bytes go again only
+        when it has forgotten them), else with the bytes."""
+        ref = image if isinstance(image, ImageRef) else ImageRef(data=image)
+        if ref.image_id is not None and ref.data is not None and self.stores_images is None:
+            self.upload_image(ref.data)  # learns whether the API stores images
+        if ref.image_id is None or (ref.data is not None and (not self.stores_images or ref.image_id in self._unstorable)):
+            return self._request("POST", path, params=params, image=ref.data)
+        try:
+            return self._request("POST", path, params={**params, "image_id": ref.image_id})
+        except ApiError as error:
+            if not image_gone(error):
+                raise
+            if ref.data is None:
+                raise ApiError(404, "Image no longer stored", IMAGE_GONE, type=error.type, request_id=error.request_id, problem=error.problem) from None
+        stored = self.upload_image(ref.data)  # evicted meanwhile: store it again, once
+        if stored is None:
+            return self._request("POST", path, params=params, image=ref.data)
+        return self._request("POST", path, params={**params, "image_id": stored["image_id"]})
+
+    def _analysis(self, path: str, image: bytes | ImageRef, params: dict[str, Any], fmt: str) -> dict[str, Any] | bytes:
+        response = self._with_image(path, image, params)
+        if fmt != "json":
+            return response.content
+        body = self._decode(response, "POST", path)
+        if "x-cache" in response.headers:
+            body.setdefault("x_cache", response.headers["x-cache"])
+        return body
 
     # ------------------------------------------------------------------ service
 
@@ -286,19 +346,40 @@ class ApiClient:
     def colormaps(self) -> list[str]:
         return list(self._json("GET", "/v1/colormaps").get("colormaps", []))
 
+    # ------------------------------------------------------------------ images
+
+    def upload_image(self, data: bytes, name: str = "image") -> dict[str, Any] | None:
+        """``POST /v1/images``: store the image once; later requests name it by ``image_id``.
+
+        Returns ``{"image_id", "width", "height", "format", "bytes", ...}``, or ``None`` when the API
+        does not store images (404/405: an older service) or not this one (larger than its whole
+        store: 413 ``image-store-too-small``) -- then the bytes go with every request."""
+        try:
+            stored = self._json("POST", "/v1/images", image=data, image_name=name)
+        except ApiError as error:
+            if error.status in (404, 405) and not image_gone(error):
+                self.stores_images = False
+                return None
+            if error.slug == "image-store-too-small":  # this one does not fit the store: its bytes go each time
+                self._unstorable.add(hashlib.sha256(data).hexdigest())
+                return None
+            raise
+        self.stores_images = True
+        return stored
+
     # ------------------------------------------------------------------ analysis
 
-    def predict(self, image: bytes, *, model: str | None = None, top_k: int = 5) -> dict[str, Any]:
+    def predict(self, image: bytes | ImageRef, *, model: str | None = None, top_k: int = 5) -> dict[str, Any]:
         """``{"image_id", "model", "device", "predictions": [{"index", "label", "probability"}], "timing_ms", ...}``."""
-        return self._json("POST", "/v1/predict", params={"model": model, "top_k": top_k}, image=image)
+        return self._analysis("/v1/predict", image, {"model": model, "top_k": top_k}, "json")  # type: ignore[return-value]
 
-    def activations(self, image: bytes, query: ActivationsQuery, *, model: str | None = None) -> dict[str, Any] | bytes:
+    def activations(self, image: bytes | ImageRef, query: ActivationsQuery, *, model: str | None = None) -> dict[str, Any] | bytes:
         """Maps of one part of a separable layer: JSON (statistics and PNG tiles), a PNG montage or an NPY array."""
         return self._analysis("/v1/activations", image, {"model": model, **query.params()}, query.format)
 
     def decomposition(
         self,
-        image: bytes,
+        image: bytes | ImageRef,
         *,
         layer: str,
         channel: int,
@@ -312,7 +393,7 @@ class ApiClient:
         params = {"model": model, "layer": layer, "channel": channel, "top": top, "format": format, "colormap": colormap, "tile_px": tile_px}
         return self._analysis("/v1/decomposition", image, params, format)
 
-    def attributions(self, image: bytes, query: AttributionQuery, *, model: str | None = None) -> dict[str, Any] | bytes:
+    def attributions(self, image: bytes | ImageRef, query: AttributionQuery, *, model: str | None = None) -> dict[str, Any] | bytes:
         """An attribution map for ``query.target`` (default: the predicted class) with its quality figures."""
         return self._analysis("/v1/attributions", image, {"model": model, **query.params()}, query.format)
 

@@ -2,8 +2,11 @@
 
 State (``st.session_state``, shared by every page):
 
-* ``image``: the :class:`ImageInput` being analysed (bytes, name, sha256 = the API's ``image_id``);
-* ``model_id``: the model picked in the sidebar (``None``: the service's default).
+* ``image``: the :class:`ImageInput` being analysed (bytes, name, sha256 = the API's ``image_id``;
+  opened from a shared link: the id alone);
+* ``model_id``: the model picked in the sidebar (``None``: the service's default);
+* ``_stored_images``: what ``POST /v1/images`` answered for each image this session stored -- an
+  image is uploaded once, and every request after that names it by its id.
 
 API answers are cached with ``st.cache_data`` by everything that determines them
 (API URL, model, image sha256, parameters), so moving between pages or widgets
@@ -20,11 +23,12 @@ from typing import Any
 
 import streamlit as st
 
-from .client import ActivationsQuery, ApiClient, ApiError, AttributionQuery
+from .client import ActivationsQuery, ApiClient, ApiError, AttributionQuery, ImageRef
 from .config import API_KEY_ENV, API_URL_ENV, DEFAULT_API_URL
 
 IMAGE_KEY = "image"
 MODEL_KEY = "model_id"
+STORED_KEY = "_stored_images"  # image_id -> what POST /v1/images answered (None: the API stores no images)
 
 
 def api_url() -> str:
@@ -46,17 +50,28 @@ def client(url: str | None = None) -> ApiClient:
 
 @dataclass(frozen=True)
 class ImageInput:
-    """The image every page analyses: its bytes as the user gave them (the API decodes them)."""
+    """The image every page analyses: its bytes as the user gave them (the API decodes them), or --
+    opened from a shared link -- only its id in the API's image store."""
 
-    data: bytes = field(repr=False)
+    data: bytes | None = field(repr=False)
     name: str
-    source: str  # "upload", or a sample's kind: "photo" or "generated"
+    source: str  # "upload", a sample's kind ("photo", "generated"), or "link" (only its id is known)
     true_index: int | None = None  # generated samples know their class
     true_label: str | None = None
     image_id: str = ""
+    sample_id: str | None = None  # samples: GET /v1/samples/{sample_id}?variant=...
+    variant: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "image_id", hashlib.sha256(self.data).hexdigest())
+        if self.data is not None:
+            object.__setattr__(self, "image_id", hashlib.sha256(self.data).hexdigest())
+        elif not self.image_id:
+            raise ValueError("an image needs its bytes or its image_id")
+
+    @property
+    def ref(self) -> ImageRef:
+        """What requests send: the id (the API's store has the bytes), and the bytes when the app has them."""
+        return ImageRef(self.image_id, self.data)
 
 
 def current_image() -> ImageInput | None:
@@ -65,7 +80,25 @@ def current_image() -> ImageInput | None:
 
 
 def set_image(image: ImageInput) -> None:
+    """Make ``image`` the current one and store it on the server once (``POST /v1/images``):
+    every later request of this session names it by its id instead of sending the bytes again."""
     st.session_state[IMAGE_KEY] = image
+    stored: dict[str, dict[str, Any] | None] = st.session_state.setdefault(STORED_KEY, {})
+    if image.data is None or image.image_id in stored:
+        return
+    try:
+        stored[image.image_id] = client().upload_image(image.data, image.name)
+    except ApiError:
+        pass  # not an image the API takes: the analysis requests say why
+
+
+def stored_facts(image: ImageInput) -> dict[str, Any] | None:
+    """What ``POST /v1/images`` answered for the image (size, format, expiry), if it was stored."""
+    return st.session_state.get(STORED_KEY, {}).get(image.image_id)
+
+
+def forget_image() -> None:
+    st.session_state.pop(IMAGE_KEY, None)
 
 
 def current_model() -> str | None:
@@ -124,7 +157,10 @@ def sample_image(url: str, sample: dict[str, Any], variant: int = 0) -> ImageInp
     data = client(url).sample(sample["id"], variant=variant)
     extension = mimetypes.guess_extension(sample["media_type"]) or ""
     name = sample["id"] if sample["variants"] == 1 else f"{sample['id']}-{variant}"
-    return ImageInput(data, name + extension, sample["kind"], true_index=sample.get("class_index"), true_label=sample.get("label"))
+    return ImageInput(
+        data, name + extension, sample["kind"], true_index=sample.get("class_index"), true_label=sample.get("label"),
+        sample_id=sample["id"], variant=variant,
+    )
 
 
 @st.cache_data(ttl=3600, show_spinner=False)
@@ -205,20 +241,20 @@ def _thaw(params: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
 _QUERIES = {"activations": ActivationsQuery, "attributions": AttributionQuery}
 
 
-def _send(url: str, endpoint: str, data: bytes, params: dict[str, Any]) -> Any:
+def _send(url: str, endpoint: str, image: ImageRef, params: dict[str, Any]) -> Any:
     query = _QUERIES.get(endpoint)
     if query is None:
-        return getattr(client(url), endpoint)(data, **params)
+        return getattr(client(url), endpoint)(image, **params)
     fields = dict(params)
     model = fields.pop("model", None)
     if isinstance(fields.get("channels"), list):
         fields["channels"] = tuple(fields["channels"])
-    return getattr(client(url), endpoint)(data, query(**fields), model=model)
+    return getattr(client(url), endpoint)(image, query(**fields), model=model)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def _analysis(url: str, endpoint: str, image_id: str, _image: bytes, params: tuple[tuple[str, Any], ...]) -> Any:
-    # image_id (sha256 of _image) stands for the bytes in the cache key
+def _analysis(url: str, endpoint: str, image_id: str, _image: ImageRef, params: tuple[tuple[str, Any], ...]) -> Any:
+    # image_id stands for the image in the cache key
     return _send(url, endpoint, _image, _thaw(params))
 
 
@@ -227,8 +263,8 @@ def _call(endpoint: str, image: ImageInput, **params: Any) -> Any:
     if params.get("format", "json") != "json":
         # files (PNG montages, arrays) are fetched when a download button is pressed, outside
         # the script run: straight from the API, not through the cache
-        return _send(url, endpoint, image.data, params)
-    return _analysis(url, endpoint, image.image_id, image.data, _freeze(params))
+        return _send(url, endpoint, image.ref, params)
+    return _analysis(url, endpoint, image.image_id, image.ref, _freeze(params))
 
 
 def predict(image: ImageInput, model: str | None, top_k: int = 5) -> dict[str, Any]:
@@ -254,3 +290,19 @@ def prediction_or_none(image: ImageInput, model: str | None) -> dict[str, Any] |
         return predict(image, model, 5)
     except ApiError:
         return None
+
+
+@st.cache_data(ttl=3600, show_spinner=False)
+def pattern_model(url: str, model: str) -> bool:
+    """Whether ``model`` knows only the generated patterns (the bundled offline model, or one trained
+    like it): its card says it was trained on ``xception_core.synthetic`` data, or its classes are
+    exactly the classes of the API's generated samples. ``False`` when the API cannot say."""
+    try:
+        card = client(url).model(model)
+        data = (card.get("extra") or {}).get("data") or {}
+        if isinstance(data, dict) and "synthetic" in str(data.get("generator", "")):
+            return True
+        generated = {s.get("label") for s in samples(url) if s.get("kind") == "generated"}
+        return bool(generated) and set(classes(url, model)) == generated
+    except (ApiError, KeyError, TypeError, AttributeError):
+        return False

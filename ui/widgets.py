@@ -13,13 +13,16 @@ import numpy as np
 import streamlit as st
 from PIL import Image, ImageOps
 
-from . import session
-from .client import ApiError, problem_json
+from . import session, urlstate
+from .client import IMAGE_GONE, ApiError, ImageRef, image_gone, problem_json
 
 IMAGENET_ID = "xception-imagenet"
 IMAGENET_COMMAND = f"xception-demo weights download {IMAGENET_ID}"
+IMAGENET_FILE = "xception-43020ad28.pth"
+IMAGENET_OFFLINE_COMMAND = f"{IMAGENET_COMMAND} --file {IMAGENET_FILE}"
 FLOW_TITLES = {"entry": "Entry flow", "middle": "Middle flow", "exit": "Exit flow", "head": "Head"}
 PREDICT_PAGE = "views/predict.py"
+PREDICT_SOURCE_KEY = "_predict_source"  # the Predict page's image source (its radio starts from it)
 
 
 # --------------------------------------------------------------------------- errors
@@ -27,6 +30,9 @@ PREDICT_PAGE = "views/predict.py"
 
 def show_error(error: ApiError, where: Any = st) -> None:
     """An API error as a readable message (never a traceback); the problem details on demand."""
+    if image_gone(error):
+        where.warning(f"{IMAGE_GONE} (Predict page: upload it or pick a sample.)", icon=":material/cloud_off:")
+        return
     where.error(error.message, icon=":material/error:")
     if error.problem:
         with where.expander("Problem details"):
@@ -73,9 +79,11 @@ def kernel_png(kernel: list[list[float]], cell_px: int = 16) -> bytes:
     return buf.getvalue()
 
 
-def preview_png(image_id: str, _data: bytes, max_side: int = 640) -> tuple[bytes, str] | None:
+def preview_png(image_id: str, _data: bytes | None, max_side: int = 640) -> tuple[bytes, str] | None:
     """A PNG preview of the uploaded bytes and a description (format, size), or ``None`` when
-    Pillow cannot read them (the API then says what is wrong)."""
+    Pillow cannot read them (the API then says what is wrong) or the app has only the image's id."""
+    if _data is None:
+        return None
     try:
         with Image.open(io.BytesIO(_data)) as img:
             fmt, (w, h), mode = img.format or "?", img.size, img.mode
@@ -188,6 +196,20 @@ def model_table() -> dict[str, Any]:
         raise
 
 
+def pattern_model_warning(model: str, image: session.ImageInput) -> None:
+    """The model knows only generated patterns, and this image is not one of them: say so, and how
+    to get a model that knows photographs."""
+    what = "a photograph" if image.source == "photo" else "an image that is not one of the generated samples"
+    st.warning(
+        f"**{model}** was trained on generated patterns only — its classes are stripes, checkerboards, rings and dots "
+        f"in four colour pairs — and this is {what}, so the answer below is the nearest pattern, not what the picture "
+        f"shows. For photographs install the ImageNet weights (the paper's model): `{IMAGENET_COMMAND}` "
+        f"(without internet: download `{IMAGENET_FILE}` elsewhere, then `{IMAGENET_OFFLINE_COMMAND}`), "
+        f"then pick **{IMAGENET_ID}** in the sidebar.",
+        icon=":material/warning:",
+    )
+
+
 # --------------------------------------------------------------------------- sidebar
 
 
@@ -206,6 +228,8 @@ def sidebar() -> None:
             preview = preview_png(image.image_id, image.data, 256)
             if preview is not None:
                 st.image(preview[0], width=160)
+            elif image.data is None:
+                st.caption("Opened from a link: the image is on the server (no preview here).")
             label = f" · true class: {image.true_label}" if image.true_label else ""
             st.caption(f"**{image.name}**{label}  \n`{image.image_id[:12]}`")
         st.divider()
@@ -231,6 +255,7 @@ def _model_picker(url: str) -> None:
         st.session_state.pop(session.MODEL_KEY, None)
         return
     cards = {m["id"]: m for m in catalogue["models"]}
+    urlstate.restore("model", session.MODEL_KEY, cards, what="a model this API hosts")
     if st.session_state.get(session.MODEL_KEY) not in cards:
         st.session_state[session.MODEL_KEY] = catalogue["default_model"]
 
@@ -240,6 +265,7 @@ def _model_picker(url: str) -> None:
 
     st.selectbox("Model", list(cards), key=session.MODEL_KEY, format_func=label, help="Models the API can host (GET /v1/models): ✓ weights installed, ✗ weights missing.")
     chosen = cards[st.session_state[session.MODEL_KEY]]
+    urlstate.publish("model", chosen["id"])
     st.caption(f"{chosen['num_classes']} classes · {chosen['input_size']} px input · {chosen['source'][:60]}")
     if chosen["status"] != "available":
         how = f"`{IMAGENET_COMMAND}`" if chosen["id"] == IMAGENET_ID else "see `xception-demo models`"
@@ -247,3 +273,83 @@ def _model_picker(url: str) -> None:
     imagenet = cards.get(IMAGENET_ID)
     if imagenet is not None and imagenet["status"] != "available" and chosen["id"] != IMAGENET_ID:
         st.info(f"ImageNet weights (the paper's model) are not installed: `{IMAGENET_COMMAND}`", icon=":material/download:")
+
+
+# --------------------------------------------------------------------------- shareable views
+
+
+def restore_page(pages: dict[str, Any], current: Any) -> None:
+    """A link's ``page=``: open that page (the other values of the link go with it)."""
+    raw = urlstate.incoming("page")
+    here = next(name for name, p in pages.items() if p is current)
+    if raw is not None and raw != here:
+        if raw in pages:
+            st.switch_page(pages[raw], query_params=st.query_params.to_dict())
+        urlstate.ignored("page", raw, f"not a page of this app ({', '.join(pages)})")
+    urlstate.publish("page", here)
+
+
+def restore_image() -> None:
+    """A link's image: a sample (``sample=``, ``variant=``) is fetched again; an uploaded image
+    (``image=`` its id) is used while the API still stores it, else the app says so plainly."""
+    sample, variant, image_id = urlstate.incoming("sample"), urlstate.incoming("variant"), urlstate.incoming("image")
+    if sample is not None and _restore_sample(sample, variant):
+        return
+    if image_id is None:
+        return
+    current = session.current_image()
+    if current is not None and current.image_id == image_id:
+        return
+    if not urlstate.SHA256.fullmatch(image_id):
+        urlstate.ignored("image", image_id, "not an image id (64 hexadecimal digits)")
+        return
+    try:
+        session.client().predict(ImageRef(image_id), top_k=1)  # cheap, and says whether the API still has it
+    except ApiError as error:
+        if error.status in (0, 401, 403, 429) or error.status >= 500:
+            show_error(error)
+        else:  # 404: evicted or never stored; 422: an API that keeps no images
+            st.warning(f"{IMAGE_GONE} (Predict page: upload it or pick a sample.)", icon=":material/cloud_off:")
+        return
+    session.set_image(session.ImageInput(None, f"shared image {image_id[:12]}", "link", image_id=image_id))
+
+
+def _restore_sample(sample_id: str, variant: str | None) -> bool:
+    try:
+        offered = {s["id"]: s for s in session.samples(session.api_url())}
+    except ApiError as error:
+        show_error(error)
+        return False
+    sample = offered.get(sample_id)
+    if sample is None:
+        urlstate.ignored("sample", sample_id, "not a sample of this API")
+        return False
+    number = 0
+    if variant is not None:
+        try:
+            number = urlstate.parse_int(variant)
+        except ValueError:
+            number = -1
+        if not 0 <= number < sample["variants"]:
+            urlstate.ignored("variant", variant, f"{sample_id} has variants 0..{sample['variants'] - 1}")
+            number = 0
+    try:
+        session.set_image(session.sample_image(session.api_url(), sample, number))
+    except ApiError as error:
+        show_error(error)
+        return False
+    # the Predict page opens on that sample's picker
+    st.session_state[PREDICT_SOURCE_KEY] = "Generated sample" if sample["kind"] == "generated" else "Sample photo"
+    if sample["kind"] == "generated":
+        generated = [s["id"] for s in offered.values() if s["kind"] == "generated"]
+        st.session_state["generated_class"] = generated.index(sample_id)
+        st.session_state["generated_variant"] = number
+    return True
+
+
+def publish_image() -> None:
+    image = session.current_image()
+    urlstate.publish("image", image.image_id if image else None)
+    sample = image.sample_id if image else None
+    urlstate.publish("sample", sample)
+    urlstate.publish("variant", image.variant if sample and image.variant else None)

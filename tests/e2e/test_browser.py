@@ -1,6 +1,7 @@
 """End to end in a real browser: ``run_up`` starts the API and the app, headless Chromium (Debian's
 package, driven by Playwright) uploads a photo, waits for the predictions, opens the layer explorer
-and checks that depthwise and pointwise maps are drawn. Screenshots go to ``test-artifacts/``."""
+and checks that depthwise and pointwise maps are drawn, then opens the view's URL (changed to another
+layer) in a new session and sees that view restored. Screenshots go to ``test-artifacts/``."""
 
 from __future__ import annotations
 
@@ -39,6 +40,27 @@ def _port_open(url: str) -> bool:
 def _first_separable_layer(api_url: str) -> dict:
     model = httpx.get(f"{api_url}/readyz", timeout=10).json()["default_model"]
     return httpx.get(f"{api_url}/v1/models/{model}/layers", timeout=30).json()["separable_layers"][0]
+
+
+#: what every selectbox shows (its text, or its input's value where the value sits in an input)
+SELECTBOX_VALUES_JS = """() => [...document.querySelectorAll('[data-testid="stSelectbox"]')].map(box => {
+  const input = box.querySelector('input');
+  const value = input && input.value ? input.value : '';
+  const text = [...box.querySelectorAll('[data-baseweb="select"] div')].map(d => d.textContent.trim()).find(t => t) || '';
+  return (value || text).trim();
+})"""
+
+
+def _shared_view(url: str, api_url: str) -> dict:
+    """``url`` (the app's address bar) with another layer (the model's last separable one) and 4 channels."""
+    from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+    model = httpx.get(f"{api_url}/readyz", timeout=10).json()["default_model"]
+    layer = httpx.get(f"{api_url}/v1/models/{model}/layers", timeout=30).json()["separable_layers"][-1]
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    changed = {**{k: v[-1] for k, v in query.items()}, "layer": layer["name"], "top": "4"}
+    return {"url": urlunsplit(parts._replace(query=urlencode(changed))), "query": query, "layer": layer}
 
 
 def in_ci() -> bool:
@@ -81,6 +103,9 @@ def test_upload_predict_and_layer_maps_in_chromium(tmp_path):
                 wait_until_idle(page)
                 assert page.locator('[data-testid="stMetricLabel"]:has-text("Device")').count() == 1
                 assert "%" in page.locator("[data-testid=stMain] h3").first.inner_text()  # "<top class> — 12.3%"
+                # a photograph on a model that knows only generated patterns: said, with the way to ImageNet weights
+                warning = page.locator('[data-testid="stAlertContentWarning"]').filter(has_text="generated patterns")
+                assert warning.count() == 1 and "xception-demo weights download xception-imagenet" in warning.inner_text()
                 page.screenshot(path=str(ARTIFACTS / "e2e-predict.png"))
 
                 open_page(page, "Layer explorer")
@@ -100,6 +125,27 @@ def test_upload_predict_and_layer_maps_in_chromium(tmp_path):
                 maps = np.load(download.value.path(), allow_pickle=False)
                 assert maps.shape == (expected["depthwise"], *first["output_size"]), maps.shape
                 assert download.value.suggested_filename.endswith(".npy")
+
+                # the address bar is a link to this view: changed to another layer and 4 channels, opened
+                # in a new session (another person), it shows that view of the same image
+                shared = _shared_view(page.url, demo.api_url)
+                assert shared["query"]["page"] == ["layer_explorer"] and len(shared["query"]["image"][0]) == 64, page.url
+                other = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
+                other.goto(shared["url"])
+                other.wait_for_selector('h1:has-text("Layer explorer")', timeout=120_000)
+                layer = shared["layer"]
+                expected = min(4, layer["in_channels"]), min(4, layer["out_channels"])
+                depthwise = drawn_tiles(other, "Depthwise 3×3 · spatial", expected[0])
+                pointwise = drawn_tiles(other, "Pointwise 1×1 · cross-channel", expected[1])
+                wait_until_idle(other)
+                other.screenshot(path=str(ARTIFACTS / "e2e-shared-view.png"))
+                assert (len(depthwise), len(pointwise)) == expected, (depthwise, pointwise)
+                short = layer["name"].split(".", 1)[-1]
+                shown = other.evaluate(SELECTBOX_VALUES_JS)
+                assert any(v.startswith(short + " ") for v in shown), shown
+                assert "upload it again" not in other.locator("[data-testid=stMain]").inner_text()
+                errors = other.locator('[data-testid="stAlertContentError"]').all_inner_texts()
+                assert not errors, errors
             finally:
                 browser.close()
     finally:

@@ -11,7 +11,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from ui import session, widgets
+from ui import session, urlstate, widgets
 
 st.title("Architecture")
 st.caption(
@@ -95,6 +95,7 @@ with st.expander("Diagram of the flows", expanded=True):
 st.subheader("Layers")
 nav1, nav2 = st.columns([2, 5])
 widgets.forget_stale("arch_flow", flows)
+urlstate.restore("flow", "arch_flow", flows, what=f"a flow of this model ({', '.join(flows)})")
 flow = nav1.radio("Flow", flows, format_func=lambda f: widgets.FLOW_TITLES[f], key="arch_flow")
 blocks = _blocks(flow)
 block = nav2.radio("Block", ["all", *blocks], horizontal=True, key=f"arch_block_{flow}")
@@ -164,9 +165,11 @@ st.caption(
 names = [s["name"] for s in separable]
 default = next((i for i, s in enumerate(separable) if s["flow"] == "middle"), 0)
 widgets.forget_stale("spectrum_layer", names)
+urlstate.restore("layer", "spectrum_layer", names, what="a separable layer of this model")
 chosen_name = st.selectbox("Layer", names, index=default, key="spectrum_layer",
                            format_func=lambda n: widgets.layer_label(next(s for s in separable if s["name"] == n)))
 chosen = next(s for s in separable if s["name"] == chosen_name)
+urlstate.publish_all({"flow": flow, "layer": chosen_name})
 
 
 def _bar_chart(frame: pd.DataFrame, column: str, colour: str) -> alt.Chart:

@@ -9,13 +9,35 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from ui import session, widgets
+from ui import session, urlstate, widgets
 from ui.client import ApiError
 
 PREDICTED = -1
 RESULTS_KEY = "attr_results_request"
 SIGNS = {"positive": "positive evidence", "negative": "negative evidence", "absolute": "absolute value", "all": "both signs"}
 COMMON_PARAMS = ("seed", "auc_steps", "infidelity", "sensitivity")
+QUALITY_LEVELS = {
+    "auc": "deletion & insertion AUC",
+    "full": "all figures and curves",
+    "none": "none (map only)",
+}
+#: the parameters that ask for quality figures, and the lowest quality level that computes them
+QUALITY_PARAMS = {"auc_steps": "auc", "infidelity": "full", "sensitivity": "full"}
+LEVEL_ORDER = ("none", "auc", "full")
+
+
+def _at_level(request: dict[str, Any], level: str) -> dict[str, Any]:
+    """The request without the quality parameters that ``level`` leaves out (the API refuses a
+    figure asked for explicitly that the level does not compute)."""
+    keep = {k: v for k, v in request["method_params"].items()
+            if LEVEL_ORDER.index(QUALITY_PARAMS.get(k, "none")) <= LEVEL_ORDER.index(level)}
+    return {**request, "method_params": keep}
+
+
+def _level_needed(common: dict[str, Any], chosen_level: str) -> str:
+    """The chosen level, raised to ``full`` when infidelity or sensitivity is ticked."""
+    needs = [QUALITY_PARAMS[k] for k, v in common.items() if k in ("infidelity", "sensitivity") and v]
+    return max([chosen_level, *needs], key=LEVEL_ORDER.index) if chosen_level != "none" else "none"
 QUALITY = {
     "convergence_delta": ("convergence delta", "closer to 0 is better: attributions sum to f(x) − f(baseline)"),
     "deletion_auc": ("deletion AUC", "lower is better: deleting the most attributed pixels first should drop the score fast"),
@@ -45,6 +67,20 @@ specs = {m["name"]: m for m in catalogue}
 prediction = session.prediction_or_none(image, model)
 
 # ---------------------------------------------------------------- choices
+targets = [PREDICTED, *range(len(class_names))]
+layer_names = [s["name"] for s in table["separable_layers"]]
+linked = urlstate.restore_list("methods", "attr_methods", specs, what="an attribution method of this API", limit=4)
+if linked:
+    st.session_state["_attr_autorun"] = True  # a shared view shows its maps without a click
+urlstate.restore("target", "attr_target", targets, parse=lambda r: PREDICTED if r == "predicted" else urlstate.parse_int(r),
+                 what=f"a class of this model (0..{len(class_names) - 1}, or predicted)")
+urlstate.restore("layer", "attr_layer", layer_names, what="a separable layer of this model")
+urlstate.restore("part", "attr_part", ("pointwise", "depthwise", "grouped", "conv"), what="a part of a layer (pointwise, depthwise, grouped, conv)")
+urlstate.restore("sign", "attr_sign", SIGNS, what=f"a sign ({', '.join(SIGNS)})")
+urlstate.restore("opacity", "attr_opacity", lambda x: 0.0 <= x <= 1.0, parse=urlstate.parse_float, what="an opacity in 0..1")
+urlstate.restore("colormap", "attr_cmap", ["default", *colormap_names], what="a colour map of this API")
+urlstate.restore("quality", "attr_quality", QUALITY_LEVELS, what=f"a quality level ({', '.join(QUALITY_LEVELS)})")
+
 pick, overlay = st.columns([3, 2], gap="large")
 with pick:
     default_methods = [m for m in ("saliency", "layer_gradcam") if m in specs] or list(specs)[:2]
@@ -53,18 +89,17 @@ with pick:
         format_func=lambda m: f"{m} (slow)" if specs[m]["costly"] else m,
     )
     predicted = f"predicted: {prediction['predictions'][0]['label']}" if prediction else "predicted class"
-    widgets.forget_stale("attr_target", [PREDICTED, *range(len(class_names))])
+    widgets.forget_stale("attr_target", targets)
     target_choice = st.selectbox(
-        "Target class", [PREDICTED, *range(len(class_names))], key="attr_target",
+        "Target class", targets, key="attr_target",
         format_func=lambda i: predicted if i == PREDICTED else f"{i}: {class_names[i]}",
     )
     layer_methods = [m for m in chosen if specs[m]["layer_method"]]
     layer = part = None
     if layer_methods:
-        names = [s["name"] for s in table["separable_layers"]]
         l1, l2 = st.columns([3, 2])
-        widgets.forget_stale("attr_layer", names)
-        layer = l1.selectbox(f"Layer (for {', '.join(layer_methods)})", names, index=len(names) - 1, key="attr_layer")
+        widgets.forget_stale("attr_layer", layer_names)
+        layer = l1.selectbox(f"Layer (for {', '.join(layer_methods)})", layer_names, index=len(layer_names) - 1, key="attr_layer")
         row = next(s for s in table["separable_layers"] if s["name"] == layer)
         parts = list(reversed(row.get("parts", ["depthwise", "pointwise"])))  # the layer's output part first
         widgets.forget_stale("attr_part", parts)
@@ -74,6 +109,15 @@ with overlay:
     opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="attr_opacity")
     colormap = st.selectbox("Colormap", ["default", *colormap_names], key="attr_cmap",
                             help="default: jet, or RdBu_r when both signs are shown")
+    quality_level = st.radio(
+        "Quality figures", list(QUALITY_LEVELS), format_func=QUALITY_LEVELS.get, horizontal=True, key="attr_quality",
+        help="The map is shown as soon as it arrives; the quality figures follow in a second request "
+        "(the server keeps the map, so the second request does not compute it again).",
+    )
+urlstate.publish_all({
+    "methods": chosen or None, "target": "predicted" if target_choice == PREDICTED else int(target_choice),
+    "layer": layer, "part": part, "sign": sign, "opacity": float(opacity), "colormap": colormap, "quality": quality_level,
+})
 
 
 def _param_widget(method: str, p: dict[str, Any]) -> Any:
@@ -100,7 +144,7 @@ with st.expander("Method parameters (within the API's limits)", expanded=False):
     for column, method in zip(columns, chosen):
         with column:
             st.markdown(f"**{method}**")
-            own = [p for p in specs[method]["params"] if p["name"] not in COMMON_PARAMS]
+            own = [p for p in specs[method]["params"] if p["name"] not in COMMON_PARAMS and p["name"] != "quality"]
             if not own:
                 st.caption("no parameters of its own")
             method_params[method] = {p["name"]: _param_widget(method, p) for p in own}
@@ -127,9 +171,13 @@ requests = [
     }
     for method in chosen
 ]
-current = {"image_id": image.image_id, "model": model, "requests": requests}
+level = _level_needed(common, quality_level)
+if level != quality_level:
+    st.caption(f"Quality figures: **{level}** (infidelity and sensitivity are among the full figures).")
+current = {"image_id": image.image_id, "model": model, "requests": requests, "quality": level}
 slow = [m for m in chosen if specs[m]["costly"]]
-if st.button("Compute attributions", type="primary", icon=":material/play_arrow:", key="attr_run"):
+clicked = st.button("Compute attributions", type="primary", icon=":material/play_arrow:", key="attr_run")
+if clicked or st.session_state.pop("_attr_autorun", False):
     st.session_state[RESULTS_KEY] = current
 shown = st.session_state.get(RESULTS_KEY)
 if shown is None or shown["image_id"] != image.image_id or shown["model"] != model:
@@ -165,45 +213,83 @@ def _curves(curves: dict[str, list]) -> alt.Chart | None:
     )
 
 
+def _draw_map(answer: dict[str, Any], request: dict[str, Any], n: int) -> None:
+    st.image(widgets.b64(answer["overlay_png"]), width="stretch", output_format="PNG")
+    where = f" at {answer['layer']} ({answer['part']})" if answer.get("layer") else ""
+    probability = f", p = {answer['probability']:.1%}" if answer.get("probability") is not None else ""
+    st.caption(f"target **{answer['target_label']}** ({answer['target_source']}{probability}){where}")
+    cached = " · from the server's cache" if answer.get("x_cache") == "hit" or answer.get("cached") else ""
+    st.caption(f"map: {answer['attribution_ms']:.0f} ms · {answer['device']}{cached}")
+    if answer.get("channel_ranking"):
+        ranking = pd.DataFrame(answer["channel_ranking"][:16])
+        st.altair_chart(
+            alt.Chart(ranking).mark_bar().encode(
+                x=alt.X("channel:N", sort=None), y=alt.Y("score:Q"),
+                color=alt.condition("datum.score > 0", alt.value("#d62728"), alt.value("#1f77b4")),
+            ).properties(height=160, title="channels by contribution"),
+            width="stretch",
+        )
+    base = f"{request['method']}-{image.image_id[:8]}"
+    d1, d2, d3 = st.columns(3)
+    with d1:
+        widgets.download("Overlay PNG", widgets.b64(answer["overlay_png"]), f"{base}-overlay.png", "image/png", f"dl_attr_png_{n}")
+    with d2:
+        widgets.download(
+            "Heatmap npy", lambda r=dict(request): session.attribution(image, model, format="npy", array="heatmap", quality="none", **_at_level(r, "none")),
+            f"{base}-heatmap.npy", "application/x-npy", f"dl_attr_heat_{n}",
+        )
+    with d3:
+        widgets.download(
+            "Raw npy", lambda r=dict(request): session.attribution(image, model, format="npy", array="attribution", quality="none", **_at_level(r, "none")),
+            f"{base}-attribution.npy", "application/x-npy", f"dl_attr_raw_{n}",
+        )
+
+
+def _has_figures(answer: dict[str, Any]) -> bool:
+    """Whether the map's answer carries the figures already: an API without ``quality=`` levels
+    (it does not say ``quality_level``) computes them with every map."""
+    return "quality_level" not in answer and (bool(answer.get("quality")) or bool(answer.get("curves")))
+
+
+def _draw_quality(answer: dict[str, Any]) -> None:
+    _quality_figures(answer.get("quality") or {})
+    if answer.get("quality_ms") is not None:
+        st.caption(f"quality figures: {answer['quality_ms']:.0f} ms")
+    chart = _curves(answer.get("curves") or {})
+    if chart is not None:
+        st.altair_chart(chart, width="stretch", height=200)
+
+
+# Maps first (quality=none): each is drawn as soon as it arrives; then the quality figures,
+# asked for again with quality=auc|full -- the server has the map cached, so only the figures cost.
 results = st.columns(len(shown["requests"]), gap="medium")
+total = len(shown["requests"])
 progress = st.progress(0.0, text="Computing attributions…")
+pending: list[tuple[dict[str, Any], Any]] = []
 for n, (column, request) in enumerate(zip(results, shown["requests"]), 1):
     with column:
         st.subheader(request["method"])
         with widgets.api_errors():
-            progress.progress((n - 1) / len(shown["requests"]), text=f"Computing {request['method']} ({n}/{len(shown['requests'])})…")
+            progress.progress((n - 1) / (2 * total), text=f"Computing {request['method']} ({n}/{total})…")
             with st.spinner(f"Computing {request['method']}…"):
-                answer = session.attribution(image, model, **request)
-            st.image(widgets.b64(answer["overlay_png"]), width="stretch", output_format="PNG")
-            where = f" at {answer['layer']} ({answer['part']})" if answer.get("layer") else ""
-            probability = f", p = {answer['probability']:.1%}" if answer.get("probability") is not None else ""
-            st.caption(f"target **{answer['target_label']}** ({answer['target_source']}{probability}){where}")
-            _quality_figures(answer["quality"])
-            st.caption(f"{answer['attribution_ms']:.0f} ms attribution + {answer['quality_ms']:.0f} ms quality figures · {answer['device']}")
-            chart = _curves(answer.get("curves") or {})
-            if chart is not None:
-                st.altair_chart(chart, width="stretch", height=200)
-            if answer.get("channel_ranking"):
-                ranking = pd.DataFrame(answer["channel_ranking"][:16])
-                st.altair_chart(
-                    alt.Chart(ranking).mark_bar().encode(
-                        x=alt.X("channel:N", sort=None), y=alt.Y("score:Q"),
-                        color=alt.condition("datum.score > 0", alt.value("#d62728"), alt.value("#1f77b4")),
-                    ).properties(height=160, title="channels by contribution"),
-                    width="stretch",
-                )
-            base = f"{request['method']}-{image.image_id[:8]}"
-            d1, d2, d3 = st.columns(3)
-            with d1:
-                widgets.download("Overlay PNG", widgets.b64(answer["overlay_png"]), f"{base}-overlay.png", "image/png", f"dl_attr_png_{n}")
-            with d2:
-                widgets.download(
-                    "Heatmap npy", lambda r=dict(request): session.attribution(image, model, format="npy", array="heatmap", **r),
-                    f"{base}-heatmap.npy", "application/x-npy", f"dl_attr_heat_{n}",
-                )
-            with d3:
-                widgets.download(
-                    "Raw npy", lambda r=dict(request): session.attribution(image, model, format="npy", array="attribution", **r),
-                    f"{base}-attribution.npy", "application/x-npy", f"dl_attr_raw_{n}",
-                )
+                answer = session.attribution(image, model, quality="none", **_at_level(request, "none"))
+            _draw_map(answer, request, n)
+            figures = st.container()
+            if _has_figures(answer) or shown["quality"] == "none":  # an API that sends the figures with the map
+                with figures:
+                    if _has_figures(answer):
+                        _draw_quality(answer)
+                    else:
+                        st.caption("Quality figures: none asked for.")
+            else:
+                with figures:
+                    waiting = st.empty()
+                    waiting.caption("Quality figures follow…")
+                pending.append((request, (figures, waiting)))
+for n, (request, (figures, waiting)) in enumerate(pending, 1):
+    progress.progress(0.5 + (n - 1) / (2 * max(1, len(pending))), text=f"Quality figures of {request['method']}…")
+    with figures, widgets.api_errors():
+        answer = session.attribution(image, model, quality=shown["quality"], **_at_level(request, shown["quality"]))
+        waiting.empty()
+        _draw_quality(answer)
 progress.empty()

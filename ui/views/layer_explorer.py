@@ -9,13 +9,18 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from ui import session, widgets
+from ui import session, urlstate, widgets
 from ui.client import ApiError
 
 SORTS = {"mean": "mean activation", "max": "max activation", "attribution": "attribution (gradient × activation)"}
 NORMALIZATIONS = {"channel": "per channel", "layer": "per layer"}
 TILE_PX = 80
 PREDICTED = -1  # target option: the predicted class
+
+
+def _parse_target(raw: str) -> int:
+    return PREDICTED if raw == "predicted" else urlstate.parse_int(raw)
+
 
 st.title("Layer explorer")
 st.caption(
@@ -31,6 +36,11 @@ limits = session.limits(url)
 groups = widgets.separable_by_flow(table)
 
 # ---------------------------------------------------------------- choices
+flow_of = {r["name"]: flow for flow, rows in groups.items() for r in rows}
+linked = urlstate.restore("layer", "_lx_linked_layer", flow_of, what="a separable layer of this model")
+if linked is not None:
+    st.session_state["lx_flow"] = flow_of[linked]
+    st.session_state[f"lx_layer_{flow_of[linked]}"] = linked
 pick_flow, pick_layer = st.columns([3, 4])
 widgets.forget_stale("lx_flow", list(groups))
 flow = pick_flow.radio("Flow", list(groups), format_func=lambda f: widgets.FLOW_TITLES.get(f, f), horizontal=True, key="lx_flow")
@@ -47,14 +57,19 @@ if not decomposable:
         icon=":material/info:",
     )
 
-o1, o2, o3, o4, o5 = st.columns([3, 3, 2, 2, 3])
-top = o1.slider("Channels per part", 1, limits.max_channels, min(16, limits.max_channels), key="lx_top")
-sort = o2.selectbox("Sort by", list(SORTS), format_func=SORTS.get, key="lx_sort")
-normalize = o3.radio("Normalisation", list(NORMALIZATIONS), format_func=NORMALIZATIONS.get, key="lx_norm")
 try:
     colormap_names = session.colormaps(url)
 except ApiError:
     colormap_names = ["viridis"]
+urlstate.restore("top", "lx_top", lambda n: 1 <= n <= limits.max_channels, parse=urlstate.parse_int,
+                 what=f"a channel count in 1..{limits.max_channels}")
+urlstate.restore("sort", "lx_sort", SORTS, what=f"a sort order ({', '.join(SORTS)})")
+urlstate.restore("normalize", "lx_norm", NORMALIZATIONS, what=f"a normalisation ({', '.join(NORMALIZATIONS)})")
+urlstate.restore("colormap", "lx_cmap", colormap_names, what="a colour map of this API")
+o1, o2, o3, o4, o5 = st.columns([3, 3, 2, 2, 3])
+top = o1.slider("Channels per part", 1, limits.max_channels, min(16, limits.max_channels), key="lx_top")
+sort = o2.selectbox("Sort by", list(SORTS), format_func=SORTS.get, key="lx_sort")
+normalize = o3.radio("Normalisation", list(NORMALIZATIONS), format_func=NORMALIZATIONS.get, key="lx_norm")
 colormap = o4.selectbox("Colormap", colormap_names, key="lx_cmap")
 target = None
 if sort == "attribution":
@@ -66,6 +81,8 @@ if sort == "attribution":
     prediction = session.prediction_or_none(image, model)
     predicted = f"predicted ({prediction['predictions'][0]['label']})" if prediction else "predicted class"
     widgets.forget_stale("lx_target", [PREDICTED, *range(len(class_names))])
+    urlstate.restore("target", "lx_target", [PREDICTED, *range(len(class_names))], parse=_parse_target,
+                     what=f"a class of this model (0..{len(class_names) - 1}, or predicted)")
     choice = o5.selectbox(
         "Target class", [PREDICTED, *range(len(class_names))],
         format_func=lambda i: predicted if i == PREDICTED else f"{i}: {class_names[i]}", key="lx_target",
@@ -73,6 +90,8 @@ if sort == "attribution":
     target = None if choice == PREDICTED else int(choice)
 else:
     o5.caption("Sort by attribution to choose a target class.")
+urlstate.publish_all({"layer": layer, "top": top, "sort": sort, "normalize": normalize, "colormap": colormap,
+                      "target": None if sort != "attribution" else ("predicted" if target is None else target)})
 
 # ---------------------------------------------------------------- maps side by side
 common = {"layer": layer, "normalize": normalize, "colormap": colormap, "tile_px": TILE_PX}
@@ -137,12 +156,18 @@ st.caption(
 )
 pointwise_channels = list(range(row["out_channels"]))
 first = shown.get("pointwise", [0])[0] if shown.get("pointwise") else 0
+max_terms = min(limits.max_decomposition_top, row["in_channels"])
+urlstate.restore("channel", f"lx_channel_{layer}", pointwise_channels, parse=urlstate.parse_int,
+                 what=f"a pointwise channel of {layer} (0..{row['out_channels'] - 1})")
+urlstate.restore("terms", "lx_terms", lambda n: 1 <= n <= max_terms, parse=urlstate.parse_int, what=f"a count in 1..{max_terms}")
 q1, q2 = st.columns([2, 3])
 channel = q1.selectbox(
     "Pointwise channel", pointwise_channels, index=first, key=f"lx_channel_{layer}",
     help="Defaults to the first pointwise channel shown above.",
 )
-terms = q2.slider("Contributions shown", 1, min(limits.max_decomposition_top, row["in_channels"]), min(8, row["in_channels"]), key="lx_terms")
+widgets.forget_stale("lx_terms", list(range(1, max_terms + 1)))
+terms = q2.slider("Contributions shown", 1, max_terms, min(8, row["in_channels"]), key="lx_terms")
+urlstate.publish_all({"channel": int(channel), "terms": terms})
 
 with widgets.api_errors():
     with st.spinner("Decomposing…"):

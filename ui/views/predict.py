@@ -10,7 +10,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from ui import session, widgets
+from ui import session, urlstate, widgets
 from ui.client import ApiError
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif"]
@@ -136,15 +136,23 @@ with result:
         st.stop()
     preview = widgets.preview_png(image.image_id, image.data)
     pic, facts = st.columns([1, 1])
+    stored = session.stored_facts(image)
     with pic:
         if preview is not None:
             st.image(preview[0], width="stretch")
+        elif image.data is None:
+            st.info("Opened from a link: the image is stored on the server; upload it to see it here.", icon=":material/link:")
         else:
             st.warning("This file cannot be previewed; it is sent to the API as it is.")
     with facts:
         st.markdown(f"**{image.name}**")
         described = preview[1] if preview else "unknown format"
-        st.caption(f"{described} · {len(image.data):,} bytes  \nimage_id `{image.image_id[:16]}…`")
+        size = f" · {len(image.data):,} bytes" if image.data is not None else ""
+        st.caption(f"{described}{size}  \nimage_id `{image.image_id[:16]}…`")
+        if stored:
+            until = f", kept until {stored['expires_at']} after its last use" if stored.get("expires_at") else ""
+            st.caption(f"Stored on the server once ({stored.get('width')}×{stored.get('height')} {stored.get('format', '')}{until}); "
+                       "every page names it by its id, and the address bar is a link to this view.")
         if image.true_label:
             st.caption(f"True class: **{image.true_label}**")
 
@@ -157,7 +165,12 @@ with result:
     except ApiError:
         pass
     max_k = max(1, min(limits.max_top_k, num_classes or limits.max_top_k, 20))
+    urlstate.restore("top_k", "top_k", lambda k: 1 <= k <= max_k, parse=urlstate.parse_int, what=f"a top-k in 1..{max_k}")
+    widgets.forget_stale("top_k", list(range(1, max_k + 1)))
     top_k = st.slider("Top-k", 1, max_k, min(5, max_k), key="top_k")
+    urlstate.publish("top_k", top_k)
+    if image.source != "generated" and model and session.pattern_model(session.api_url(), model):
+        widgets.pattern_model_warning(model, image)
     with widgets.api_errors():
         with st.spinner("Classifying…"):
             answer = session.predict(image, model, top_k)
