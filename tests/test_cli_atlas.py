@@ -155,3 +155,16 @@ def test_atlas_show_of_a_model_without_one(capsys):
     code, _, err = run_cli(capsys, "atlas", "show", "--model", "xception-imagenet", "--layer", LAYER,
                            "--part", "pointwise", "--channel", "0")
     assert code == 1 and ("atlas build" in err or "weights" in err)
+
+
+def test_atlas_selectivity_writes_its_report(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(atlas_mod, "BUNDLED_ATLAS_IMAGES", 40)
+    code, stdout, _ = run_cli(capsys, "atlas", "selectivity", "--permutations", "3", "--k", "4", "--out", str(tmp_path), "--json")
+    assert code == 0
+    report = json.loads(stdout)
+    assert report["images"] == 40 and report["k"] == 4
+    rows = json.loads((tmp_path / "selectivity.json").read_text())["rows"]
+    assert len(rows) == 2 * 19 and {"pattern", "scheme", "pattern_chance", "scheme_null95"} <= set(rows[0])
+    assert (tmp_path / "selectivity.png").is_file() and (tmp_path / "selectivity.csv").is_file()
+    code, _, err = run_cli(capsys, "atlas", "selectivity", "--k", "1", "--out", str(tmp_path))
+    assert code == 1 and "k must be in 2.." in err
