@@ -53,6 +53,7 @@ def test_selectivity_finds_what_was_planted():
     rows = {(r.layer, r.part): r for r in selectivity(FakeIndex(labels), labels, permutations=50)}
     a_dw, a_pw, b_dw, b_pw = rows[("a", "depthwise")], rows[("a", "pointwise")], rows[("b", "depthwise")], rows[("b", "pointwise")]
     assert a_dw.pattern == 1.0 and a_dw.pattern > a_dw.pattern_null95 and a_dw.pattern_over_scheme == 1.0
+    assert a_dw.kappa("pattern") == 1.0 and a_pw.kappa("scheme") == 1.0 and abs(b_dw.kappa("scheme")) < 0.2
     assert a_pw.scheme == 1.0 and a_pw.scheme > a_pw.scheme_null95 and a_pw.pattern_over_scheme == 0.0
     assert b_dw.pattern < b_dw.pattern_null95 + 0.05 and b_dw.scheme < b_dw.scheme_null95 + 0.05  # random sets: near chance
     assert b_dw.pattern_low <= b_dw.pattern <= b_dw.pattern_high

@@ -9,6 +9,9 @@ folder (1/5 and 1/4 for a balanced folder). Per layer and part we report the mea
 live channels (a channel whose k-th example ties its best carries no ranking: dead), a
 bootstrap interval over channels, and a permutation null (labels shuffled over images,
 the channels' top-k sets kept) -- what a layer of channels blind to the factor would show.
+Pattern and scheme have different chance levels (and so different largest ratios to
+chance), so they are compared as kappa = (agreement - chance) / (1 - chance): 0 at chance,
+1 when a channel's top-k images all share the value.
 """
 
 from __future__ import annotations
@@ -75,7 +78,12 @@ class SelectivityRow:
     scheme_high: float
     scheme_null95: float
     scheme_chance: float
-    pattern_over_scheme: float  # share of channels whose pattern lift exceeds their scheme lift
+    pattern_over_scheme: float  # share of channels more selective to pattern than to scheme (kappa)
+
+    def kappa(self, factor: str, field: str = "") -> float:
+        """Agreement rescaled so that chance is 0 and a top-k sharing one value is 1."""
+        chance = getattr(self, f"{factor}_chance")
+        return (getattr(self, f"{factor}{field}") - chance) / (1 - chance)
 
 
 def _top_images(index: AtlasIndex, layer: str, part: str, k: int) -> tuple[np.ndarray, int]:
@@ -107,11 +115,11 @@ def selectivity(index: AtlasIndex, labels: np.ndarray, k: int | None = None, per
                 stats[name] = (per_channel, float(np.mean(per_channel)) if len(per_channel) else float("nan"),
                                float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5)),
                                float(np.percentile(null, 95)) if permutations else float("nan"), _chance(values))
-            lift = {name: s[0] / s[5] for name, s in stats.items()}
+            kappa = {name: (s[0] - s[5]) / (1 - s[5]) for name, s in stats.items()}
             rows.append(SelectivityRow(
                 layer, part, len(images), dead,
                 *stats["pattern"][1:], *stats["scheme"][1:],
-                float(np.mean(lift["pattern"] > lift["scheme"])) if len(images) else float("nan"),
+                float(np.mean(kappa["pattern"] > kappa["scheme"])) if len(images) else float("nan"),
             ))
     return rows
 
@@ -143,15 +151,14 @@ def _plot(rows: list[SelectivityRow], path: Path, meta: dict) -> None:
     for ax, part in zip(axes, ("depthwise", "pointwise")):
         part_rows = {r.layer: r for r in rows if r.part == part}
         for factor, colour in (("pattern", "tab:blue"), ("scheme", "tab:red")):
-            get = lambda field: np.array([getattr(part_rows[layer], f"{factor}{field}") for layer in layers])  # noqa: E731
-            chance = get("_chance")
-            ax.plot(x, get("") / chance, "o-", color=colour, label=f"{factor} agreement / chance")
-            ax.fill_between(x, get("_low") / chance, get("_high") / chance, color=colour, alpha=0.2)
-            ax.plot(x, get("_null95") / chance, ":", color=colour, label=f"{factor}: 95% of label-shuffled nulls")
-        ax.axhline(1.0, color="grey", lw=0.8)
+            get = lambda field: np.array([part_rows[layer].kappa(factor, field) for layer in layers])  # noqa: E731
+            ax.plot(x, get(""), "o-", color=colour, label=f"{factor}")
+            ax.fill_between(x, get("_low"), get("_high"), color=colour, alpha=0.2)
+            ax.plot(x, get("_null95"), ":", color=colour, label=f"{factor}: 95% of label-shuffled nulls")
+        ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_title(f"{part} channels")
         ax.set_xticks(x, [name.replace("block", "b").replace(".sep", "s") for name in layers], rotation=60, fontsize=8)
-    axes[0].set_ylabel(f"pairwise agreement of top-{meta.get('k')} images / chance")
+    axes[0].set_ylabel(f"top-{meta.get('k')} agreement, kappa (0 = chance, 1 = all share it)")
     axes[1].legend(fontsize=8)
     fig.suptitle(f"{meta.get('model')}: what the top-{meta.get('k')} of {meta.get('images')} generated images of a channel share "
                  "(band: 95% bootstrap over channels)", fontsize=10)

@@ -132,21 +132,31 @@ def cmd_atlas_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generated_seed(folder: Path) -> int | None:
+    """The seed of a generated folder (its manifest), to say which images the figures come from."""
+    import json
+
+    try:
+        return json.loads((folder / "manifest.json").read_text(encoding="utf-8")).get("seed")
+    except (OSError, ValueError):
+        return None
+
+
 def cmd_atlas_selectivity(args: argparse.Namespace) -> int:
     from xception_core.selectivity import selectivity, synthetic_labels, write_report
 
     card, index = _open(args.model, args.json)
     rows = selectivity(index, synthetic_labels(index.files), k=args.k, permutations=args.permutations, seed=args.seed)
     meta = {"model": card.id, "images": len(index.files), "k": args.k or index.k, "permutations": args.permutations,
-            "seed": args.seed, "atlas_folder": str(index.root)}
+            "seed": args.seed, "generated_seed": _generated_seed(index.root)}
     paths = write_report(rows, Path(args.out), meta)
     if args.json:
         print_json({**meta, "files": {k: str(v) for k, v in paths.items()}})
         return 0
-    print(f"{'layer':20s} {'part':9s} {'live':>4s}  pattern/chance  scheme/chance  pattern>scheme")
+    print(f"{'layer':20s} {'part':9s} {'live':>4s}  pattern kappa  scheme kappa  pattern>scheme")
     for r in rows:
-        print(f"{r.layer:20s} {r.part:9s} {r.channels:4d}  {r.pattern / r.pattern_chance:14.2f}  "
-              f"{r.scheme / r.scheme_chance:13.2f}  {r.pattern_over_scheme:14.0%}")
+        print(f"{r.layer:20s} {r.part:9s} {r.channels:4d}  {r.kappa('pattern'):13.2f}  "
+              f"{r.kappa('scheme'):12.2f}  {r.pattern_over_scheme:14.0%}")
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0
 
