@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .locks import model_lock
-from .model import PART_NAMES, CaptureRequest, SeparableConv2d, Xception, _capture
+from .model import PART_NAMES, CaptureComplete, CaptureRequest, SeparableConv2d, Xception, _capture
 
 #: The parts of Xception's own separable convolution; other points of the spectrum have
 #: other parts (``SeparableConv2d.parts``: ``conv``; ``pointwise``/``grouped``; ...).
@@ -71,6 +71,7 @@ def capture(
     layers: Iterable[str],
     parts: Iterable[str] | None = None,
     detach: bool = True,
+    stop_after: bool = False,
 ) -> Iterator[dict[str, dict[str, torch.Tensor]]]:
     """Within the block, forwards of ``model`` record the named layers' outputs.
 
@@ -80,16 +81,30 @@ def capture(
     a layer does not have is refused. The last part's output is taken before
     the block's BatchNorm, the first part's before the intermediate activation.
     ``detach=False`` keeps the autograd graph (for gradients with respect to an
-    intermediate map).
+    intermediate map). ``stop_after=True`` ends the forward with
+    :class:`~xception_core.model.CaptureComplete` as soon as everything asked for is kept
+    (see :func:`run_until_captured`).
     """
     names = frozenset(layers)
     modules = [resolve_layer(model, name) for name in names]
-    request = CaptureRequest(layers=names, parts=_check_parts(modules, parts), detach=detach)
+    request = CaptureRequest(
+        layers=names, parts=_check_parts(modules, parts), detach=detach, stop_after=stop_after
+    )
     token = _capture.set(request)
     try:
         yield request.outputs
     finally:
         _capture.reset(token)
+
+
+def run_until_captured(model: Xception, x: torch.Tensor) -> None:
+    """Run ``model``'s feature flows on ``x`` inside ``capture(..., stop_after=True)``; the
+    forward stops after the last requested layer (the truncated model, without surgery)."""
+    try:
+        model.forward_features(x)
+    except CaptureComplete:
+        return
+    raise RuntimeError("the forward ended before every requested layer was captured")
 
 
 def forward_with_capture(
@@ -187,3 +202,21 @@ def decompose(
         total=total,
         rest=rest,
     )
+
+
+def channel_weights(model: Xception, layer: str, part: str, channel: int) -> torch.Tensor:
+    """The weights that make output channel ``channel`` of ``part``: a depthwise channel's 3x3
+    kernel ``[3, 3]``; a pointwise channel's 1x1 weights over the channels it mixes ``[C_in]``
+    (the depthwise channels, in Xception's order); a grouped or regular 3x3 channel's
+    ``[C_in / groups, 3, 3]``. A float32 copy on the CPU."""
+    module = resolve_layer(model, layer)
+    _check_parts([module], [part])
+    if part == "input":
+        raise UnknownLayerError(f"the input of {layer} has no weights; parts are {', '.join(module.parts)}")
+    weight = getattr(module, part).weight
+    if isinstance(channel, bool) or not isinstance(channel, int) or not 0 <= channel < weight.shape[0]:
+        raise ValueError(f"channel must be in 0..{weight.shape[0] - 1} for {layer} {part}, got {channel!r}")
+    w = weight[channel].detach().float().cpu().clone()
+    if part == "pointwise":
+        return w[:, 0, 0]
+    return w[0] if w.shape[0] == 1 else w

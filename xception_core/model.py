@@ -167,6 +167,21 @@ class CaptureRequest:
     parts: frozenset[str] = frozenset(PART_NAMES)
     detach: bool = True
     outputs: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    #: Raise :class:`CaptureComplete` once every requested layer is kept (the rest of the
+    #: forward is not computed: feature visualisation truncates the model this way).
+    stop_after: bool = False
+
+    def keep(self, layer: str, values: tuple[tuple[str, torch.Tensor | None], ...]) -> None:
+        kept = self.outputs.setdefault(layer, {})
+        for part, value in values:
+            if value is not None and part in self.parts:
+                kept[part] = value.detach() if self.detach else value
+        if self.stop_after and len(self.outputs) == len(self.layers):
+            raise CaptureComplete(self.outputs)
+
+
+class CaptureComplete(Exception):
+    """Raised inside a forward run with ``CaptureRequest.stop_after`` once everything is kept."""
 
 
 # A ContextVar is private to each thread and asyncio task, so two concurrent
@@ -284,13 +299,13 @@ class SeparableConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         request = _capture.get()
+        wanted = request is not None and self.layer_name in request.layers
         first = getattr(self, self.parts[0])(x)
+        if wanted and request.stop_after and self.parts[-1] not in request.parts:
+            request.keep(self.layer_name, (("input", x), (self.parts[0], first)))  # may stop here
         out = first if len(self.parts) == 1 else getattr(self, self.parts[1])(self.intermediate(first))
-        if request is not None and self.layer_name in request.layers:
-            kept = request.outputs.setdefault(self.layer_name, {})
-            for part, value in (("input", x), (self.parts[0], first), (self.parts[-1], out)):
-                if part in request.parts:
-                    kept[part] = value.detach() if request.detach else value
+        if wanted:
+            request.keep(self.layer_name, (("input", x), (self.parts[0], first), (self.parts[-1], out)))
         return out
 
 
