@@ -11,7 +11,7 @@ from captum.attr import Saliency
 from scipy.stats import spearmanr
 
 from support import calibrate_batchnorm, photo_batch
-from xception_core.attributions import Attributor, AttributorOptions, deletion_insertion_auc
+from xception_core.attributions import Attributor, AttributorOptions, ParamError, deletion_insertion_auc
 from xception_core.attributions.faithfulness import _gaussian_blur
 from xception_core.attributions.fast import (
     CURVE_TOLERANCE,
@@ -195,6 +195,15 @@ def test_spearman_matches_scipy_with_ties():
     assert spearman(a, a) == pytest.approx(1.0)
     assert spearman(a, -a) == pytest.approx(-1.0)
     assert spearman(torch.zeros(5), torch.zeros(5)) == 1.0
+
+
+def test_curves_on_their_own_check_steps_and_target(model, x, heat):
+    attributor = Attributor(model)
+    for steps in (0, 65, True, 2.5):
+        with pytest.raises(ParamError, match="steps"):
+            attributor.curves(x, heat, 3, steps=steps)
+    with pytest.raises(ParamError, match="target"):
+        attributor.curves(x, heat, 99, steps=2)
 
 
 def test_options_are_checked():

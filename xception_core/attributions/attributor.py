@@ -301,11 +301,16 @@ class Attributor:
         for ``target`` on the image ``x``, through the options' curve forward: the quality
         figures on their own, after the map (``auc_steps=0``) was returned."""
         xin = self._prepare_input(x)
-        with self.lock.shared():
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 64:
+            raise ParamError(f"steps must be an integer in 1..64, got {steps!r}", "auc_steps")
+        n_classes = _num_classes(self.model)
+        if n_classes is not None:
+            target = _check_target(target, n_classes)
+        with torch.inference_mode(False), self.lock.shared():
             return self._curves(xin, heatmap, target, steps)
 
     def _curves(self, x: torch.Tensor, heatmap: torch.Tensor, target: int, steps: int) -> DeletionInsertion:
-        forward = self.options.curves or self.model
+        forward = self.options.curves if self.options.curves is not None else self.model
         return deletion_insertion_auc(forward, x, heatmap, target, steps=steps, batch_size=self.options.curve_batch)
 
     def _run(
