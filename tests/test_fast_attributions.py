@@ -12,6 +12,7 @@ from scipy.stats import spearmanr
 
 from support import calibrate_batchnorm, photo_batch
 from xception_core.attributions import Attributor, AttributorOptions, ParamError, deletion_insertion_auc
+from xception_core.attributions import fast
 from xception_core.attributions.faithfulness import _gaussian_blur
 from xception_core.attributions.fast import (
     CURVE_TOLERANCE,
@@ -122,7 +123,7 @@ def test_fp32_quality_engine_and_attributor_curves(model, x):
 
 @pytest.mark.skipif(not NATIVE_BF16, reason="this CPU computes bfloat16 by emulation")
 def test_bf16_quality_engine_within_its_tolerance(model, x, heat):
-    engine = quality_engine(model, input_size=SIZE)
+    engine = quality_engine(model, input_size=SIZE, precision="bf16")
     assert engine.precision == "bf16", engine.notes
     ref = _unbatched(model, x, heat, 3, steps=8)
     got = deletion_insertion_auc(engine, x, heat, 3, steps=8)
@@ -137,6 +138,21 @@ def test_quality_engine_falls_back_to_float32_and_says_why(model):
         engine = quality_engine(model, input_size=SIZE, tolerance=0.0)  # bf16 can never be exact
         assert engine.precision == "fp32"
         assert "log-probabilities differ from float32" in engine.notes[0]
+
+
+@pytest.mark.skipif(not NATIVE_BF16, reason="this CPU computes bfloat16 by emulation")
+@pytest.mark.parametrize("bf16_faster", [True, False])
+def test_auto_quality_engine_takes_the_faster(model, monkeypatch, bf16_faster):
+    def seconds(forward, batch):
+        return 1.0 if (forward.precision == "bf16") == bf16_faster else 2.0
+
+    monkeypatch.setattr(fast, "_seconds", seconds)
+    engine = quality_engine(model, input_size=SIZE)
+    if bf16_faster:
+        assert engine.precision == "bf16" and engine.notes == []
+    else:
+        assert engine.precision == "fp32"
+        assert engine.notes[0].startswith("bf16 not used: ") and "float32 was faster here (250 against 500 ms" in engine.notes[0]
 
 
 def test_without_native_bf16_everything_stays_float32(model, monkeypatch):
