@@ -48,7 +48,16 @@ from .export import onnx_bytes, onnx_logits, onnx_session
 from .fuse import fuse_for_inference
 from .model import model_device
 
-__all__ = ["BACKENDS", "PRECISIONS", "EngineInfo", "EngineOptions", "Predictor", "native_reduced_precision"]
+__all__ = [
+    "BACKENDS",
+    "PRECISIONS",
+    "EngineInfo",
+    "EngineOptions",
+    "Predictor",
+    "disagreement",
+    "example_batch",
+    "native_reduced_precision",
+]
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +141,40 @@ def native_reduced_precision(precision: str, device: torch.device) -> str | None
     return f"reduced precision is not supported on {device.type}"
 
 
+def example_batch(model: nn.Module, size: int, n: int, device: torch.device) -> torch.Tensor:
+    """``n`` seeded uniform images in [-1, 1], ``[n, C, size, size]`` channels_last: the check inputs."""
+    generator = torch.Generator().manual_seed(n)
+    channels = model.config.in_chans if hasattr(model, "config") else 3
+    x = torch.rand(n, channels, size, size, generator=generator) * 2 - 1
+    return x.to(device).contiguous(memory_format=torch.channels_last)
+
+
+def disagreement(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    reference: Callable[[torch.Tensor], torch.Tensor],
+    batch: torch.Tensor,
+    measure: str = "logits",
+) -> float:
+    """How far ``forward`` strays from ``reference`` (float32) on ``batch``.
+
+    ``measure="logits"``: the largest |difference| of the logits relative to the reference's
+    largest magnitude (at least 1) -- the backends' check. ``"log_probabilities"``: the largest
+    |difference| of the log-softmax, so every probability of ``forward`` lies within a factor
+    ``exp(+-d)`` of the reference's -- what probability curves (deletion / insertion) need.
+    A shape mismatch or a non-finite value is infinitely far.
+    """
+    with torch.inference_mode():
+        expected = reference(batch).float()
+        got = forward(batch).float()
+    if got.shape != expected.shape or not bool(torch.isfinite(got).all()):
+        return math.inf
+    if measure == "logits":
+        return float((got - expected).abs().max()) / max(1.0, float(expected.abs().max()))
+    if measure == "log_probabilities":
+        return float((torch.log_softmax(got, 1) - torch.log_softmax(expected, 1)).abs().max())
+    raise ValueError(f"unknown measure {measure!r}; expected logits or log_probabilities")
+
+
 def _missing_onnx() -> str | None:
     """The name of the package the onnxruntime backend lacks (``onnx`` for the exporter,
     ``onnxruntime``), or None."""
@@ -199,24 +242,16 @@ class Predictor:
         self._forward = forward
 
     def _example(self, n: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(n)
-        channels = self.model.config.in_chans if hasattr(self.model, "config") else 3
-        x = torch.rand(n, channels, self.input_size, self.input_size, generator=generator) * 2 - 1
-        return x.to(self.device).contiguous(memory_format=torch.channels_last)
+        return example_batch(self.model, self.input_size, n, self.device)
 
     def _check(self, forward: Callable[[torch.Tensor], torch.Tensor]) -> None:
         """Batches of 1 and 2 through ``forward`` must match the eager model (float32 both)."""
         for n in (1, 2):
-            x = self._example(n)
-            with torch.inference_mode():
-                expected = self.model(x).float()
-                got = forward(x).float()
-            if got.shape != expected.shape:
-                raise RuntimeError(f"logits of shape {tuple(got.shape)} for a batch of {n}; expected {tuple(expected.shape)}")
-            scale = max(1.0, float(expected.abs().max()))
-            diff = float((got - expected).abs().max())
-            if not diff <= CHECK_RTOL * scale:
-                raise RuntimeError(f"logits differ from eager float32 by {diff:.3g} (tolerance {CHECK_RTOL * scale:.3g})")
+            diff = disagreement(forward, self.model, self._example(n))
+            if not diff <= CHECK_RTOL:
+                raise RuntimeError(
+                    f"logits of a batch of {n} differ from eager float32 by {diff:.3g} of their scale (tolerance {CHECK_RTOL:.3g})"
+                )
 
     def _build_onnxruntime(self) -> Callable[[torch.Tensor], torch.Tensor]:
         if self.device.type != "cpu":

@@ -10,7 +10,10 @@ Every algorithm is a small class with one public verb (``attribute``), in the st
 - ``algorithms`` -- one class per Captum method, with its traits (layer method, hooks,
   random draws, convergence delta, kind of output).
 - ``attributor`` -- :class:`Attributor` runs a method on a model for an
-  :class:`AttributionRequest` and returns an :class:`AttributionResult`.
+  :class:`AttributionRequest` and returns an :class:`AttributionResult`; its
+  :class:`AttributorOptions` say the precision and the forward of the quality curves.
+- ``fast`` -- what makes them fast, checked against float32 once when a model loads:
+  ``quality_engine`` (the curves' forward) and ``choose_attribution_precision`` (bf16 or fp32).
 - ``faithfulness`` -- the quality figures of a map: deletion / insertion AUC, infidelity,
   sensitivity.
 - ``localisation`` -- how well a map points at a known object (masks of generated images).
@@ -38,7 +41,7 @@ The lock is not reentrant.
 from ..introspect import UnknownLayerError
 from ..locks import ModelLock, model_lock
 from .algorithms import BASELINES, Algorithm
-from .attributor import AttributionRequest, AttributionResult, Attributor
+from .attributor import AttributionRequest, AttributionResult, Attributor, AttributorOptions
 from .catalogue import (
     COMMON_PARAMS,
     MAX_OCCLUSION_POSITIONS,
@@ -85,6 +88,7 @@ __all__ = [
     "AttributionRequest",
     "AttributionResult",
     "Attributor",
+    "AttributorOptions",
     "BASELINES",
     "COMMON_PARAMS",
     "CurveOptions",

@@ -5,7 +5,10 @@
 :meth:`~.catalogue.MethodSpec.validate` the REST API uses -- then runs the method in float32
 with autograd (never under ``torch.inference_mode``; the input is copied into a fresh tensor)
 and returns an :class:`AttributionResult`: the raw attribution, a heatmap at input
-resolution, timings and the faithfulness figures.
+resolution, timings and the faithfulness figures. :class:`AttributorOptions` say how fast:
+bfloat16 autocast for the method (where :func:`~.fast.choose_attribution_precision` found it
+native and agreeing with float32), and the forward the deletion / insertion curves use (the
+model itself, or a faster engine from :func:`~.fast.quality_engine`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -27,9 +31,9 @@ from ..introspect import PARTS
 from .algorithms import Algorithm
 from .catalogue import MethodSpec, get_method
 from .errors import InputError, ParamError
-from .faithfulness import deletion_insertion_auc, infidelity, sensitivity
+from .faithfulness import MAX_CURVE_BATCH, DeletionInsertion, Forward, deletion_insertion_auc, infidelity, sensitivity
 from ..model import model_device
-from .runtime import seeded, sync
+from .runtime import ATTRIBUTION_PRECISIONS, autocast, seeded, sync
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,28 @@ class AttributionRequest:
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
 
 
+@dataclass(frozen=True)
+class AttributorOptions:
+    """How an :class:`Attributor` computes.
+
+    ``precision``: ``fp32``, or ``bf16`` (bfloat16 autocast around the method; decide it with
+    :func:`~.fast.choose_attribution_precision`, which checks the hardware and the agreement
+    with float32). ``curves``: the forward of the deletion / insertion curves (logits of a
+    batch), e.g. :func:`~.fast.quality_engine`'s; ``None``: the attributed model in float32.
+    ``curve_batch``: images per forward of the curves (1..64).
+    """
+
+    precision: str = "fp32"
+    curves: Forward | None = None
+    curve_batch: int = 16
+
+    def __post_init__(self) -> None:
+        if self.precision not in ATTRIBUTION_PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(ATTRIBUTION_PRECISIONS)}, got {self.precision!r}")
+        if not 1 <= int(self.curve_batch) <= MAX_CURVE_BATCH:
+            raise ValueError(f"curve_batch must be in 1..{MAX_CURVE_BATCH}, got {self.curve_batch}")
+
+
 @dataclass
 class AttributionResult:
     """What :meth:`Attributor.attribute` returns; every tensor is float32 on the CPU.
@@ -62,7 +88,8 @@ class AttributionResult:
     figures; ``quality`` may hold ``convergence_delta`` (absolute),
     ``deletion_auc``, ``insertion_auc``, ``infidelity``, ``sensitivity_max``;
     ``curves`` the deletion / insertion curves. ``params`` are the resolved
-    parameter values (defaults filled in).
+    parameter values (defaults filled in); ``precision`` what the method ran in
+    (``fp32`` or ``bf16``).
     """
 
     method: str
@@ -79,6 +106,7 @@ class AttributionResult:
     quality_ms: float = 0.0
     channel_ranking: list[tuple[int, float]] | None = None
     curves: dict[str, list[float]] = field(default_factory=dict)
+    precision: str = "fp32"
 
     def summary(self) -> dict[str, Any]:
         """Everything but the tensors, JSON-ready."""
@@ -95,6 +123,7 @@ class AttributionResult:
             "quality_ms": self.quality_ms,
             "quality": dict(self.quality),
             "params": dict(self.params),
+            "precision": self.precision,
             "channel_ranking": (
                 [{"channel": c, "score": s} for c, s in self.channel_ranking]
                 if self.channel_ranking is not None
@@ -112,6 +141,7 @@ class _Job:
     algorithm: Algorithm
     x: torch.Tensor
     params: dict[str, Any]
+    precision: str = "fp32"
 
 
 def _num_classes(model: nn.Module) -> int | None:
@@ -166,11 +196,11 @@ def _explainer(job: _Job) -> Callable[..., torch.Tensor]:
 
     def explain(inputs: Any, target: Any = None) -> torch.Tensor:
         batch = inputs[0] if isinstance(inputs, tuple) else inputs
-        with torch.enable_grad():
+        with torch.enable_grad(), autocast(job.precision, batch.device):
             # perturbed inputs come one at a time (max_examples_per_batch=1);
             # Captum expands ``target`` to the batch
             t = int(target[0]) if isinstance(target, (list, tuple, torch.Tensor)) else int(target)
-            return job.algorithm.attribute(batch.detach().requires_grad_(), t, job.params, False)[0].detach()
+            return job.algorithm.attribute(batch.detach().requires_grad_(), t, job.params, False)[0].detach().float()
 
     return explain
 
@@ -192,11 +222,12 @@ class Attributor:
     run in full precision).
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, options: AttributorOptions | None = None) -> None:
         params = list(model.parameters())
         if params and any(p.dtype != torch.float32 for p in params):
             model = copy.deepcopy(model).float()
         self.model = model
+        self.options = options or AttributorOptions()
         self.device = model_device(model)
         self.lock = model_lock(model)
         separable = getattr(model, "separable_layers", None)
@@ -242,7 +273,7 @@ class Attributor:
             checked = _check_target(checked, n_classes)
         _check_logits(logits, n_classes)
         module = getattr(self.layers[request.layer], request.part) if spec.layer_method else None  # type: ignore[index,arg-type]
-        job = _Job(spec, spec.algorithm(self.model, module), xin, resolved)
+        job = _Job(spec, spec.algorithm(self.model, module), xin, resolved, self.options.precision)
         guard = self.lock.exclusive() if spec.hooks else self.lock.shared()
         with torch.inference_mode(False), guard:
             return self._run(job, request, checked, logits)
@@ -264,6 +295,23 @@ class Attributor:
         if not torch.isfinite(fresh).all():
             raise InputError("x contains NaN or infinite values")
         return fresh
+
+    def curves(self, x: torch.Tensor, heatmap: torch.Tensor, target: int, steps: int = 16) -> DeletionInsertion:
+        """The deletion / insertion curves of ``heatmap`` (``[H, W]``, e.g. an earlier result's)
+        for ``target`` on the image ``x``, through the options' curve forward: the quality
+        figures on their own, after the map (``auc_steps=0``) was returned."""
+        xin = self._prepare_input(x)
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 64:
+            raise ParamError(f"steps must be an integer in 1..64, got {steps!r}", "auc_steps")
+        n_classes = _num_classes(self.model)
+        if n_classes is not None:
+            target = _check_target(target, n_classes)
+        with torch.inference_mode(False), self.lock.shared():
+            return self._curves(xin, heatmap, target, steps)
+
+    def _curves(self, x: torch.Tensor, heatmap: torch.Tensor, target: int, steps: int) -> DeletionInsertion:
+        forward = self.options.curves if self.options.curves is not None else self.model
+        return deletion_insertion_auc(forward, x, heatmap, target, steps=steps, batch_size=self.options.curve_batch)
 
     def _run(
         self, job: _Job, request: AttributionRequest, target: int | None, logits: torch.Tensor | None
@@ -297,6 +345,7 @@ class Attributor:
             quality_ms=quality_ms,
             channel_ranking=ranking,
             curves=curves,
+            precision=job.precision,
         )
 
     def _explain(
@@ -322,12 +371,10 @@ class Attributor:
                 # a leaf that requires grad (Captum warns otherwise); ``x`` stays as is
                 xg = x.detach().requires_grad_()
                 want_delta = job.algorithm.convergence_delta
-                if job.spec.stochastic:
-                    with seeded(job.params["seed"], self.device):
-                        raw, delta = job.algorithm.attribute(xg, target, job.params, want_delta)
-                else:
+                rng = seeded(job.params["seed"], self.device) if job.spec.stochastic else nullcontext()
+                with rng, autocast(job.precision, self.device):
                     raw, delta = job.algorithm.attribute(xg, target, job.params, want_delta)
-                raw = raw.detach().contiguous()
+                raw = raw.detach().float().contiguous()
         finally:
             if handle is not None:
                 handle.remove()
@@ -351,7 +398,7 @@ class Attributor:
         if delta is not None:
             quality["convergence_delta"] = float(delta.detach().abs().sum())
         if p["auc_steps"] > 0:
-            di = deletion_insertion_auc(self.model, x, heat, target, steps=p["auc_steps"])
+            di = self._curves(x, heat, target, p["auc_steps"])
             quality["deletion_auc"] = di.deletion_auc
             quality["insertion_auc"] = di.insertion_auc
             curves = {"fractions": di.fractions, "deletion": di.deletion, "insertion": di.insertion}

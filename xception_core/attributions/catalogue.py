@@ -221,8 +221,8 @@ COMMON_PARAMS: tuple[Param, ...] = (
         16,
         0,
         64,
-        description="steps of the deletion / insertion curves (2 x (steps + 1) forward passes, "
-        "batched); 0 skips them",
+        description="steps of the deletion / insertion curves (2 x steps + 1 images through the "
+        "forward, batched); 0 skips them",
     ),
     Param(
         "infidelity",

@@ -1,4 +1,4 @@
-"""What an attribution run needs from torch around the method: timing sync and seeded RNGs.
+"""What an attribution run needs from torch around the method: timing sync, seeded RNGs, precision.
 
 Random methods (smoothgrad, gradient SHAP, and the infidelity and sensitivity figures) draw
 from torch's and NumPy's global generators inside Captum. They run seeded inside
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -38,3 +38,16 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
             yield
         finally:
             np.random.set_state(np_state)
+
+
+#: Precisions an attribution can run in: float32, or bfloat16 autocast (where the hardware has it).
+ATTRIBUTION_PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(precision: str, device: torch.device) -> AbstractContextManager:
+    """The autocast context of ``precision`` on ``device``: none for fp32, bfloat16 for bf16."""
+    if precision == "fp32":
+        return nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    raise ValueError(f"unknown attribution precision {precision!r}; expected one of {', '.join(ATTRIBUTION_PRECISIONS)}")
