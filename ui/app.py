@@ -25,6 +25,7 @@ PAGES = [
     st.Page("views/predict.py", title="Predict", icon=":material/image_search:", default=True),
     st.Page("views/architecture.py", title="Architecture", icon=":material/account_tree:"),
     st.Page("views/layer_explorer.py", title="Layer explorer", icon=":material/grid_view:"),
+    st.Page("views/atlas.py", title="Channel atlas", icon=":material/travel_explore:"),
     st.Page("views/attributions.py", title="Attributions", icon=":material/center_focus_strong:"),
 ]
 

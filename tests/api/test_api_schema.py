@@ -83,8 +83,9 @@ def map_case(context, case):
             if isinstance(params.get("channel"), int):
                 params["channel"] %= 16
             case.path_parameters = params
-        if isinstance(query.get("steps"), int) and not isinstance(query.get("steps"), bool):
-            query["steps"] = min(query["steps"], 4)
+        if path.endswith("/visualisation"):  # absent: the default 256 steps
+            steps = query.get("steps")
+            query["steps"] = min(steps, 4) if isinstance(steps, int) and not isinstance(steps, bool) else 4 if steps is None else steps
         if isinstance(query.get("size"), int) and not isinstance(query.get("size"), bool):
             query["size"] = min(query["size"], 80)
     if case.query is not None or query:
