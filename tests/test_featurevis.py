@@ -209,3 +209,19 @@ def test_errors_against_the_model(model):
             visualise(model, request())
     finally:
         model.eval()
+
+
+def test_channel_weights(model):
+    from xception_core.introspect import channel_weights
+
+    layer = model.separable_layers()[LAYER]
+    kernel = channel_weights(model, LAYER, "depthwise", 3)
+    assert kernel.shape == (3, 3) and torch.equal(kernel, layer.depthwise.weight[3, 0])
+    mix = channel_weights(model, LAYER, "pointwise", 5)
+    assert mix.shape == (16,) and torch.equal(mix, layer.pointwise.weight[5, :, 0, 0])
+    with pytest.raises(ValueError, match=r"channel must be in 0\.\.23"):
+        channel_weights(model, LAYER, "pointwise", 24)
+    with pytest.raises(UnknownLayerError):
+        channel_weights(model, LAYER, "grouped", 0)
+    with pytest.raises(UnknownLayerError, match="no weights"):
+        channel_weights(model, LAYER, "input", 0)

@@ -5,6 +5,8 @@ No web code lives here. The public surface:
 - the model: :class:`Xception`, :class:`XceptionConfig`, :class:`SeparableConv2d`
 - its anatomy: :func:`profile_model`; the paper's spectrum: :func:`segment_spectrum`, :func:`layer_spectrum`
 - looking inside: :func:`forward_with_capture`, :func:`capture`, :func:`decompose`
+- what a channel is: :func:`visualise` (feature visualisation, :class:`VisualisationRequest`),
+  the channel atlas (:func:`build_atlas`, :func:`open_atlas`, :class:`AtlasIndex`)
 - weights: :func:`list_models`, :func:`load_model`, :func:`import_weights`,
   :func:`download_weights`, :func:`timm_to_ours`, :func:`ours_to_timm`
 - images: :func:`decode_image` (safe decoding), :class:`PreprocessConfig`, :func:`eval_transform`
@@ -13,9 +15,11 @@ No web code lives here. The public surface:
   engines (BatchNorm folded; eager, torch.compile or onnxruntime; bf16/fp16): :class:`Predictor`
 """
 
+from .atlas import AtlasBuildRequest, AtlasError, AtlasIndex, build_atlas, open_atlas
 from .convert import StateDictMismatch, infer_timm_config, ours_to_timm, timm_to_ours
 from .decode import ImageDecodeError, decode_image
 from .engine import EngineInfo, Predictor
+from .featurevis import VisualisationError, VisualisationRequest, VisualisationResult, visualise
 from .inference import Prediction, classify, evaluate_folder, predict_logits, top_k
 from .introspect import Decomposition, UnknownLayerError, capture, decompose, forward_with_capture
 from .labels import imagenet_class_names, load_class_names
@@ -35,6 +39,15 @@ from .weights import (
 )
 
 __all__ = [
+    "AtlasBuildRequest",
+    "AtlasError",
+    "AtlasIndex",
+    "VisualisationError",
+    "VisualisationRequest",
+    "VisualisationResult",
+    "build_atlas",
+    "open_atlas",
+    "visualise",
     "BUNDLED_ID",
     "Decomposition",
     "EngineInfo",

@@ -391,6 +391,11 @@ class AtlasIndex:
             raise AtlasError(f"unknown part {part!r} of {layer}; the atlas has {', '.join(layers[layer])}")
         return layers[layer][part]
 
+    def top(self, layer: str, part: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(objectives, image indices)``, each ``[channels, k]``, largest first (-inf / -1 where empty)."""
+        self._part_meta(layer, part)
+        return self._arrays[_key(layer, part, "top_obj")], self._arrays[_key(layer, part, "top_img")]
+
     def entry(self, layer: str, part: str, channel: int, k: int | None = None) -> AtlasEntry:
         """The top ``k`` (default: all kept) examples of ``channel``, largest objective first."""
         info = self._part_meta(layer, part)

@@ -202,3 +202,21 @@ def decompose(
         total=total,
         rest=rest,
     )
+
+
+def channel_weights(model: Xception, layer: str, part: str, channel: int) -> torch.Tensor:
+    """The weights that make output channel ``channel`` of ``part``: a depthwise channel's 3x3
+    kernel ``[3, 3]``; a pointwise channel's 1x1 weights over the channels it mixes ``[C_in]``
+    (the depthwise channels, in Xception's order); a grouped or regular 3x3 channel's
+    ``[C_in / groups, 3, 3]``. A float32 copy on the CPU."""
+    module = resolve_layer(model, layer)
+    _check_parts([module], [part])
+    if part == "input":
+        raise UnknownLayerError(f"the input of {layer} has no weights; parts are {', '.join(module.parts)}")
+    weight = getattr(module, part).weight
+    if isinstance(channel, bool) or not isinstance(channel, int) or not 0 <= channel < weight.shape[0]:
+        raise ValueError(f"channel must be in 0..{weight.shape[0] - 1} for {layer} {part}, got {channel!r}")
+    w = weight[channel].detach().float().cpu().clone()
+    if part == "pointwise":
+        return w[:, 0, 0]
+    return w[0] if w.shape[0] == 1 else w

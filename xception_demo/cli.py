@@ -16,10 +16,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import PROG, errors, export, info, lab, predict, serve, weights
+from . import PROG, atlas, errors, export, info, lab, predict, serve, weights
 
 #: The command groups, in the order ``--help`` lists them.
-GROUPS = (info, weights, predict, lab, serve, export)
+GROUPS = (info, weights, predict, lab, atlas, serve, export)
 
 
 def build_parser() -> argparse.ArgumentParser:
