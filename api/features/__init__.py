@@ -37,4 +37,5 @@ class Features:
 
     async def close(self) -> None:
         await self.predictions.close()
+        self.atlas.close()
         self.runtime.close()

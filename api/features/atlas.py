@@ -33,7 +33,7 @@ from ..encodings import BinaryResult, b64png, finite, npy_bytes, rgb_png
 from ..errors import ApiError, invalid_choice, out_of_range
 from ..registry import LoadedModel
 from ..runtime import Runtime
-from ..workers import Deadline, DeadlineExceeded
+from ..workers import Deadline, DeadlineExceeded, WorkPool
 
 PARTS = ("depthwise", "pointwise")
 #: Default visualisation side: the model's input size, at most this (a CPU answers in seconds).
@@ -101,6 +101,12 @@ class Atlas:
         self._indexes: dict[str, AtlasIndex] = {}
         self._building: dict[str, list[int]] = {}  # model id -> [done, total]
         self._lock = threading.Lock()
+        # opening an index, or building one (a minute of CPU at most), never holds up the slow pool's
+        # visualisations and attributions: its own thread; one build per model at a time (_building)
+        self.index_pool = WorkPool("atlas", 1, runtime.settings.max_pending_jobs, runtime.metrics)
+
+    def close(self) -> None:
+        self.index_pool.shutdown()
 
     # ------------------------------------------------------------------ visualisation
 
@@ -144,8 +150,7 @@ class Atlas:
         check_channel(entry, query.ref)
         index = self._indexes.get(entry.key)
         if index is None:
-            # opening reads the index; a first use may build it (minutes at most): the slow pool
-            index = await rt.attribution_pool.run(self._index, entry, deadline=deadline, device=rt.device)
+            index = await self.index_pool.run(self._index, entry, deadline=deadline, device=rt.device)
         answer = await rt.inference_pool.run(self._entry_job, entry, index, query, deadline=deadline, device=rt.device)
         return {**answer, "timing_ms": deadline.elapsed_ms()}
 

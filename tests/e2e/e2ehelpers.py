@@ -203,7 +203,12 @@ def open_atlas_from_explorer(page, heading: str, timeout_ms: int = 300_000) -> i
     column = page.locator('[data-testid="stColumn"]').filter(has=page.locator(f'h3:has-text("{heading}")')).last
     column.get_by_role("link", name=label, exact=True).first.click()
     page.wait_for_selector('h1:has-text("Channel atlas")', timeout=60_000)
-    wait_for_atlas(page, timeout_ms)
+    try:
+        wait_for_atlas(page, timeout_ms)
+    except Exception:
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "e2e-atlas-timeout.png"))
+        raise
     return int(label.removeprefix("#"))
 
 

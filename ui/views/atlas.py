@@ -8,6 +8,7 @@ can be shared; the Layer explorer links here with them set.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import altair as alt
@@ -24,6 +25,8 @@ THUMB_PX = 88
 QUERY = ("layer", "part", "channel")
 KEYS = {"layer": "ca_layer", "part": "ca_part", "channel": "ca_channel"}
 WRITTEN = "ca_written"  # the query this page last wrote: another one arrived by a link
+POLLS = "ca_polls"  # reruns spent waiting for an atlas being built
+POLL_S, MAX_POLLS = 3.0, 100
 
 
 def focus(part: str, channel: int, layer: str | None = None) -> None:
@@ -80,11 +83,16 @@ def show_examples(ref: tuple[str, str, str, int], vis: dict[str, Any] | None) ->
     try:
         entry = session.atlas(session.api_url(), ref, 9)
     except ApiError as error:
-        if error.status in (409, 503):
+        if error.status in (503, 504) and st.session_state.get(POLLS, 0) < MAX_POLLS:
+            # the first request builds the atlas (up to a minute); it goes on after a 504: ask again soon
+            st.info(f"{error.detail} — this page asks again every {POLL_S:g} s.", icon=":material/hourglass_top:")
+            st.session_state["ca_poll_now"] = True
+        elif error.status == 409:
             st.info(error.detail, icon=":material/dataset:")
         else:
             widgets.show_error(error)
         return
+    st.session_state[POLLS] = 0
     examples = [e for e in entry["examples"] if e["png"]]
     st.markdown(f"**Top {len(examples)} of {entry['images']} data-set images**, cropped to the receptive field of the maximum")
     widgets.tile_grid(
@@ -204,3 +212,8 @@ for shown_part, column in columns.items():
         vis = show_visualisation(ref, steps, seed)
         show_weights(ref, f"ca_{shown_part}")
         show_examples(ref, vis)
+
+if st.session_state.pop("ca_poll_now", False):
+    st.session_state[POLLS] = st.session_state.get(POLLS, 0) + 1
+    time.sleep(POLL_S)
+    st.rerun()
