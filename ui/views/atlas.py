@@ -22,6 +22,7 @@ PARTS = {"depthwise": "Depthwise 3×3 · spatial", "pointwise": "Pointwise 1×1 
 OTHER = {"depthwise": "pointwise", "pointwise": "depthwise"}
 STEPS = [8, 32, 64, 128, 256, 512, 1024]
 THUMB_PX = 88
+LINKS = 4  # click-through buttons to the other part's channels
 QUERY = ("layer", "part", "channel")
 KEYS = {"layer": "ca_layer", "part": "ca_part", "channel": "ca_channel"}
 WRITTEN = "ca_written"  # the query this page last wrote: another one arrived by a link
@@ -115,8 +116,8 @@ def show_weights(ref: tuple[str, str, str, int], key: str) -> None:
             k1, k2 = st.columns([1, 3])
             k1.image(widgets.kernel_png(weights["kernel"], 24), caption="3×3 kernel", output_format="PNG")
             k2.caption(f"Read most by these of the {weights['used_by_count']} pointwise channels (1×1 weight):")
-            links = weights["used_by"][:6]
-            for column, term in zip(k2.columns(len(links)), links):
+            links = weights["used_by"][:LINKS]
+            for column, term in zip(k2.columns(LINKS), links):
                 column.button(
                     f"pw #{term['channel']}", key=f"{key}_pw{term['channel']}", help=f"weight {term['weight']:+.3f}",
                     on_click=focus, args=("pointwise", term["channel"]),
@@ -131,7 +132,7 @@ def show_weights(ref: tuple[str, str, str, int], key: str) -> None:
                 y=alt.Y("weight:Q", title=f"W[{channel}, i]"),
                 color=alt.condition("datum.weight >= 0", alt.value("#d62728"), alt.value("#1f77b4")),
                 tooltip=["depthwise channel", alt.Tooltip("weight:Q", format=".4f")],
-            ).add_params(pick).properties(height=170, title=f"1×1 weights over the {len(values)} depthwise channels it mixes (click a bar)")
+            ).add_params(pick).properties(height=170, title=f"W[{channel}, i] over the {len(values)} depthwise channels")
         )
         event = st.altair_chart(chart, width="stretch", on_select="rerun", key=f"{key}_bars")
         chosen = (event or {}).get("selection", {}).get("pick") or []
@@ -139,9 +140,9 @@ def show_weights(ref: tuple[str, str, str, int], key: str) -> None:
             st.session_state.pop(f"{key}_bars", None)
             focus("depthwise", int(chosen[0]["depthwise channel"]))
             st.rerun()
-        st.caption("Strongest depthwise channels it mixes:")
-        links = weights["top"][:6]
-        for column, term in zip(st.columns(len(links)), links):
+        st.caption("Its 1×1 weights over the depthwise channels it mixes: click a bar, or one of the strongest, to open that channel.")
+        links = weights["top"][:LINKS]
+        for column, term in zip(st.columns(LINKS), links):
             column.button(
                 f"dw #{term['channel']}", key=f"{key}_dw{term['channel']}", help=f"weight {term['weight']:+.3f}",
                 on_click=focus, args=("depthwise", term["channel"]),
