@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                 shots["layer_explorer"] = page.screenshot()
 
                 # the channel atlas, reached from a pointwise tile; then its depthwise partner chosen
-                page.set_viewport_size({"width": WIDTH, "height": 1500})
+                page.set_viewport_size({"width": WIDTH, "height": 1950})
                 open_atlas_from_explorer(page, "Pointwise 1×1 · cross-channel")
                 page.wait_for_timeout(1500)
                 shots["atlas-pointwise"] = page.screenshot()
