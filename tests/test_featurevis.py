@@ -225,3 +225,21 @@ def test_channel_weights(model):
         channel_weights(model, LAYER, "grouped", 0)
     with pytest.raises(UnknownLayerError, match="no weights"):
         channel_weights(model, LAYER, "input", 0)
+
+
+def test_a_channel_dead_on_the_start_image_still_rises(bundled):
+    """entry.block4.sep2 depthwise 127 reads an input channel that is 0 on the start image: only
+    the redirected ReLU gradient gets the optimisation going."""
+    model, card = bundled
+    result = visualise(model, request(layer="entry.block4.sep2", part="depthwise", channels=(127,), steps=32, size=96), card.preprocess)
+    assert result.images[0].objective_start == 0.0 and result.images[0].objective_final > 0.1
+
+
+def test_the_redirecting_twin_shares_the_weights_and_leaves_the_model_alone(model):
+    from xception_core.featurevis import _twin
+
+    twin = _twin(model)
+    assert _twin(model) is twin
+    assert all(a is b for a, b in zip(model.parameters(), twin.parameters()))
+    assert sum(type(m) is torch.nn.ReLU for m in twin.modules()) == 0
+    assert sum(type(m) is torch.nn.ReLU for m in model.modules()) > 0

@@ -16,8 +16,11 @@ alone: no ``.grad`` of the shared model is touched, so concurrent requests do no
 
 from __future__ import annotations
 
+import copy
 import math
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -26,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .introspect import capture, resolve_layer, run_until_captured
 from .locks import model_lock
@@ -64,6 +68,53 @@ _COLOUR = _COLOUR_SQRT / _COLOUR_SQRT.norm(dim=0).max()
 _JITTER_PX = 12
 _SCALE = (0.9, 1.1)
 _ROTATE_DEG = 10.0
+
+
+class _RedirectedReLUFunction(torch.autograd.Function):
+    """ReLU forward; backward as Lucid's "redirected ReLU": where the true gradient of a batch
+    element is zero everywhere (a dead channel for this image), let the gradient through where
+    it would raise the input, so the optimisation can leave the dead region."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        relu_grad = torch.where(x > 0, grad, torch.zeros_like(grad))
+        # grad is d(loss)/dx; loss = -objective, so grad < 0 raises the input
+        redirected = torch.where((x <= 0) & (grad > 0), torch.zeros_like(grad), grad)
+        alive = relu_grad.flatten(1).abs().amax(dim=1) > 0
+        return torch.where(alive.view(-1, *([1] * (grad.dim() - 1))), relu_grad, redirected)
+
+
+class _RedirectedReLU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _RedirectedReLUFunction.apply(x)
+
+
+_TWINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_TWINS_LOCK = threading.Lock()
+
+
+def _twin(model: Xception) -> Xception:
+    """``model`` with every ReLU redirected, sharing its parameters and buffers (cached per model).
+
+    A twin rather than hooks: hooks on the shared model would reach every concurrent forward
+    (and Captum's DeepLift rules key on the exact ``nn.ReLU`` type, so the model keeps it)."""
+    with _TWINS_LOCK:
+        twin = _TWINS.get(model)
+        if twin is None:
+            twin = copy.copy(model)
+            twin._modules = copy.deepcopy(model._modules, memo={id(t): t for t in (*model.parameters(), *model.buffers())})
+            for module in list(twin.modules()):
+                for name, child in module.named_children():
+                    if type(child) is nn.ReLU:
+                        setattr(module, name, _RedirectedReLU())
+            _TWINS[model] = twin
+        return twin
 
 
 class VisualisationError(ValueError):
@@ -304,11 +355,13 @@ def visualise(
     image = _Image(len(generators), request.size, generators, device)
     optimiser = torch.optim.Adam([image.spectrum], lr=request.lr)
 
-    def objective(x01: torch.Tensor, autocast: bool) -> torch.Tensor:
+    twin = _twin(model)
+
+    def objective(x01: torch.Tensor, autocast: bool, net: Xception = model) -> torch.Tensor:
         x = ((x01 - mean) / std).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            with capture(model, [request.layer], [request.part], detach=False, stop_after=True) as kept:
-                run_until_captured(model, x)
+            with capture(net, [request.layer], [request.part], detach=False, stop_after=True) as kept:
+                run_until_captured(net, x)
         return _objective(kept[request.layer][request.part], channels, request.objective)
 
     start = time.perf_counter()
@@ -322,7 +375,7 @@ def visualise(
             rgb = image.rgb()
             grid = F.affine_grid(theta, list(rgb.shape), align_corners=False)
             seen = F.grid_sample(rgb - 0.5, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 0.5
-            loss = -objective(seen, precision == "bf16").sum()
+            loss = -objective(seen, precision == "bf16", twin).sum()
             (grad,) = torch.autograd.grad(loss, [image.spectrum])
             image.spectrum.grad = grad
             optimiser.step()
