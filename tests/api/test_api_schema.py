@@ -85,9 +85,9 @@ def map_case(context, case):
             case.path_parameters = params
         if path.endswith("/visualisation"):  # absent: the default 256 steps
             steps = query.get("steps")
-            query["steps"] = min(steps, 4) if isinstance(steps, int) and not isinstance(steps, bool) else 4 if steps is None else steps
+            query["steps"] = min(steps, 2) if isinstance(steps, int) and not isinstance(steps, bool) else 2 if steps is None else steps
         if isinstance(query.get("size"), int) and not isinstance(query.get("size"), bool):
-            query["size"] = min(query["size"], 80)
+            query["size"] = min(query["size"], 72)
     if case.query is not None or query:
         case.query = query
     return case
