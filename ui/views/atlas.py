@@ -53,18 +53,18 @@ def channel_count(row: dict[str, Any], part: str) -> int:
     return int(row["in_channels"] if part == "depthwise" else row["out_channels"])
 
 
-def histogram_chart(hist: dict[str, Any], marks: dict[str, float]) -> alt.LayerChart:
+def histogram_chart(hist: dict[str, Any]) -> alt.Chart:
     edges, counts = hist["edges"], hist["counts"]
     bars = pd.DataFrame({"from": edges[:-1], "to": edges[1:], "images": counts})
-    chart = alt.Chart(bars).mark_bar(color="#9ecae1").encode(
-        x=alt.X("from:Q", title="objective (spatial mean)"), x2="to:Q", y=alt.Y("images:Q", title="images"),
-        tooltip=[alt.Tooltip("from:Q", format=".3g"), alt.Tooltip("to:Q", format=".3g"), "images:Q"],
+    return (
+        alt.Chart(bars)
+        .mark_bar(color="#6baed6")
+        .encode(
+            x=alt.X("from:Q", title="objective (spatial mean)"), x2="to:Q", y=alt.Y("images:Q", title="images"),
+            tooltip=[alt.Tooltip("from:Q", format=".3g"), alt.Tooltip("to:Q", format=".3g"), "images:Q"],
+        )
+        .properties(height=160, title=f"its values over {hist['samples']} images of the data set")
     )
-    rules = pd.DataFrame({"value": list(marks.values()), "what": list(marks)})
-    rule = alt.Chart(rules).mark_rule(strokeWidth=2).encode(
-        x="value:Q", color=alt.Color("what:N", legend=alt.Legend(orient="top", title=None)), tooltip=["what", alt.Tooltip("value:Q", format=".3g")]
-    )
-    return (chart + rule).properties(height=160)
 
 
 def show_visualisation(ref: tuple[str, str, str, int], steps: int, seed: int) -> dict[str, Any] | None:
@@ -100,12 +100,12 @@ def show_examples(ref: tuple[str, str, str, int], vis: dict[str, Any] | None) ->
         [widgets.b64(e["png"]) for e in examples], [f"{e['objective']:.3g} · max {e['max']:.3g}" for e in examples], THUMB_PX
     )
     if entry["histogram"]:
-        marks = {"best image": entry["examples"][0]["objective"]} if entry["examples"] else {}
-        if vis is not None:
-            marks["visualisation"] = vis["objective_final"]
-        st.altair_chart(histogram_chart(entry["histogram"], marks), width="stretch")
+        st.altair_chart(histogram_chart(entry["histogram"]), width="stretch")
         stats = entry["stats"]
-        st.caption(f"its values over {stats['count']} images: mean {stats['mean']:.3g}, std {stats['std']:.3g}, max {stats['max']:.3g}")
+        versus = ""
+        if vis is not None and stats["max"]:
+            versus = f" · the visualisation reaches **{vis['objective_final']:.3g}** ({vis['objective_final'] / stats['max']:.2g}× the best image)"
+        st.caption(f"over {stats['count']} images: mean {stats['mean']:.3g}, std {stats['std']:.3g}, best {stats['max']:.3g}{versus}")
 
 
 def show_weights(ref: tuple[str, str, str, int], key: str) -> None:
