@@ -100,7 +100,7 @@ def show_examples(ref: tuple[str, str, str, int], vis: dict[str, Any] | None) ->
         [widgets.b64(e["png"]) for e in examples], [f"{e['objective']:.3g} · max {e['max']:.3g}" for e in examples], THUMB_PX
     )
     if entry["histogram"]:
-        st.altair_chart(histogram_chart(entry["histogram"]), width="stretch")
+        st.altair_chart(histogram_chart(entry["histogram"]), width="stretch", height=190)
         stats = entry["stats"]
         versus = ""
         if vis is not None and stats["max"]:
@@ -134,7 +134,7 @@ def show_weights(ref: tuple[str, str, str, int], key: str) -> None:
                 tooltip=["depthwise channel", alt.Tooltip("weight:Q", format=".4f")],
             ).add_params(pick).properties(height=170, title=f"W[{channel}, i] over the {len(values)} depthwise channels")
         )
-        event = st.altair_chart(chart, width="stretch", on_select="rerun", key=f"{key}_bars")
+        event = st.altair_chart(chart, width="stretch", height=200, on_select="rerun", key=f"{key}_bars")
         chosen = (event or {}).get("selection", {}).get("pick") or []
         if chosen:
             st.session_state.pop(f"{key}_bars", None)
