@@ -60,7 +60,7 @@ def histogram_chart(hist: dict[str, Any]) -> alt.Chart:
         alt.Chart(bars)
         .mark_bar(color="#6baed6")
         .encode(
-            x=alt.X("from:Q", title="objective (spatial mean)"), x2="to:Q", y=alt.Y("images:Q", title="images"),
+            x=alt.X("from:Q", title="objective (spatial mean)"), x2="to:Q", y=alt.Y("images:Q", title="images"), y2=alt.datum(0),
             tooltip=[alt.Tooltip("from:Q", format=".3g"), alt.Tooltip("to:Q", format=".3g"), "images:Q"],
         )
         .properties(height=160, title=f"its values over {hist['samples']} images of the data set")
