@@ -135,7 +135,7 @@ def bench_share(args, report, index):
                 best = index.entry(layer, part, image.channel).examples[0].objective
                 rows.append({"layer": layer, "part": part, "channel": image.channel, "visualisation": image.objective_final,
                              "best_example": best, "exceeds": image.objective_final > best,
-                             "dead": abs(best) < 1e-12 and abs(image.objective_final) < 1e-12 and index.entry(layer, part, image.channel).min == 0})
+                             "dead": best == 0.0 and image.objective_final == 0.0})  # never positive, on data or optimised
             done = [r for r in rows if r["layer"] == layer and r["part"] == part]
             print(f"share {layer:20s} {part:9s}: {sum(r['exceeds'] for r in done)}/{len(done)} exceed", flush=True)
     summary = {}

@@ -95,6 +95,8 @@ class _RedirectedReLU(nn.Module):
         return _RedirectedReLUFunction.apply(x)
 
 
+#: Steps run with redirected ReLU gradients (then plain ReLUs: cheaper, and the true gradient).
+REDIRECT_STEPS = 32
 _TWINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _TWINS_LOCK = threading.Lock()
 
@@ -375,7 +377,8 @@ def visualise(
             rgb = image.rgb()
             grid = F.affine_grid(theta, list(rgb.shape), align_corners=False)
             seen = F.grid_sample(rgb - 0.5, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 0.5
-            loss = -objective(seen, precision == "bf16", twin).sum()
+            net = twin if step < REDIRECT_STEPS else model  # native ReLUs once out of dead regions
+            loss = -objective(seen, precision == "bf16", net).sum()
             (grad,) = torch.autograd.grad(loss, [image.spectrum])
             image.spectrum.grad = grad
             optimiser.step()
