@@ -55,6 +55,8 @@ def deadline(kind: str) -> Callable[[Request], Deadline]:
         "activations": "activations_timeout_s",
         "decomposition": "decomposition_timeout_s",
         "attribution": "attribution_timeout_s",
+        "visualisation": "visualisation_timeout_s",
+        "atlas": "atlas_timeout_s",
     }[kind]
 
     def dependency(request: Request) -> Deadline:

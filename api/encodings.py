@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from xception_core import render
 
@@ -69,6 +70,20 @@ def tile_png(array2d: np.ndarray, tile_px: int, colormap: str, vmin: float | Non
     rows = np.minimum(np.arange(th) * h // th, h - 1)
     cols = np.minimum(np.arange(tile_px) * w // tile_px, w - 1)
     return render.to_png(array2d[rows][:, cols], colormap, vmin, vmax)
+
+
+def rgb_png(pixels: np.ndarray, side: int | None = None) -> bytes:
+    """An RGB image ``[H, W, 3]`` uint8 as PNG bytes, its longer side scaled to ``side`` when given
+    (nearest-neighbour when enlarging, so that small crops stay sharp)."""
+    image = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8), "RGB")
+    if side is not None and max(image.size) != side:
+        scale = side / max(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS
+        image = image.resize(size, resample)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
 
 
 def joined(values: Any) -> str:

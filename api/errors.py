@@ -27,7 +27,9 @@ from xception_core.attributions import (
     UnknownLayerParamError,
     UnknownMethodError,
 )
+from xception_core.atlas import AtlasError
 from xception_core.decode import ImageDecodeError
+from xception_core.featurevis import VisualisationError
 from xception_core.introspect import UnknownLayerError, ViewNotApplicableError
 from xception_core.render import RenderError
 from xception_core.weights import Command, UnknownModelError, WeightsError, WeightsMissingError
@@ -206,6 +208,14 @@ def translate(exc: BaseException) -> ApiError | None:
         )
     if isinstance(exc, RenderError):
         return ApiError(422, "invalid-rendering-parameter", str(exc))
+    if isinstance(exc, VisualisationError):
+        return ApiError(422, "invalid-visualisation-parameter", str(exc), parameter=exc.param)
+    if isinstance(exc, AtlasError):
+        return ApiError(
+            409,
+            "atlas-unavailable",
+            f"{exc} (run on the server: {SERVER_PROGRAM} atlas build --model ID --data DIR, or set XCEPTION_ATLAS_DATA)",
+        )
     return None
 
 
@@ -324,7 +334,9 @@ async def _unexpected_handler(request: Request, exc: Exception) -> JSONResponse:
 
 #: The core's error families :func:`translate` words; handled like :class:`ApiError` (inside the
 #: middleware, so their answers carry the request id), wherever they are raised.
-CORE_ERRORS = (AttributionError, ImageDecodeError, UnknownLayerError, ViewNotApplicableError, WeightsError, RenderError)
+CORE_ERRORS = (
+    AttributionError, ImageDecodeError, UnknownLayerError, ViewNotApplicableError, WeightsError, RenderError, VisualisationError, AtlasError,
+)
 
 
 def install(app: FastAPI) -> None:

@@ -29,6 +29,27 @@ EXAMPLES: list[tuple[str, str, str, str]] = [
         f"curl -s {BASE}/v1/spectrum/results\n"
         f"curl -s '{BASE}/v1/spectrum/results?curves=true'",
     ),
+    (
+        "GET",
+        "/v1/models/{model_id}/layers/{layer}/parts/{part}/channels/{channel}/visualisation",
+        "Feature visualisation of a channel: objectives and the image (JSON); the image alone (PNG); the pixels (.npy)",
+        f"curl -s '{BASE}/v1/models/{M}/layers/middle.block5.sep1/parts/depthwise/channels/7/visualisation?steps=256&seed=0'\n"
+        f"curl -s -o pw42.png '{BASE}/v1/models/{M}/layers/middle.block5.sep1/parts/pointwise/channels/42/visualisation?format=png&size=128'\n"
+        f"curl -s -o pw42.npy '{BASE}/v1/models/{M}/layers/middle.block5.sep1/parts/pointwise/channels/42/visualisation?format=npy&objective=centre'",
+    ),
+    (
+        "GET",
+        "/v1/models/{model_id}/layers/{layer}/parts/{part}/channels/{channel}/atlas",
+        "The 9 data-set images that drive a channel most, cropped to the receptive field of its maximum, and its histogram",
+        f"curl -s '{BASE}/v1/models/{M}/layers/middle.block5.sep1/parts/pointwise/channels/42/atlas?k=9&thumb_px=96'",
+    ),
+    (
+        "GET",
+        "/v1/models/{model_id}/layers/{layer}/parts/{part}/channels/{channel}/weights",
+        "A depthwise channel's 3x3 kernel; a pointwise channel's 1x1 weights over the depthwise channels",
+        f"curl -s {BASE}/v1/models/{M}/layers/middle.block5.sep1/parts/depthwise/channels/7/weights\n"
+        f"curl -s {BASE}/v1/models/{M}/layers/middle.block5.sep1/parts/pointwise/channels/42/weights",
+    ),
     ("GET", "/v1/samples", "Sample images: photographs and generated images of the bundled model's classes", f"curl -s {BASE}/v1/samples"),
     (
         "GET",

@@ -27,7 +27,7 @@ from .metrics import Metrics
 from .middleware import REQUEST_ID_HEADER, ApiKeyMiddleware, RequestContextMiddleware
 from .openapi import build_schema, operation_id
 from .registry import ModelRegistry
-from .routers import activations, attributions, health, images, models, predict, samples, spectrum
+from .routers import activations, atlas, attributions, health, images, models, predict, samples, spectrum
 from .settings import Settings
 
 log = logging.getLogger("api.main")
@@ -104,7 +104,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.include_router(health.build(settings))
     # the dependency declares the X-API-Key scheme in OpenAPI: only when there is a key to send
     secured = [Depends(require_api_key)] if settings.api_key is not None else []
-    for module in (models, spectrum, samples, images, predict, activations, attributions):
+    for module in (models, atlas, spectrum, samples, images, predict, activations, attributions):
         app.include_router(module.build(settings), dependencies=secured)
 
     # add_middleware: the last added runs first (outermost).
@@ -121,7 +121,10 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["X-API-Key", "X-Request-ID", "Content-Type"],
-            expose_headers=[REQUEST_ID_HEADER, "X-Image-Id", "X-Channels", "X-Shape", "X-Target", "X-Attribution-Ms", "X-Cache"],
+            expose_headers=[
+                REQUEST_ID_HEADER, "X-Image-Id", "X-Channels", "X-Shape", "X-Target", "X-Attribution-Ms",
+                "X-Objective-Start", "X-Objective-Final", "X-Steps", "X-Seconds", "X-Precision", "X-Cache",
+            ],
             allow_credentials=False,
         )
     app.add_middleware(RequestContextMiddleware, metrics=metrics, access=settings.access_log)

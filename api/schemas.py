@@ -380,3 +380,89 @@ class SampleInfo(BaseModel):
 
 class SampleList(BaseModel):
     samples: list[SampleInfo]
+
+
+# --------------------------------------------------------------------------- channel atlas
+
+
+class VisualisationResponse(BaseModel):
+    model: str
+    layer: str
+    part: Literal["depthwise", "pointwise"]
+    channel: int
+    objective: Literal["mean", "centre"] = Field(description="What was maximised: the channel's spatial mean, or its centre value.")
+    objective_start: float = Field(description="The objective on the initial image (same units as the atlas's `objective`).")
+    objective_final: float = Field(description="The objective on the final image.")
+    steps: int
+    size: int = Field(description="Side of the image in pixels.")
+    seed: int
+    seconds: float = Field(description="Time of the optimisation (0 work when `cached`).")
+    precision: Literal["fp32", "bf16"] = Field(description="What the optimisation ran in (bf16 only where the device computes it natively).")
+    device: str
+    png: str = Field(description="The image as a base64 PNG.")
+    cached: bool
+
+
+class AtlasExampleOut(BaseModel):
+    rank: int = Field(description="0 = the image with the largest objective.")
+    file: str = Field(description="The image's name, relative to the atlas's folder.")
+    objective: float = Field(description="The channel's spatial mean on this image.")
+    max: float = Field(description="The largest value of the channel's map on this image.")
+    argmax: list[int] = Field(description="[y, x] of that value in the map.")
+    box: list[int] = Field(description="[top, left, bottom, right] of the receptive field of the maximum, in input pixels (exclusive bottom and right).")
+    png: str | None = Field(description="The image cropped to `box`, as a base64 PNG `thumb_px` on its longer side; null when the file can no longer be read.")
+
+
+class AtlasStats(BaseModel):
+    mean: float | None
+    std: float | None
+    min: float | None
+    max: float | None
+    count: int = Field(description="Images scanned.")
+
+
+class AtlasHistogram(BaseModel):
+    counts: list[int]
+    edges: list[float] = Field(description="bins + 1 edges.")
+    samples: int = Field(description="How many (evenly spaced) images of the data set the histogram counts.")
+
+
+class ReceptiveFieldOut(BaseModel):
+    size: int = Field(description="Side of the field in input pixels.")
+    jump: int = Field(description="Input pixels between neighbouring units of the map.")
+    start: float = Field(description="Centre of unit 0 in input pixels.")
+
+
+class AtlasEntryResponse(BaseModel):
+    model: str
+    layer: str
+    part: Literal["depthwise", "pointwise"]
+    channel: int
+    objective: Literal["mean"] = Field(description="What ranks the examples: the channel's spatial mean.")
+    k: int = Field(description="Examples returned.")
+    kept: int = Field(description="Examples the index keeps per channel (the largest `k`).")
+    images: int = Field(description="Images the atlas scanned.")
+    receptive_field: ReceptiveFieldOut
+    input_size: int
+    examples: list[AtlasExampleOut] = Field(description="Largest objective first.")
+    stats: AtlasStats = Field(description="The channel's objective over every scanned image.")
+    histogram: AtlasHistogram | None = Field(description="The channel's objective over a sample of the data set; null when the index kept no sample.")
+    cached: bool
+    timing_ms: float
+
+
+class WeightTerm(BaseModel):
+    channel: int
+    weight: float
+
+
+class ChannelWeightsResponse(BaseModel):
+    model: str
+    layer: str
+    part: Literal["depthwise", "pointwise"]
+    channel: int
+    kernel: list[list[float]] | None = Field(None, description="depthwise: the channel's 3x3 kernel.")
+    used_by: list[WeightTerm] | None = Field(None, description="depthwise: the pointwise channels that weigh this channel most (|W[j, channel]|, largest first).")
+    used_by_count: int | None = Field(None, description="depthwise: how many pointwise channels read it.")
+    weights: list[float] | None = Field(None, description="pointwise: the 1x1 weights W[channel, :] over the depthwise channels.")
+    top: list[WeightTerm] | None = Field(None, description="pointwise: the depthwise channels it weighs most (|W[channel, i]|, largest first).")

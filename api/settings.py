@@ -139,6 +139,16 @@ class Settings(BaseSettings):
     attribution_timeout_s: float = Field(
         180.0, gt=0, le=3600, description="Deadline of an attribution request (504 after; the work is aborted)."
     )
+    visualisation_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="Deadline of a feature visualisation request (504 after; the optimisation is cancelled)."
+    )
+    atlas_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="Deadline of an atlas request (504 after). A first request that builds a model's atlas keeps "
+        "building after a 504; later requests answer 503 with the progress until it is done.",
+    )
 
     # --- limits ----------------------------------------------------------------
     max_upload_bytes: int = Field(
@@ -161,6 +171,22 @@ class Settings(BaseSettings):
     max_tile_px: int = Field(256, ge=16, le=2048, description="Largest PNG tile side (`tile_px`).")
     max_attribution_steps: int = Field(
         256, ge=1, le=100_000, description="Upper bound of `n_steps` (also capped by the method's own maximum)."
+    )
+    max_visualisation_steps: int = Field(
+        512, ge=1, le=1024, description="Upper bound of a feature visualisation's `steps` (the core allows at most 1024)."
+    )
+    max_visualisation_size: int = Field(
+        256, ge=71, le=512, description="Upper bound of a feature visualisation's `size` in pixels (71..this; the core allows at most 512)."
+    )
+    max_atlas_k: int = Field(
+        64, ge=1, le=64, description="Upper bound of an atlas entry's `k` (also capped by the examples the index keeps per channel)."
+    )
+    max_thumb_px: int = Field(256, ge=16, le=1024, description="Largest side of an atlas example's thumbnail (`thumb_px`).")
+    atlas_data: Path | None = Field(
+        None,
+        description="Folder of images (read recursively) the service builds the atlas of a model from when the model has "
+        "none (`xception-demo atlas build` otherwise). The bundled model's atlas is built from its generated data set "
+        "without it. Clients never name a folder.",
     )
     max_attribution_samples: int = Field(
         64, ge=1, le=100_000, description="Upper bound of sample counts (`nt_samples`, `n_samples`, `n_perturb_samples`)."

@@ -25,6 +25,7 @@ PAGES = {
     "predict": st.Page("views/predict.py", title="Predict", icon=":material/image_search:", default=True),
     "architecture": st.Page("views/architecture.py", title="Architecture", icon=":material/account_tree:"),
     "layer_explorer": st.Page("views/layer_explorer.py", title="Layer explorer", icon=":material/grid_view:"),
+    "atlas": st.Page("views/atlas.py", title="Channel atlas", icon=":material/travel_explore:"),
     "attributions": st.Page("views/attributions.py", title="Attributions", icon=":material/center_focus_strong:"),
 }
 

@@ -18,8 +18,8 @@ from typing import Any, Literal
 import httpx
 
 __all__ = [
-    "ActivationsQuery", "ApiClient", "ApiError", "AttributionQuery", "ImageRef", "Normalization", "Part", "Sign", "SortKey",
-    "image_gone",
+    "ActivationsQuery", "ApiClient", "ApiError", "AttributionQuery", "Channel", "ImageRef", "Normalization", "Part", "Sign",
+    "SortKey", "image_gone",
 ]
 
 #: A separable layer's parts (its own: ``parts`` in GET /v1/models/{id}/layers) or its input.
@@ -122,6 +122,19 @@ class AttributionQuery:
                 raise ValueError(f"method parameter {key!r} clashes with a request parameter")
             query[key] = value
         return query
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One channel of one part of a separable layer of a model: what the atlas endpoints are about."""
+
+    model: str
+    layer: str
+    part: Literal["depthwise", "pointwise"]
+    channel: int
+
+    def path(self) -> str:
+        return f"/v1/models/{self.model}/layers/{self.layer}/parts/{self.part}/channels/{int(self.channel)}"
 
 
 #: Attributions of a 299-px image on a CPU can take a minute; everything else is quick.
@@ -392,6 +405,25 @@ class ApiClient:
         """How pointwise channel ``channel`` is built from the depthwise channels (1x1 weights, contributions, sum)."""
         params = {"model": model, "layer": layer, "channel": channel, "top": top, "format": format, "colormap": colormap, "tile_px": tile_px}
         return self._analysis("/v1/decomposition", image, params, format)
+
+    def visualisation(
+        self, channel: Channel, *, steps: int = 256, size: int | None = None, seed: int = 0, objective: str = "mean", format: str = "json"
+    ) -> dict[str, Any] | bytes:
+        """The channel's feature visualisation: ``{"objective_start", "objective_final", "steps", "seconds",
+        "precision", "png", ...}`` (JSON), or the PNG / NPY bytes."""
+        params = {"steps": steps, "size": size, "seed": seed, "objective": objective, "format": format}
+        if format == "json":
+            return self._json("GET", channel.path() + "/visualisation", params=params)
+        return self._request("GET", channel.path() + "/visualisation", params=params).content
+
+    def atlas(self, channel: Channel, *, k: int = 9, thumb_px: int = 96, bins: int = 24) -> dict[str, Any]:
+        """The channel's top data-set examples (``examples``: ``objective``, ``max``, ``argmax``, ``box``,
+        ``png``), its ``stats`` and ``histogram``."""
+        return self._json("GET", channel.path() + "/atlas", params={"k": k, "thumb_px": thumb_px, "bins": bins})
+
+    def channel_weights(self, channel: Channel) -> dict[str, Any]:
+        """Depthwise: ``kernel`` (3x3) and ``used_by``; pointwise: ``weights`` over the depthwise channels and ``top``."""
+        return self._json("GET", channel.path() + "/weights")
 
     def attributions(self, image: bytes | ImageRef, query: AttributionQuery, *, model: str | None = None) -> dict[str, Any] | bytes:
         """An attribution map for ``query.target`` (default: the predicted class) with its quality figures."""

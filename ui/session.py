@@ -23,7 +23,7 @@ from typing import Any
 
 import streamlit as st
 
-from .client import ActivationsQuery, ApiClient, ApiError, AttributionQuery, ImageRef
+from .client import ActivationsQuery, ApiClient, ApiError, AttributionQuery, Channel, ImageRef
 from .config import API_KEY_ENV, API_URL_ENV, DEFAULT_API_URL
 
 IMAGE_KEY = "image"
@@ -173,6 +173,29 @@ def colormaps(url: str) -> list[str]:
     return client(url).colormaps()
 
 
+# --------------------------------------------------------------------------- channel atlas (cached)
+# A channel is passed as (model, layer, part, channel): plain values hash in st.cache_data's key.
+
+
+def channel_ref(model: str, layer: str, part: str, channel: int) -> Channel:
+    return Channel(model, layer, part, int(channel))  # type: ignore[arg-type]
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def visualisation(url: str, ref: tuple[str, str, str, int], steps: int, seed: int) -> dict[str, Any]:
+    return client(url).visualisation(channel_ref(*ref), steps=steps, seed=seed)  # type: ignore[return-value]
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def atlas(url: str, ref: tuple[str, str, str, int], k: int = 9) -> dict[str, Any]:
+    return client(url).atlas(channel_ref(*ref), k=k)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def channel_weights(url: str, ref: tuple[str, str, str, int]) -> dict[str, Any]:
+    return client(url).channel_weights(channel_ref(*ref))
+
+
 @dataclass(frozen=True)
 class Limits:
     """Bounds of request parameters, as the service documents them (its OpenAPI schema)."""
@@ -181,11 +204,13 @@ class Limits:
     max_channels: int = 64
     max_tile_px: int = 256
     max_decomposition_top: int = 64
+    max_visualisation_steps: int = 512
 
 
 def _maximum(schema: dict[str, Any], path: str, name: str, default: int) -> int:
     try:
-        for p in schema["paths"][path]["post"]["parameters"]:
+        operation = schema["paths"][path]
+        for p in (operation.get("post") or operation["get"])["parameters"]:
             if p.get("name") == name:
                 s = p.get("schema", {})
                 for option in [s, *s.get("anyOf", [])]:
@@ -208,7 +233,11 @@ def limits(url: str) -> Limits:
         max_channels=_maximum(schema, "/v1/activations", "top", d.max_channels),
         max_tile_px=_maximum(schema, "/v1/activations", "tile_px", d.max_tile_px),
         max_decomposition_top=_maximum(schema, "/v1/decomposition", "top", d.max_decomposition_top),
+        max_visualisation_steps=_maximum(schema, VISUALISATION_PATH, "steps", d.max_visualisation_steps),
     )
+
+
+VISUALISATION_PATH = "/v1/models/{model_id}/layers/{layer}/parts/{part}/channels/{channel}/visualisation"
 
 
 # --------------------------------------------------------------------------- analysis (cached)

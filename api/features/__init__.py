@@ -14,6 +14,7 @@ from ..registry import ModelRegistry
 from ..runtime import Runtime
 from ..settings import Settings
 from .activations import Activations
+from .atlas import Atlas
 from .attributions import Attributions
 from .decomposition import Decompositions
 from .predict import Predictions
@@ -26,13 +27,15 @@ class Features:
     activations: Activations
     decompositions: Decompositions
     attributions: Attributions
+    atlas: Atlas
 
     @classmethod
     def build(cls, settings: Settings, registry: ModelRegistry, metrics: Metrics) -> "Features":
         runtime = Runtime(settings, registry, metrics)
         attributions = Attributions(runtime)
-        return cls(runtime, Predictions(runtime), Activations(runtime, attributions), Decompositions(runtime), attributions)
+        return cls(runtime, Predictions(runtime), Activations(runtime, attributions), Decompositions(runtime), attributions, Atlas(runtime))
 
     async def close(self) -> None:
         await self.predictions.close()
+        self.atlas.close()
         self.runtime.close()

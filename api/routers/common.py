@@ -62,7 +62,8 @@ def binary(result: BinaryResult) -> Response:
     headers = {}
     if result.filename:
         headers["Content-Disposition"] = f'attachment; filename="{result.filename}"'
-    headers["X-Image-Id"] = result.image_id
+    if result.image_id:
+        headers["X-Image-Id"] = result.image_id
     headers["X-Model"] = result.model
     headers.update({header_name(k): v for k, v in result.facts.items()})
     return Response(content=result.body, media_type=result.media_type, headers=headers)

@@ -74,6 +74,20 @@ def map_case(context, case):
         query.pop("sensitivity", None)
         if query.get("method") == "occlusion":
             query["window"], query["stride"] = 48, 48
+    if "/channels/" in path:
+        # the channel atlas: half of the cases ask the tiny model about a channel it has; few steps, small images
+        if zlib.crc32(repr(case.path_parameters).encode()) % 2 == 0:
+            params = dict(case.path_parameters or {})
+            params["model_id"] = "tiny"
+            params["layer"] = _LAYERS[zlib.crc32(repr(params.get("layer")).encode()) % len(_LAYERS)]
+            if isinstance(params.get("channel"), int):
+                params["channel"] %= 16
+            case.path_parameters = params
+        if path.endswith("/visualisation"):  # absent: the default 256 steps
+            steps = query.get("steps")
+            query["steps"] = min(steps, 2) if isinstance(steps, int) and not isinstance(steps, bool) else 2 if steps is None else steps
+        if isinstance(query.get("size"), int) and not isinstance(query.get("size"), bool):
+            query["size"] = min(query["size"], 72)
     if case.query is not None or query:
         case.query = query
     return case
@@ -135,6 +149,9 @@ OPERATION_IDS = {
     ("get", "/v1/models/{model_id}/layers/{layer}/spectrum"): "getLayerSpectrum",
     ("get", "/v1/models/{model_id}/classes"): "getModelClasses",
     ("get", "/v1/spectrum/results"): "getSpectrumResults",
+    ("get", "/v1/models/{model_id}/layers/{layer}/parts/{part}/channels/{channel}/visualisation"): "getChannelVisualisation",
+    ("get", "/v1/models/{model_id}/layers/{layer}/parts/{part}/channels/{channel}/atlas"): "getChannelAtlas",
+    ("get", "/v1/models/{model_id}/layers/{layer}/parts/{part}/channels/{channel}/weights"): "getChannelWeights",
     ("get", "/v1/samples"): "listSamples",
     ("get", "/v1/samples/{sample_id}"): "getSampleImage",
     ("post", "/v1/images"): "uploadImage",

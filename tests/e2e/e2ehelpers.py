@@ -182,3 +182,53 @@ DOCS_OPERATIONS_JS = """() => [...document.querySelectorAll('.opblock')].map(b =
   b.querySelector('.opblock-summary-path').getAttribute('data-path'),
   b.id,
 ])"""
+
+
+ATLAS_LINK_JS = """(heading) => {
+  // the first atlas link (a page link "#<channel>") in the column whose heading is `heading`
+  const columns = [...document.querySelectorAll('[data-testid="stColumn"]')]
+    .filter(c => [...c.querySelectorAll('h3')].some(h => h.textContent.includes(heading)));
+  const column = columns[columns.length - 1];
+  const link = column && [...column.querySelectorAll('a')].find(a => /^#\\d+$/.test(a.textContent.trim()));
+  return link ? link.textContent.trim() : null;
+}"""
+
+
+def open_atlas_from_explorer(page, heading: str, timeout_ms: int = 300_000) -> int:
+    """On the Layer explorer: click the first atlas link under ``heading``; the atlas page opens with
+    that channel. Returns the channel."""
+    label = page.evaluate(ATLAS_LINK_JS, heading)
+    if label is None:
+        raise AssertionError(f"no atlas link under {heading!r}")
+    column = page.locator('[data-testid="stColumn"]').filter(has=page.locator(f'h3:has-text("{heading}")')).last
+    column.get_by_role("link", name=label, exact=True).first.click()
+    page.wait_for_selector('h1:has-text("Channel atlas")', timeout=60_000)
+    try:
+        wait_for_atlas(page, timeout_ms)
+    except Exception:
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "e2e-atlas-timeout.png"))
+        raise
+    return int(label.removeprefix("#"))
+
+
+ATLAS_DRAWN_JS = """() => {
+  const images = [...document.querySelectorAll('[data-testid="stImageContainer"]')]
+    .filter(el => { const img = el.querySelector('img'); return img && img.complete && img.naturalWidth > 0; });
+  const caption = el => (el.querySelector('[data-testid="stImageCaption"]') || {}).textContent || '';
+  return {
+    visualisations: images.filter(el => caption(el).trim() === 'feature visualisation').length,
+    examples: images.filter(el => / · max /.test(caption(el))).length,
+  };
+}"""
+
+
+def atlas_drawn(page) -> dict[str, int]:
+    """How many feature visualisations and data-set examples the atlas page shows, loaded."""
+    return page.evaluate(ATLAS_DRAWN_JS)
+
+
+def wait_for_atlas(page, timeout_ms: int = 300_000) -> None:
+    """Until both parts show their visualisation and their 9 examples (the first visit may build the atlas)."""
+    page.wait_for_function(f"() => ({ATLAS_DRAWN_JS})().visualisations >= 2 && ({ATLAS_DRAWN_JS})().examples >= 18", timeout=timeout_ms)
+    wait_until_idle(page, timeout_ms)

@@ -1,4 +1,5 @@
-"""Screenshots of every page for the README: ``docs/screenshots/<page>.png`` (each < 300 KB).
+"""Screenshots of every page for the README: ``docs/screenshots/<page>.png`` (each < 300 KB; the
+channel atlas twice: ``atlas-pointwise.png`` and ``atlas-depthwise.png``).
 
     python tests/e2e/make_screenshots.py [--out docs/screenshots]
 
@@ -22,9 +23,11 @@ from e2ehelpers import (  # noqa: E402
     choose_generated_sample,
     drawn_tiles,
     launch_browser,
+    open_atlas_from_explorer,
     open_page,
     start_up,
     upload_and_predict,
+    wait_for_atlas,
     wait_until_idle,
 )
 from uihelpers import photo_png  # noqa: E402
@@ -90,6 +93,17 @@ def main(argv: list[str] | None = None) -> int:
                 wait_until_idle(page)
                 page.wait_for_timeout(1500)
                 shots["layer_explorer"] = page.screenshot()
+
+                # the channel atlas, reached from a pointwise tile; then its depthwise partner chosen
+                page.set_viewport_size({"width": WIDTH, "height": 1950})
+                open_atlas_from_explorer(page, "Pointwise 1×1 · cross-channel")
+                page.wait_for_timeout(1500)
+                shots["atlas-pointwise"] = page.screenshot()
+                page.get_by_role("button", name="Choose depthwise").click()
+                page.wait_for_function("() => new URL(location.href).searchParams.get('part') === 'depthwise'", timeout=60_000)
+                wait_for_atlas(page)
+                page.wait_for_timeout(1500)
+                shots["atlas-depthwise"] = page.screenshot()
 
                 open_page(page, "Attributions")
                 page.set_viewport_size({"width": WIDTH, "height": 1720})

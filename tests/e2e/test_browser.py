@@ -17,9 +17,11 @@ from e2ehelpers import (
     ARTIFACTS,
     CHROMIUM,
     DOCS_OPERATIONS_JS,
+    atlas_drawn,
     block_the_internet,
     drawn_tiles,
     launch_browser,
+    open_atlas_from_explorer,
     open_page,
     start_up,
     upload_and_predict,
@@ -146,6 +148,16 @@ def test_upload_predict_and_layer_maps_in_chromium(tmp_path):
                 assert "upload it again" not in other.locator("[data-testid=stMain]").inner_text()
                 errors = other.locator('[data-testid="stAlertContentError"]').all_inner_texts()
                 assert not errors, errors
+                # one click on a pointwise tile's link opens the channel atlas with that channel
+                channel = open_atlas_from_explorer(page, "Pointwise 1×1 · cross-channel")
+                headings = page.locator("[data-testid=stMain] h3").all_inner_texts()
+                assert any(h.startswith(f"Pointwise 1×1 · cross-channel · #{channel}") for h in headings), headings
+                assert any(h.startswith("Depthwise 3×3 · spatial · #") for h in headings), headings
+                assert atlas_drawn(page) == {"visualisations": 2, "examples": 18}
+                assert f"channel={channel}" in page.url and "part=pointwise" in page.url  # the view can be shared
+                errors = page.locator('[data-testid="stAlertContentError"]').all_inner_texts()
+                assert not errors, errors
+                page.screenshot(path=str(ARTIFACTS / "e2e-atlas.png"))
             finally:
                 browser.close()
     finally:

@@ -9,8 +9,11 @@ import pytest
 import torch
 from uihelpers import REPO_ROOT, photo_png, serve_tiny_api, tiny_model
 
+from xception_core.synthetic import write_folder
+
 APP = REPO_ROOT / "ui" / "app.py"
 API_URL_ENV = "XCEPTION_UI_API_URL"
+ATLAS_IMAGES = 12
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -28,7 +31,9 @@ def api_url(tmp_path_factory) -> str:
     saved = {k: v for k, v in os.environ.items() if k.startswith("XCEPTION_") and k != "XCEPTION_HOME"}
     for key in saved:
         del os.environ[key]
-    with serve_tiny_api(tiny_model(), tmp_path_factory.mktemp("ui_home")) as url:
+    home = tmp_path_factory.mktemp("ui_home")
+    data = write_folder(home / "atlas-data", ATLAS_IMAGES, seed=5, size=96)  # the atlas of the tiny model
+    with serve_tiny_api(tiny_model(), home, atlas_data=data) as url:
         os.environ[API_URL_ENV] = url
         yield url
     os.environ.pop(API_URL_ENV, None)

@@ -216,3 +216,61 @@ def test_model_without_weights_explains_how_to_get_them(app, cat_png):
     at.switch_page(EXPLORER).run()
     assert not at.exception
     assert at.error and all("HTTP 409" in t for t in texts(at.error))
+
+
+ATLAS = "views/atlas.py"
+
+
+def atlas_at(app, **query):
+    """The atlas page reached by a link with ``query`` (cheap visualisations: 8 steps)."""
+    app.session_state["ca_steps"] = 8
+    app.query_params.update(query)
+    app.run()
+    return app.switch_page(ATLAS).run()
+
+
+def test_channel_atlas_shows_a_pointwise_channel_beside_its_strongest_depthwise_input(app):
+    at = atlas_at(app, layer="entry.block3.sep1", part="pointwise", channel="5")
+    assert_clean(at)
+    assert texts(at.title) == ["Channel atlas"]
+    assert (at.selectbox(key="ca_layer").value, at.radio(key="ca_part").value, at.number_input(key="ca_channel").value) == ("entry.block3.sep1", "pointwise", 5)
+    heads = [s.value for s in at.subheader]
+    assert heads[1] == "Pointwise 1×1 · cross-channel · #5" and heads[0].startswith("Depthwise 3×3 · spatial · #"), heads
+    captions = tile_captions(at)
+    assert captions.count(["feature visualisation"]) == 2  # both parts
+    examples = [c for c in captions if len(c) > 1]
+    assert len(examples) == 2 and all(len(c) == 9 for c in examples), captions  # the top 9 of each part
+    assert ["3×3 kernel"] in captions  # the depthwise partner's kernel
+    assert len(at.get("vega_lite_chart")) >= 3  # the 1x1 weights, two histograms
+    # the strongest depthwise input is the partner shown on the left
+    strongest = next(b for b in at.button if b.label.startswith("dw #"))
+    assert heads[0].endswith(strongest.label.removeprefix("dw "))
+    # a click through to a depthwise channel it mixes: that channel becomes the chosen one, in the URL too
+    target = [b for b in at.button if b.label.startswith("dw #")][1]
+    target.click().run()
+    assert_clean(at)
+    number = int(target.label.removeprefix("dw #"))
+    assert (at.radio(key="ca_part").value, at.number_input(key="ca_channel").value) == ("depthwise", number)
+    assert (at.query_params["part"], at.query_params["channel"]) == ("depthwise", str(number))
+    assert [s.value for s in at.subheader][0] == f"Depthwise 3×3 · spatial · #{number}"
+
+
+def test_layer_explorer_tiles_link_to_the_atlas_and_the_link_arrives(app, cat_png):
+    at = with_photo(app, cat_png)
+    at.switch_page(EXPLORER).run()
+    links = [e.proto for e in at.get("page_link") if e.proto.page == "atlas"]  # the page's URL path
+    assert len(links) == 32  # one per tile: 16 depthwise and 16 pointwise channels of entry.block2.sep1
+    shown = tile_captions(at)
+    pointwise = [c for c in shown if len(c) == 16][1]
+    link = next(l for l in links if "part=pointwise" in l.query_string)
+    assert link.label == pointwise[0].split(" ")[0]  # the first tile's channel: "#<index>"
+    query = dict(pair.split("=") for pair in link.query_string.split("&"))
+    at.session_state["ca_steps"] = 8
+    at.query_params.update(query)
+    at.switch_page(ATLAS).run()
+    assert_clean(at)
+    channel = int(query["channel"])
+    assert (at.selectbox(key="ca_layer").value, at.radio(key="ca_part").value, at.number_input(key="ca_channel").value) == (
+        "entry.block2.sep1", "pointwise", channel
+    )
+    assert [s.value for s in at.subheader][1] == f"Pointwise 1×1 · cross-channel · #{channel}"

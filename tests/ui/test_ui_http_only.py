@@ -41,7 +41,8 @@ def test_no_ui_module_or_page_imports_torch_or_the_core():
     assert {"ui.client", "ui.session", "ui.widgets", "ui.config"} <= set(report["modules"])
     titles = {page: title for page, title, _ in report["pages"]}
     assert titles == {"ui.views.predict": ["Predict"], "ui.views.architecture": ["Architecture"],
-                      "ui.views.layer_explorer": ["Layer explorer"], "ui.views.attributions": ["Attributions"]}, report["pages"]
+                      "ui.views.layer_explorer": ["Layer explorer"], "ui.views.attributions": ["Attributions"],
+                      "ui.views.atlas": ["Channel atlas"]}, report["pages"]
     assert all(not errors for _, _, errors in report["pages"]), report["pages"]
     assert report["heavy"] == [], f"the UI imported {report['heavy']}"
 

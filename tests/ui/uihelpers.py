@@ -95,7 +95,7 @@ def serve_tiny_api(model: Xception, home: Path, **settings) -> Iterator[str]:
         include_weights=True,
         max_replicas=2,
     )
-    base = {"inference_workers": 1, "attribution_workers": 1, "access_log": False, "log_json": False}
+    base = {"inference_workers": 1, "attribution_workers": 1, "access_log": False, "log_json": False, "home": home}
     base.update(settings)
     app = create_app(Settings(**base), registry=registry)
     port = free_port()

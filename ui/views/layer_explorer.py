@@ -17,6 +17,17 @@ NORMALIZATIONS = {"channel": "per channel", "layer": "per layer"}
 TILE_PX = 80
 PREDICTED = -1  # target option: the predicted class
 
+ATLAS_PAGE = "views/atlas.py"
+LINKS_PER_ROW = 8
+
+
+def atlas_links(layer: str, part: str, channels: list[int]) -> None:
+    """One link per tile above: that channel in the Channel atlas (one click)."""
+    st.caption("Open a channel in the **Channel atlas**:")
+    for start in range(0, len(channels), LINKS_PER_ROW):
+        for column, c in zip(st.columns(LINKS_PER_ROW), channels[start : start + LINKS_PER_ROW]):
+            column.page_link(ATLAS_PAGE, label=f"#{c}", query_params={"layer": layer, "part": part, "channel": str(c)})
+
 
 def _parse_target(raw: str) -> int:
     return PREDICTED if raw == "predicted" else urlstate.parse_int(raw)
@@ -120,6 +131,7 @@ for part, column in zip(layer_parts, columns):
                 [f"#{ch['index']} · {ch['score'] if ch['score'] is not None else ch['mean']:.3g}" for ch in maps["channels"]],
                 TILE_PX,
             )
+            atlas_links(layer, part, shown[part])
             with st.expander("Channel statistics"):
                 stats = pd.DataFrame([{k: v for k, v in ch.items() if k != "png"} for ch in maps["channels"]])
                 st.dataframe(stats, hide_index=True, width="stretch")
