@@ -57,13 +57,17 @@ def test_a_hit_computes_nothing_and_serves_every_format(app, client, png_images)
     assert _computed(app, "integrated_gradients") == before
 
 
-@pytest.mark.parametrize("change", ["&n_steps=9", "&seed=1", "&target=2", "&baseline=black", "&precision=fp32&quality=none", "&auc_steps=4"])
-def test_what_changes_the_result_changes_the_key(client, png_images, change):
+@pytest.mark.parametrize("change, state", [
+    ("&n_steps=9", "miss"), ("&seed=1", "miss"), ("&target=2", "miss"), ("&baseline=black", "miss"),
+    # other quality figures of the same map: only the figures are computed; no figures at all: the map itself
+    ("&auc_steps=4", "map-hit"), ("&infidelity=true", "map-hit"), ("&quality=none", "hit"), ("&quality=auc", "hit"),  # auc: the same figures, without the curves
+])
+def test_what_changes_the_result_changes_the_key(client, png_images, change, state):
     png = png_images[3]
     assert client.post(f"/v1/attributions?{IG}", files=files(png)).status_code == 200
     r = client.post(f"/v1/attributions?{IG}".replace("&n_steps=8", "") + (change if "n_steps" in change else "&n_steps=8" + change), files=files(png))
     assert r.status_code == 200, r.text
-    assert r.headers["x-cache"] == "miss"
+    assert r.headers["x-cache"] == state and r.json()["cache"] == state
 
 
 def test_another_model_or_image_is_another_entry(client, png_images):
