@@ -65,7 +65,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     registry = registry or default_registry(settings)
     # attributions (and sort=attribution) borrow a private replica: one per thread that can ask
     registry.serve_with(
-        settings.engine_options(), max_replicas=settings.attribution_workers + settings.inference_workers, warm_up=settings.warm_up
+        settings.engine_options(), max_replicas=settings.attribution_workers + settings.inference_workers, warm_up=settings.warm_up,
+        attribution_precision=settings.attribution_precision,
     )
     metrics = Metrics()
     features = Features.build(settings, registry, metrics)

@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from xception_core import weights
+from xception_core.attributions.fast import PrecisionCheck, PrecisionChoice, choose_attribution_precision, quality_engine
 from xception_core.engine import EngineOptions, Predictor
 from xception_core.fuse import fuse_for_inference
 from xception_core.model import MIN_INPUT_SIZE, SeparableConv2d, Xception
@@ -86,11 +87,31 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+@dataclass(frozen=True)
+class AttributionSetup:
+    """How a loaded model's attributions run, decided once (at warm-up, else on the first
+    attribution) and fixed while it stays loaded: ``precision`` by method family
+    (:func:`~xception_core.attributions.fast.choose_attribution_precision`, with the reason
+    bf16 was not used) and ``curves``, the forward of the deletion / insertion curves
+    (:func:`~xception_core.attributions.fast.quality_engine`; the prediction engine itself when
+    it is the float32 folded engine the curves would get anyway)."""
+
+    requested: str
+    precision: PrecisionChoice
+    curves: Predictor
+    reused_prediction_engine: bool
+
+    def precision_for(self, method: str) -> str:
+        """``fp32`` or ``bf16`` for catalogue method ``method``."""
+        return self.precision.precision_for(method)
+
+
 class LoadedModel:
     """A model ready to serve: weights on the device plus what requests need to know."""
 
     def __init__(
-        self, card: weights.ModelCard, model: Xception, device: torch.device, *, engine: EngineOptions, max_replicas: int
+        self, card: weights.ModelCard, model: Xception, device: torch.device, *, engine: EngineOptions, max_replicas: int,
+        attribution_precision: str = "auto",
     ) -> None:
         self.card = card
         self.id = card.id
@@ -117,6 +138,10 @@ class LoadedModel:
         self._max_replicas = max(1, int(max_replicas))
         self._replica_lock = threading.Condition()
         self.warmup_ms: dict[str, float] | None = None  # set by warm_up()
+        #: the ``attribution_precision`` setting: ``auto`` (decided here), ``fp32``, ``mixed`` (float16 on CUDA)
+        self.attribution_precision = attribution_precision
+        self._attribution: AttributionSetup | None = None
+        self._attribution_lock = threading.Lock()
 
     def warm_up(self) -> dict[str, float]:
         """Run each engine once on a generated image, so the first request gets the steady-state
@@ -143,8 +168,33 @@ class LoadedModel:
         timed("capture", capture)
         for fused in sorted({False, self.fused}):
             timed("replica_fused" if fused else "replica", lambda f=fused: self._warm_replica(x, f))
+        timed("attribution_setup", self.attribution_setup)
+        timed("quality_engine", lambda: self.attribution_setup().curves(x))
         self.warmup_ms = timings
         return timings
+
+    @property
+    def attribution_decided(self) -> bool:
+        """Whether :meth:`attribution_setup` has decided (it is then instant)."""
+        return self._attribution is not None
+
+    def attribution_setup(self) -> AttributionSetup:
+        """The attributions' precision and curve engine (decided on the first call, then kept)."""
+        with self._attribution_lock:
+            if self._attribution is None:
+                self._attribution = self._decide_attributions()
+            return self._attribution
+
+    def _decide_attributions(self) -> AttributionSetup:
+        auto = "auto" if self.attribution_precision == "auto" else "fp32"
+        # The curves need the float32 folded forward the prediction engine already is (unless it
+        # predicts in a reduced precision or unfolded): reuse it rather than export a second one.
+        served = self.predictor if self.predictor.precision == "fp32" and self.fused else None
+        curves = quality_engine(self.model, input_size=self.input_size, precision=auto, reuse=served)
+        choice = choose_attribution_precision(self.model, PrecisionCheck(requested=auto, size=self.input_size))
+        if self.attribution_precision == "mixed":
+            choice = PrecisionChoice("mixed", reason=None if self.device.type == "cuda" else "mixed (float16 autocast) is CUDA only: fp32")
+        return AttributionSetup(self.attribution_precision, choice, curves, served is not None and curves.model is served.model)
 
     def _warm_replica(self, x: torch.Tensor, fused: bool) -> None:
         with self.replica(fused=fused) as model, torch.enable_grad():
@@ -234,6 +284,7 @@ class ModelRegistry:
         # None: what the app serving this registry says (see serve_with)
         self.max_replicas = max_replicas
         self.engine = engine
+        self.attribution_precision = "auto"  # the serving app's setting (see serve_with)
         self.warm_up: bool | None = None  # None: what the serving app says (see serve_with); off outside an app
         self._memory: dict[str, InMemoryModel] = {}
         for m in models:
@@ -256,7 +307,7 @@ class ModelRegistry:
         kwargs.setdefault("include_weights", False)
         return cls(models=models, device=device, default_model=default_model, **kwargs)
 
-    def serve_with(self, engine: EngineOptions, max_replicas: int, warm_up: bool = True) -> None:
+    def serve_with(self, engine: EngineOptions, max_replicas: int, warm_up: bool = True, attribution_precision: str = "auto") -> None:
         """The serving app's choices, for what the registry's builder left open (``None``).
 
         The app calls it once, before any request: ``engine`` is the app's
@@ -269,6 +320,7 @@ class ModelRegistry:
             self.max_replicas = max_replicas
         if self.warm_up is None:
             self.warm_up = warm_up
+        self.attribution_precision = attribution_precision
 
     # ------------------------------------------------------------------ cards
 
@@ -364,7 +416,8 @@ class ModelRegistry:
         else:
             model, card = weights.load_model(card.id, self.device, home=self.home)
         entry = LoadedModel(
-            card, model, self.device, engine=self.engine or EngineOptions(), max_replicas=self.max_replicas or 1
+            card, model, self.device, engine=self.engine or EngineOptions(), max_replicas=self.max_replicas or 1,
+            attribution_precision=self.attribution_precision,
         )
         if self.warm_up:
             entry.warm_up()

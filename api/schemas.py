@@ -60,6 +60,25 @@ class EngineState(BaseModel):
     notes: list[str] = Field(description="Why what runs differs from what was asked for (fallbacks), if it does.")
 
 
+class AttributionPrecisionState(BaseModel):
+    precision: Literal["fp32", "bf16", "mixed"] = Field(
+        description="What attributions run in by default: `bf16` / `fp32` for every method, `mixed` when the two families differ "
+        "(the `mixed` setting, float16 autocast on CUDA, shows here as fp32 with `requested` mixed)."
+    )
+    input_methods: Literal["fp32", "bf16"] = Field(description="Precision of the methods that attribute to the image (judged by saliency).")
+    layer_methods: Literal["fp32", "bf16"] = Field(description="Precision of the layer methods (judged by Grad-CAM).")
+    requested: str = Field(description="The `attribution_precision` setting.")
+    reason: str | None = Field(description="Why bf16 is not used, where it is not (null when all is as asked).")
+    agreement: dict[str, float] = Field(description="Smallest Spearman correlation of bf16 heat maps with float32's, by method.")
+
+
+class QualityEngineState(BaseModel):
+    backend: Literal["eager", "compile", "onnxruntime"] = Field(description="What computes the deletion / insertion curves.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(description="Precision of the curves' forward passes.")
+    notes: list[str] = Field(description="What was not used, and why.")
+    shared_with_predictions: bool = Field(description="Whether the curves run on the prediction engine itself.")
+
+
 class ModelDetail(ModelSummary):
     config: dict[str, Any] = Field(description="Architecture configuration (XceptionConfig).")
     preprocess: dict[str, Any] = Field(description="Evaluation preprocessing (resize, crop, mean, std).")
@@ -77,7 +96,13 @@ class ModelDetail(ModelSummary):
     warmup_ms: dict[str, float] | None = Field(
         None,
         description="Milliseconds each engine's warm-up took when the model loaded (predict, capture, replica, "
-        "replica_fused); null when it is not loaded or `warm_up` is off.",
+        "replica_fused, attribution_setup, quality_engine); null when it is not loaded or `warm_up` is off.",
+    )
+    attribution_precision: AttributionPrecisionState | None = Field(
+        None, description="How attributions run, decided when the model loaded (null when not loaded or not decided yet)."
+    )
+    quality_engine: QualityEngineState | None = Field(
+        None, description="What computes the deletion / insertion curves (null when not loaded or not decided yet)."
     )
 
 
@@ -344,7 +369,10 @@ class AttributionResponse(BaseModel):
     layer: str | None = None
     part: str | None = None
     params: dict[str, Any] = Field(description="The method parameters used (defaults filled in).")
-    precision: Literal["fp32", "mixed"]
+    precision: Literal["fp32", "bf16", "mixed"] = Field(
+        description="What the method ran in (also the `X-Attribution-Precision` header): the model's decision "
+        "(GET /v1/models/{id} `attribution_precision`) unless the request asked for `precision`."
+    )
     shape: list[int] = Field(description="Shape of the raw attribution (format=npy returns it): [3, H, W] for input methods, [1, h, w] for layer_gradcam, [C] for channel_importance.")
     value_range: list[float | None] = Field(description="[min, max] of the heatmap.")
     quality_level: Literal["none", "auc", "full"] = Field(description="The `quality` the request asked for.")
@@ -355,7 +383,11 @@ class AttributionResponse(BaseModel):
     curves: dict[str, list[float | None]] = Field(
         default_factory=dict, description="Deletion / insertion curves (fractions, deletion, insertion); quality=full only."
     )
-    cached: bool = Field(description="Whether the attribution came from the server's cache (also the `X-Cache` header: hit or miss).")
+    cached: bool = Field(description="Whether the whole answer came from the server's cache (`cache` is `hit`).")
+    cache: Literal["hit", "map-hit", "miss"] = Field(
+        description="Also the `X-Cache` header: `hit` (the whole answer from the cache), `map-hit` (the map from the cache, "
+        "only the quality figures computed), `miss` (computed)."
+    )
     channel_ranking: list[ChannelScore] | None = Field(None, description="channel_importance only: channels by decreasing score (at most max_channels).")
     overlay_png: str = Field(description="Heatmap over the (preprocessed) input as a base64 PNG.")
     timing_ms: float = Field(description="Server time for this request.")

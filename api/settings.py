@@ -102,10 +102,13 @@ class Settings(BaseSettings):
         "`mixed_precision_guard_top + 1` best logits lie closer than `mixed_precision_margin` is redone in float32. "
         "5 (the default) keeps the top-5 exact; 1 only the top-1, and recomputes far fewer images.",
     )
-    attribution_precision: Literal["fp32", "mixed"] = Field(
-        "fp32",
-        description="Default precision of attributions (`mixed` = float16 autocast, CUDA only); "
-        "a request can override it with `precision`.",
+    attribution_precision: Literal["auto", "fp32", "mixed"] = Field(
+        "auto",
+        description="Default precision of attributions. `auto`: decided once when a model loads -- bfloat16 autocast "
+        "where the hardware computes it natively (AVX512-BF16 / AMX, bf16 GPUs) and saliency and Grad-CAM heat maps "
+        "agree with float32 (Spearman >= 0.99 on generated images), else float32 (`GET /v1/models/{id}` says which and "
+        "why); the deletion / insertion curves then run on the fastest checked engine. `fp32`: float32 everywhere. "
+        "`mixed`: float16 autocast (CUDA only). A request can ask for `precision=fp32` or `mixed`.",
     )
     torch_threads: int | None = Field(
         None, ge=1, le=256, description="torch intra-op threads (default: torch's choice)."

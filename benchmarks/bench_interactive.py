@@ -148,7 +148,8 @@ def run(args: argparse.Namespace) -> dict:
         while client.get("/readyz").status_code != 200:
             time.sleep(0.2)
         load_s = time.perf_counter() - t0
-        warmup = client.get("/v1/models/paper").json()["warmup_ms"]
+        detail = client.get("/v1/models/paper").json()
+        warmup = detail["warmup_ms"]
         # first requests (the model is warm): predict, then the layer maps, both cached afterwards
         note("first predict (after warm-up)", timed(lambda: post("/v1/predict?top_k=5")))
         post(f"/v1/activations?{GRADCAM}&top=8&format=npy")
@@ -174,6 +175,9 @@ def run(args: argparse.Namespace) -> dict:
             note("timm forward", timed(timm_forward))
             note("saliency, quality=auc", timed(lambda: post(f"{sal}&quality=auc&seed={100 + i}", expect_cache="miss")))
             note("Grad-CAM, quality=auc", timed(lambda: post(f"{cam}&quality=auc&seed={100 + i}", expect_cache="miss")))
+            if i < args.rounds:  # the map of round i is cached (quality=none): only the figures are computed
+                note("saliency, quality=auc after its map (map-hit)", timed(lambda: post(f"{sal}&quality=auc&seed={i}", expect_cache="map-hit")))
+                note("Grad-CAM, quality=auc after its map (map-hit)", timed(lambda: post(f"{cam}&quality=auc&seed={i}", expect_cache="map-hit")))
         for i in range(args.ig_rounds):
             note("Captum IG on timm, 32 steps", timed(lambda: IntegratedGradients(reference).attribute(x, target=TARGET, n_steps=32)))
             note(
@@ -187,6 +191,8 @@ def run(args: argparse.Namespace) -> dict:
         "Grad-CAM, quality=none": ("timm forward", 4.0),
         "saliency, quality=auc": ("timm forward", 10.0),
         "Grad-CAM, quality=auc": ("timm forward", 10.0),
+        "saliency, quality=auc after its map (map-hit)": ("timm forward", None),
+        "Grad-CAM, quality=auc after its map (map-hit)": ("timm forward", None),
         "saliency again (cache hit)": ("timm forward", 0.5),
         "saliency again by image_id (cache hit)": ("timm forward", 0.5),
         "IG 32 steps, quality=none": ("Captum IG on timm, 32 steps", 0.25),
@@ -204,6 +210,8 @@ def run(args: argparse.Namespace) -> dict:
         "size": args.size,
         "load_s": load_s,
         "warmup_ms": warmup,
+        "attribution_precision": detail.get("attribution_precision"),
+        "quality_engine": detail.get("quality_engine"),
         "timm_forward_ms": fwd,
         "captum_ig_ms": ig,
         "rows": rows,
@@ -227,6 +235,9 @@ def table(result: dict) -> str:
         lines.append(f"| {r['measurement']} | {r['n']} | {r['median_ms']:.1f} ms | {ratio} | {target} |")
     lines.append("")
     lines.append("warm-up on load: " + ", ".join(f"{k} {v:.0f} ms" for k, v in (result["warmup_ms"] or {}).items()))
+    precision, engine = result.get("attribution_precision") or {}, result.get("quality_engine") or {}
+    lines.append(f"attributions: {precision.get('precision')} ({precision.get('reason') or 'as asked'}); "
+                 f"quality curves: {engine.get('backend')} {engine.get('precision')} ({'; '.join(engine.get('notes') or []) or 'as asked'})")
     return "\n".join(lines)
 
 

@@ -229,3 +229,35 @@ def test_options_are_checked():
         AttributorOptions(curve_batch=0)
     with pytest.raises(ValueError):
         PrecisionCheck(requested="int8")
+
+
+@pytest.mark.parametrize("method, params", [
+    ("saliency", {"auc_steps": 6}),
+    ("integrated_gradients", {"n_steps": 4, "auc_steps": 5, "infidelity": True}),
+    ("layer_gradcam", {"layer": "exit.block8.sep1", "part": "pointwise", "auc_steps": 4}),
+])
+def test_quality_after_the_map_equals_one_computation(model, x, method, params):
+    """Map first (no figures), figures after: the same result as computing both at once."""
+    from xception_core.attributions import AttributionRequest
+
+    attributor = Attributor(model, AttributorOptions(curves=Predictor(model, input_size=SIZE)))
+    layer = {k: params.pop(k) for k in ("layer", "part") if k in params}
+    request = AttributionRequest(method, 2, params=params, **layer)
+    whole = attributor.attribute(x, request)
+    bare = attributor.attribute(x, AttributionRequest(method, 2, params={**params, "auc_steps": 0, "infidelity": False}, **layer))
+    assert "deletion_auc" not in bare.quality
+    after = attributor.quality(x, bare, request)
+    assert after.quality == whole.quality and after.curves == whole.curves and after.params == whole.params
+    assert torch.equal(after.attribution, whole.attribution) and torch.equal(after.heatmap, whole.heatmap)
+    assert bare.quality.get("deletion_auc") is None  # the map's result is not modified
+    with pytest.raises(ValueError):
+        attributor.quality(x, bare, AttributionRequest(method, 2, params={**params, "seed": 5}, **layer))
+
+
+def test_quality_engine_reuses_a_float32_predictor_without_changing_it(model):
+    served = Predictor(model, input_size=SIZE)
+    notes = list(served.notes)
+    engine = quality_engine(model, input_size=SIZE, precision="fp32", reuse=served)
+    assert engine.model is served.model and engine.notes == notes
+    with pytest.raises(ValueError):
+        quality_engine(model, input_size=SIZE, reuse=Predictor(model, input_size=SIZE, options=EngineOptions(precision="bf16"), require_native=False))

@@ -2,9 +2,16 @@
 
 The request is checked before it queues by the catalogue's own rules
 (:meth:`~xception_core.attributions.MethodSpec.validate`; :func:`api.errors.translate` words
-its errors as problems). Attributions run with autograd in float32 (``precision=mixed`` asks
-for float16 autocast on CUDA) on a private replica of the model, whose forward passes check
-the request's deadline; a float32 prediction of the same image lends its logits.
+its errors as problems). Attributions run with autograd on a private replica of the model, whose
+forward passes check the request's deadline, in the precision the model's
+:class:`~api.registry.AttributionSetup` decided when it loaded (bf16 where native and agreeing
+with float32, else float32; ``precision=fp32`` forces float32, ``mixed`` float16 autocast on
+CUDA); the deletion / insertion curves run on the setup's engine. A float32 prediction of the
+same image lends its logits.
+
+Map first, figures after: the map is cached under a key without the quality parameters, the
+answer with its figures under one with them. ``X-Cache``: ``hit`` (the whole answer from the
+cache), ``map-hit`` (the map from the cache, only the figures computed), ``miss``.
 """
 
 from __future__ import annotations
@@ -61,33 +68,44 @@ class Attributions:
     async def explain(self, request: ExplainRequest, deadline: Deadline) -> dict[str, Any] | BinaryResult:
         """The answer: from the attribution cache when an identical attribution was computed before
         (encoded in the inference pool, so a hit never waits behind a running attribution), else
-        computed in the attribution pool and cached. An identical request that arrives while the
-        attribution is being computed waits for it instead of computing it again."""
+        computed in the attribution pool and cached -- reusing a cached map of the same attribution
+        with other quality figures (``map-hit``: only the figures are computed). An identical
+        request (or one needing the same map) that arrives while it is being computed waits for
+        it instead of computing it again."""
         rt = self.runtime
         entry = await rt.model(request.model, deadline)
         check_target(entry, request.attribution.target)
+        if not entry.attribution_decided:  # decided once per loaded model, off the event loop
+            await rt.attribution_pool.run(entry.attribution_setup, deadline=deadline, device=rt.device)
         request = replace(request, attribution=with_quality(request.attribution, request.quality))
         resolved = validate(entry, request.attribution)
-        key = self.cache_key(entry, request, resolved)
-        running = self._running.get(key)
-        if running is not None:
-            # the same attribution is being computed for another request: wait for it, not twice
-            self.joined += 1
-            try:
-                await asyncio.wait_for(asyncio.shield(running), timeout=max(deadline.remaining(), 0.0))
-            except (TimeoutError, asyncio.TimeoutError):
-                raise deadline.error() from None
+        key, map_key = self.cache_key(entry, request, resolved), self.map_key(entry, request, resolved)
+        await self._join(key, deadline)
         hit = rt.attributions.get(key)
         if hit is not None:
-            return await rt.inference_pool.run(self._answer, entry, request, (key, hit, True), deadline, deadline=deadline, device=rt.device)
+            return await rt.inference_pool.run(self._answer, entry, request, (key, hit, "hit"), deadline, deadline=deadline, device=rt.device)
+        if key != map_key:
+            await self._join(map_key, deadline)
         done = asyncio.get_running_loop().create_future()
-        self._running.setdefault(key, done)
+        keys = [k for k in dict.fromkeys((key, map_key)) if self._running.setdefault(k, done) is done]
         try:
-            return await rt.attribution_pool.run(self._job, entry, request, key, deadline, deadline=deadline, device=rt.device)
+            return await rt.attribution_pool.run(self._job, entry, request, (key, map_key), deadline, deadline=deadline, device=rt.device)
         finally:
-            if self._running.get(key) is done:
-                del self._running[key]
+            for k in keys:
+                if self._running.get(k) is done:
+                    del self._running[k]
             done.set_result(None)
+
+    async def _join(self, key: tuple, deadline: Deadline) -> None:
+        """Wait for the computation of ``key`` another request started, if one is running."""
+        running = self._running.get(key)
+        if running is None:
+            return
+        self.joined += 1
+        try:
+            await asyncio.wait_for(asyncio.shield(running), timeout=max(deadline.remaining(), 0.0))
+        except (TimeoutError, asyncio.TimeoutError):
+            raise deadline.error() from None
 
     def overlay(self, entry: LoadedModel, request: ExplainRequest, key: tuple, r: AttributionResult) -> bytes:
         """The overlay PNG of a result, rendered once per style (kept beside the result: a cache
@@ -104,31 +122,49 @@ class Attributions:
 
     def cache_key(self, entry: LoadedModel, request: ExplainRequest, resolved: dict[str, Any]) -> tuple:
         """What determines the attribution: the model and its weights (``entry.key``), the image's
-        sha256, the method, target, layer, part, precision and every resolved parameter (defaults
-        filled in, so ``n_steps=32`` and the default 32 are one entry). The output options
-        (format, array, sign, opacity, colour map) and the quality level's presentation are applied
-        to the cached result."""
+        sha256, the method, target, layer, part, precision (fixed per loaded model) and every
+        resolved parameter (defaults filled in, so ``n_steps=32`` and the default 32 are one
+        entry). The output options (format, array, sign, opacity, colour map) and the quality
+        level's presentation are applied to the cached result."""
         what = request.attribution
         params = tuple(sorted((k, repr(v)) for k, v in resolved.items()))
         return ("attribution", entry.key, request.upload.sha, what.method, what.target, what.layer, what.part,
-                self.precision(entry, request.precision), params)
+                self.precision(entry, request.precision, what.method), params)
 
-    def precision(self, entry: LoadedModel, requested: str | None) -> str:
-        """``fp32`` or ``mixed`` (float16 autocast: a CUDA feature; on the CPU attributions stay float32)."""
+    def map_key(self, entry: LoadedModel, request: ExplainRequest, resolved: dict[str, Any]) -> tuple:
+        """The key of the map alone: :meth:`cache_key` with the quality parameters switched off
+        (``quality=none``'s key)."""
+        return self.cache_key(entry, request, {**resolved, **_NO_FIGURES})
+
+    def precision(self, entry: LoadedModel, requested: str | None, method: str) -> str:
+        """``fp32``, ``bf16`` (the model's :class:`~api.registry.AttributionSetup` chose it for
+        ``method``'s family) or ``mixed`` (float16 autocast: a CUDA feature; float32 on the CPU)."""
         precision = requested or self.runtime.settings.attribution_precision
-        return "fp32" if precision == "mixed" and entry.device.type != "cuda" else precision
+        if precision == "mixed":
+            return "mixed" if entry.device.type == "cuda" else "fp32"
+        if precision == "fp32":
+            return "fp32"
+        return entry.attribution_setup().precision_for(method)
 
     def attribute(
         self, entry: LoadedModel, x: torch.Tensor, request: AttributionRequest, precision: str, deadline: Deadline | None,
-        logits: torch.Tensor | None = None,
+        logits: torch.Tensor | None = None, earlier: AttributionResult | None = None,
     ) -> AttributionResult:
         """Run one attribution on a private replica (a worker thread's job); ``logits``: the
-        image's float32 logits when known (they save a forward pass)."""
+        image's float32 logits when known (they save a forward pass). ``earlier``: the map of
+        the same attribution without figures; then only the figures ``request`` asks for are
+        computed (:meth:`~xception_core.attributions.Attributor.quality`)."""
         rt = self.runtime
 
         def check_deadline(_module: Any, _args: Any) -> None:
             if deadline is not None and deadline.expired():
                 raise DeadlineExceeded(deadline.kind)
+
+        setup = entry.attribution_setup()
+
+        def curves(batch: torch.Tensor) -> torch.Tensor:
+            check_deadline(None, None)
+            return setup.curves(batch)
 
         started = time.perf_counter()
         # Input methods get the BatchNorm-folded replica when folding is on: the same function
@@ -141,36 +177,55 @@ class Attributions:
                 if precision == "mixed" and entry.device.type == "cuda"
                 else nullcontext()
             )
+            options = core_attr.AttributorOptions(precision="bf16" if precision == "bf16" else "fp32", curves=curves)
+            attributor = core_attr.Attributor(model, options)
             with autocast:
-                result = core_attr.Attributor(model).attribute(x[None], request, logits=logits)
+                if earlier is not None:
+                    return attributor.quality(x[None], earlier, request)
+                result = attributor.attribute(x[None], request, logits=logits)
         rt.metrics.attribution.labels(rt.device, request.method).observe(time.perf_counter() - started)
         return result
 
-    def _job(self, entry: LoadedModel, request: ExplainRequest, key: tuple, deadline: Deadline) -> dict[str, Any] | BinaryResult:
+    def _job(self, entry: LoadedModel, request: ExplainRequest, keys: tuple[tuple, tuple], deadline: Deadline) -> dict[str, Any] | BinaryResult:
+        """The map (from the cache, else computed and cached under ``map_key``), then the figures
+        the request asks for (cached with the map under ``key``)."""
         rt, upload, what = self.runtime, request.upload, request.attribution
+        key, map_key = keys
         x, _ = rt.input(entry, upload)
         deadline.check()
-        precision = self.precision(entry, request.precision)
-        # A float32 prediction of this image (the usual flow: predict, then explain) saves the
-        # attribution its own prediction forward.
-        cached = rt.cache.peek(("logits", entry.key, upload.sha))
-        logits = cached[0] if cached is not None and cached[1] == "fp32" and precision == "fp32" else None
-        r = self.attribute(entry, x, what, precision, deadline, logits)
-        rt.attributions.put(key, r, result_nbytes(r))
-        return self._answer(entry, request, (key, r, False), deadline)
+        precision = self.precision(entry, request.precision, what.method)
+        state = "map-hit"
+        r = rt.attributions.get(map_key)
+        if r is None:
+            state = "miss"
+            # A float32 prediction of this image (the usual flow: predict, then explain) saves the
+            # attribution its own prediction forward.
+            cached = rt.cache.peek(("logits", entry.key, upload.sha))
+            logits = cached[0] if cached is not None and cached[1] == "fp32" and precision == "fp32" else None
+            bare = replace(what, params={**what.params, **_NO_FIGURES})
+            r = self.attribute(entry, x, bare, precision, deadline, logits)
+            rt.attributions.put(map_key, r, result_nbytes(r))
+        if key != map_key:
+            deadline.check()
+            r = self.attribute(entry, x, what, precision, deadline, earlier=r)
+            rt.attributions.put(key, r, result_nbytes(r))
+        return self._answer(entry, request, (key, r, state), deadline)
 
     def _answer(
-        self, entry: LoadedModel, request: ExplainRequest, found: tuple[tuple, AttributionResult, bool], deadline: Deadline
+        self, entry: LoadedModel, request: ExplainRequest, found: tuple[tuple, AttributionResult, str], deadline: Deadline
     ) -> dict[str, Any] | BinaryResult:
-        """The answer in the requested format from ``(cache key, result, whether it was a hit)``;
-        the result is never modified."""
+        """The answer in the requested format from ``(cache key, result, cache state)`` (``hit``,
+        ``map-hit`` or ``miss``); the result is never modified."""
         rt, upload, what = self.runtime, request.upload, request.attribution
-        key, r, hit = found
-        precision = self.precision(entry, request.precision)
+        key, r, state = found
+        precision = self.precision(entry, request.precision, what.method)
         quality, curves = dict(r.quality), dict(r.curves)
         if request.quality != "full":
             curves = {}
-        facts = {"method": what.method, "target": str(r.target), "attribution_ms": f"{r.timing_ms:.1f}", "cache": "hit" if hit else "miss"}
+        facts = {
+            "method": what.method, "target": str(r.target), "attribution_ms": f"{r.timing_ms:.1f}", "cache": state,
+            "attribution_precision": precision,
+        }
         if request.fmt == "npy":
             raw = r.attribution if request.array == "attribution" else r.heatmap
             return BinaryResult(
@@ -202,7 +257,8 @@ class Attributions:
             "quality_level": request.quality,
             "quality": {k: finite(float(v)) for k, v in quality.items()},
             "curves": {k: [finite(float(v)) for v in vs] for k, vs in curves.items()},
-            "cached": hit,
+            "cached": state == "hit",
+            "cache": state,
             "channel_ranking": ranking,
             "overlay_png": b64png(overlay),
             "timing_ms": deadline.elapsed_ms(),
@@ -224,6 +280,8 @@ def validate(entry: LoadedModel, request: AttributionRequest) -> dict[str, Any]:
 
 #: the parameters that ask for quality figures, and the level each needs
 _QUALITY_PARAMS = {"auc_steps": "auc", "infidelity": "full", "sensitivity": "full"}
+#: the quality parameters of the map alone
+_NO_FIGURES = {"auc_steps": 0, "infidelity": False, "sensitivity": False}
 _LEVELS = ("none", "auc", "full")
 
 

@@ -145,7 +145,7 @@ def build(settings: Settings) -> APIRouter:
         colormap: Annotated[OverlayColormap | None, Query(description="Overlay colour map (default: jet, or RdBu_r for sign=all).")] = None,
         precision: Annotated[
             Literal["fp32", "mixed"] | None,
-            Query(description="`fp32` (the default, unless the service sets attribution_precision) or `mixed` (float16 autocast; CUDA only, float32 on the CPU)."),
+            Query(description="Default: what the model decided when it loaded (`attribution_precision` in GET /v1/models/{id}: bf16 where native and agreeing with float32, else fp32). `fp32` forces float32; `mixed` float16 autocast (CUDA only, float32 on the CPU)."),
         ] = None,
         quality: Annotated[
             Literal["none", "auc", "full"],
@@ -154,7 +154,7 @@ def build(settings: Settings) -> APIRouter:
                 "figures, whatever `auc_steps` defaults to), `auc` adds the deletion and insertion AUC (`auc_steps` steps), "
                 "`full` also the curves and, on request, `infidelity` and `sensitivity`. A figure asked for explicitly that "
                 "the level leaves out is a 422. Ask for `none` to show the map at once, then for `auc` or `full` for the "
-                "figures (each level is cached on its own: the second request computes the map again with its figures)."
+                "figures: the map is cached on its own, so the second request computes only the figures (`X-Cache: map-hit`)."
             ),
         ] = "full",
         params: dict[str, Any] = Depends(method_params),
@@ -168,7 +168,9 @@ def build(settings: Settings) -> APIRouter:
         `quality=none` skips them) and, on request, Captum's infidelity and sensitivity_max.
         Finished attributions are cached on the server (keyed by the model and its weights, the image,
         the method, target, layer, part, precision and every parameter): an identical request is
-        answered from the cache, in any format, and says so in `X-Cache: hit` (`miss` otherwise)."""
+        answered from the cache, in any format, and says so in `X-Cache: hit`; a request for other
+        quality figures of a cached map computes only the figures (`X-Cache: map-hit`); else `miss`.
+        `X-Attribution-Precision` says what the method ran in (`fp32`, `bf16`, `mixed`)."""
         request = ExplainRequest(
             model=model,
             upload=upload,
@@ -183,7 +185,8 @@ def build(settings: Settings) -> APIRouter:
         )
         result = await features.attributions.explain(request, limit)
         if isinstance(result, dict):
-            response.headers["X-Cache"] = "hit" if result["cached"] else "miss"
+            response.headers["X-Cache"] = result["cache"]
+            response.headers["X-Attribution-Precision"] = result["precision"]
             return result
         return binary(result)
 

@@ -12,6 +12,7 @@ from xception_core.weights import ModelCard
 
 from ..deps import get_runtime
 from ..errors import invalid_choice
+from ..registry import LoadedModel
 from ..runtime import Runtime
 from ..schemas import ClassList, LayerSpectrum, LayerTable, ModelDetail, ModelList, Problem
 from ..settings import Settings
@@ -79,6 +80,7 @@ def build(settings: Settings) -> APIRouter:
             "extra": card.extra,
             "engine": entry.predictor.info().to_dict() if (entry := runtime.registry.peek(card.id)) else None,
             "warmup_ms": entry.warmup_ms if entry else None,
+            **_attribution_state(entry),
         }
 
     @router.get("/{model_id}/layers", response_model=LayerTable, summary="Layer table", responses=problems(401, 404))
@@ -139,3 +141,18 @@ def build(settings: Settings) -> APIRouter:
         }
 
     return router
+
+
+def _attribution_state(entry: LoadedModel | None) -> dict[str, Any]:
+    """``attribution_precision`` and ``quality_engine`` of a loaded model, once decided."""
+    if entry is None or not entry.attribution_decided:
+        return {"attribution_precision": None, "quality_engine": None}
+    setup = entry.attribution_setup()
+    engine = setup.curves.info()
+    return {
+        "attribution_precision": setup.precision.to_dict(),
+        "quality_engine": {
+            "backend": engine.backend, "precision": engine.precision, "notes": list(engine.notes),
+            "shared_with_predictions": setup.reused_prediction_engine,
+        },
+    }

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
+
 import pytest
+import torch
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from apifixtures import *  # noqa: F401,F403
-from apihelpers import assert_problem, files, load_npy, make_app
+from apihelpers import assert_problem, files, load_npy, make_app, wait_until
+from xception_core.attributions import Attributor, AttributorOptions, fast
+from xception_core.fuse import fuse_for_inference
+from xception_core.transform import eval_transform
 
 IG = "method=integrated_gradients&n_steps=8&internal_batch_size=8"
 
@@ -57,13 +65,17 @@ def test_a_hit_computes_nothing_and_serves_every_format(app, client, png_images)
     assert _computed(app, "integrated_gradients") == before
 
 
-@pytest.mark.parametrize("change", ["&n_steps=9", "&seed=1", "&target=2", "&baseline=black", "&precision=fp32&quality=none", "&auc_steps=4"])
-def test_what_changes_the_result_changes_the_key(client, png_images, change):
+@pytest.mark.parametrize("change, state", [
+    ("&n_steps=9", "miss"), ("&seed=1", "miss"), ("&target=2", "miss"), ("&baseline=black", "miss"),
+    # other quality figures of the same map: only the figures are computed; no figures at all: the map itself
+    ("&auc_steps=4", "map-hit"), ("&infidelity=true", "map-hit"), ("&quality=none", "hit"), ("&quality=auc", "hit"),  # auc: the same figures, without the curves
+])
+def test_what_changes_the_result_changes_the_key(client, png_images, change, state):
     png = png_images[3]
     assert client.post(f"/v1/attributions?{IG}", files=files(png)).status_code == 200
     r = client.post(f"/v1/attributions?{IG}".replace("&n_steps=8", "") + (change if "n_steps" in change else "&n_steps=8" + change), files=files(png))
     assert r.status_code == 200, r.text
-    assert r.headers["x-cache"] == "miss"
+    assert r.headers["x-cache"] == state and r.json()["cache"] == state
 
 
 def test_another_model_or_image_is_another_entry(client, png_images):
@@ -110,8 +122,6 @@ def test_an_identical_request_during_the_computation_waits_for_it(tiny_model, pn
     """Two identical requests at once (a browser's rerun): one computation, two answers."""
     import threading
 
-    from apihelpers import wait_until
-
     app = make_app(tiny_model, attribution_workers=2)
     features = app.state.features
     started, release = threading.Event(), threading.Event()
@@ -147,3 +157,78 @@ def test_an_identical_request_during_the_computation_waits_for_it(tiny_model, pn
     assert len(jobs) == 1
     assert answers["first"].headers["x-cache"] == "miss" and answers["second"].headers["x-cache"] == "hit"
     assert answers["first"].content == answers["second"].content
+
+
+def test_quality_after_the_map_computes_only_the_figures(app, client, nocache, png_images):
+    """none, then auc, then full: the map is computed once; each answer equals a fresh one bit for bit."""
+    png, base = png_images[3], "/v1/attributions?method=integrated_gradients&n_steps=6&internal_batch_size=6&seed=91"
+    before = _computed(app, "integrated_gradients")
+    none = client.post(f"{base}&quality=none", files=files(png))
+    assert none.headers["x-cache"] == "miss" and none.json()["cache"] == "miss"
+    auc = client.post(f"{base}&quality=auc&auc_steps=5", files=files(png))
+    assert auc.headers["x-cache"] == "map-hit" and auc.json()["cached"] is False
+    full = client.post(f"{base}&quality=full&auc_steps=5", files=files(png))
+    assert full.headers["x-cache"] == "hit"
+    assert _computed(app, "integrated_gradients")[1] == before[1] + 1  # one map computed, for three answers
+    for query, got in ((f"{base}&quality=none", none), (f"{base}&quality=auc&auc_steps=5", auc), (f"{base}&quality=full&auc_steps=5", full)):
+        fresh = nocache.post(query, files=files(png)).json()
+        mine = got.json()
+        for field in ("overlay_png", "quality", "curves", "value_range", "params", "target", "probability", "precision"):
+            assert mine[field] == fresh[field], (query, field)
+    assert {"deletion_auc", "insertion_auc", "convergence_delta"} <= set(auc.json()["quality"])
+    # the array of a map-hit answer is the fresh array, bit for bit
+    npy = client.post(f"{base}&quality=auc&auc_steps=7&format=npy", files=files(png))
+    assert npy.headers["x-cache"] == "map-hit"
+    assert npy.content == nocache.post(f"{base}&quality=auc&auc_steps=7&format=npy", files=files(png)).content
+
+
+class _CountingEngine:
+    """A quality engine that counts the images it is given (and forwards them)."""
+
+    def __init__(self, engine):
+        self.engine, self.images = engine, 0
+
+    def __call__(self, batch):
+        self.images += batch.shape[0]
+        return self.engine(batch)
+
+    def info(self):
+        return self.engine.info()
+
+
+def test_the_model_decides_once_and_its_options_reach_the_attributor(tiny_model, png, monkeypatch):
+    monkeypatch.setattr(fast, "native_reduced_precision", lambda precision, device: "forced off for this test")
+    app = make_app(tiny_model)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        wait_until(lambda: c.get("/readyz").status_code == 200, "the model to load")
+        detail = c.get("/v1/models/tiny").json()
+        assert detail["attribution_precision"]["precision"] == "fp32"
+        assert "forced off for this test" in detail["attribution_precision"]["reason"]
+        assert detail["quality_engine"]["notes"] == ["bf16 not used: forced off for this test"]
+        assert detail["quality_engine"]["shared_with_predictions"] is True  # the fp32 folded prediction engine
+        assert {"attribution_setup", "quality_engine"} <= set(detail["warmup_ms"])
+
+        entry = app.state.registry.get("tiny")
+        counting = _CountingEngine(entry.attribution_setup().curves)
+        choice = dataclasses.replace(entry.attribution_setup().precision, input="bf16")
+        entry._attribution = dataclasses.replace(entry.attribution_setup(), curves=counting, precision=choice)
+
+        r = c.post("/v1/attributions?method=saliency&quality=auc&auc_steps=4&format=npy", files=files(png))
+        assert r.status_code == 200, r.text
+        assert counting.images == 2 * 4 + 1  # the deletion and insertion curves ran on the setup's engine
+        assert r.headers["x-attribution-precision"] == "bf16"
+        x = eval_transform(Image.open(io.BytesIO(png)).convert("RGB"), entry.preprocess)
+        # input methods run on the BatchNorm-folded replica
+        direct = Attributor(fuse_for_inference(entry.model), AttributorOptions(precision="bf16")).attribute(x[None], "saliency", auc_steps=0)
+        assert not torch.equal(direct.attribution, Attributor(fuse_for_inference(entry.model)).attribute(x[None], "saliency", auc_steps=0).attribution)
+        assert torch.equal(load_npy_tensor(r.content), direct.attribution)
+        # layer methods kept fp32; a request for fp32 is another cache entry
+        gc = c.post("/v1/attributions?method=layer_gradcam&layer=entry.block3.sep2&part=pointwise&quality=none", files=files(png))
+        assert gc.headers["x-attribution-precision"] == "fp32"
+        forced = c.post("/v1/attributions?method=saliency&quality=none&precision=fp32", files=files(png))
+        assert forced.headers["x-attribution-precision"] == "fp32" and forced.headers["x-cache"] == "miss"
+        assert c.get("/v1/models/tiny").json()["attribution_precision"]["input_methods"] == "bf16"
+
+
+def load_npy_tensor(content: bytes) -> torch.Tensor:
+    return torch.from_numpy(load_npy(content))

@@ -27,7 +27,8 @@ def test_loading_warms_every_engine_before_the_first_request(tiny_model, png):
             assert c.post("/v1/predict", files=files(png)).status_code == 200
         entry = registry.peek(MODEL_ID)
         assert calls == [MODEL_ID]  # once, when the model loaded
-        assert set(entry.warmup_ms) == {"predict", "capture", "replica", "replica_fused"}
+        assert set(entry.warmup_ms) == {"predict", "capture", "replica", "replica_fused", "attribution_setup", "quality_engine"}
+        assert entry.attribution_decided  # the attributions' precision and curve engine, decided at load
         # the attribution replicas were made (and ran) during the load, not by a request
         assert len(entry._replicas[True]) == 1 and len(entry._replicas[False]) == 1
         assert c.get(f"/v1/models/{MODEL_ID}").json()["warmup_ms"] == entry.warmup_ms
@@ -43,4 +44,9 @@ def test_the_warm_up_can_be_switched_off(tiny_model, png):
         assert c.post("/v1/predict", files=files(png)).status_code == 200
         entry = app.state.registry.peek(MODEL_ID)
         assert entry.warmup_ms is None and entry._replicas == {False: [], True: []}
-        assert c.get(f"/v1/models/{MODEL_ID}").json()["warmup_ms"] is None
+        detail = c.get(f"/v1/models/{MODEL_ID}").json()
+        assert detail["warmup_ms"] is None and detail["attribution_precision"] is None and detail["quality_engine"] is None
+        # without the warm-up the first attribution decides (once)
+        assert c.post("/v1/attributions?method=saliency&quality=auc&auc_steps=2", files=files(png)).status_code == 200
+        assert entry.attribution_decided
+        assert c.get(f"/v1/models/{MODEL_ID}").json()["attribution_precision"]["requested"] == "auto"

@@ -17,7 +17,7 @@ import copy
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -308,6 +308,37 @@ class Attributor:
             target = _check_target(target, n_classes)
         with torch.inference_mode(False), self.lock.shared():
             return self._curves(xin, heatmap, target, steps)
+
+    def quality(self, x: torch.Tensor, result: AttributionResult, request: AttributionRequest) -> AttributionResult:
+        """``result`` (a map of ``x`` computed without figures, e.g. ``auc_steps=0``) with the
+        quality figures ``request`` asks for (``auc_steps``, ``infidelity``, ``sensitivity``; its
+        other parameters must resolve as ``result``'s did): the same result as
+        :meth:`attribute` of ``request`` would give, without computing the map again. The
+        convergence delta is the map's. ``result`` is not modified."""
+        spec = get_method(request.method)
+        if spec.name != result.method or request.layer != result.layer or request.part != result.part:
+            raise InputError(f"the request ({request.method}) does not describe the result ({result.method})")
+        xin = self._prepare_input(x)
+        known = self.layers.get(request.layer) if isinstance(request.layer, str) else None
+        resolved = spec.validate(
+            request.params, layer=request.layer, part=request.part, layers=list(self.layers),
+            input_size=tuple(xin.shape[-2:]), parts=getattr(known, "parts", PARTS),
+        )
+        figures = {"auc_steps", "infidelity", "sensitivity"}
+        if {k: v for k, v in resolved.items() if k not in figures} != {k: v for k, v in result.params.items() if k not in figures}:
+            raise InputError("the request's method parameters differ from the result's")
+        module = getattr(self.layers[request.layer], request.part) if spec.layer_method else None  # type: ignore[index,arg-type]
+        job = _Job(spec, spec.algorithm(self.model, module), xin, resolved, self.options.precision)
+        raw = result.attribution[None].to(self.device) if spec.output == "input" else result.attribution
+        guard = self.lock.exclusive() if spec.hooks else self.lock.shared()
+        with torch.inference_mode(False), guard:
+            t1 = time.perf_counter()
+            quality, curves = self._quality(job, raw, result.heatmap.to(self.device), result.target, None)
+            sync(self.device)
+            quality_ms = (time.perf_counter() - t1) * 1000
+        if "convergence_delta" in result.quality:
+            quality = {"convergence_delta": result.quality["convergence_delta"], **quality}
+        return replace(result, quality=quality, curves=curves, params=dict(resolved), quality_ms=quality_ms)
 
     def _curves(self, x: torch.Tensor, heatmap: torch.Tensor, target: int, steps: int) -> DeletionInsertion:
         forward = self.options.curves if self.options.curves is not None else self.model

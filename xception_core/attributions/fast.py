@@ -16,6 +16,7 @@ Both decide once, when a model loads; the results go into :class:`~.attributor.A
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -52,7 +53,8 @@ _REQUESTS = ("auto", "fp32", "bf16")
 
 
 def quality_engine(
-    model: nn.Module, *, input_size: int, precision: str = "auto", tolerance: float = CURVE_TOLERANCE
+    model: nn.Module, *, input_size: int, precision: str = "auto", tolerance: float = CURVE_TOLERANCE,
+    reuse: Predictor | None = None,
 ) -> Predictor:
     """The forward for :func:`~.faithfulness.deletion_insertion_auc`: logits of a batch.
 
@@ -62,26 +64,39 @@ def quality_engine(
     images (batches of 1 and 2, as the engine's own checks); else float32. ``auto``: as
     ``bf16``, then the faster of the two on a batch of 4 (where AVX512-BF16 lacks AMX,
     onnxruntime's float32 can win). What was not used, and why, is in ``notes``
-    (``precision`` and ``info()`` say what runs). ``model`` is left untouched.
+    (``precision`` and ``info()`` say what runs). ``model`` is left untouched. ``reuse``: a
+    float32 predictor of ``model`` already built (a served model's prediction engine), used as
+    the float32 engine instead of building another (through a shallow copy with notes of its
+    own: ``reuse`` itself is not changed).
     """
     if precision not in _REQUESTS:
         raise ValueError(f"precision must be one of {', '.join(_REQUESTS)}, got {precision!r}")
-    fp32 = EngineOptions(backend="auto", precision="fp32")
+    if reuse is not None and reuse.precision != "fp32":
+        raise ValueError(f"reuse must be a float32 predictor, not {reuse.precision}")
+
+    def float32() -> Predictor:
+        if reuse is None:
+            return Predictor(model, input_size=input_size, options=EngineOptions(backend="auto", precision="fp32"))
+        view = copy.copy(reuse)
+        view.notes = list(reuse.notes)
+        return view
+
     if precision == "fp32":
-        return Predictor(model, input_size=input_size, options=fp32)
+        return float32()
+    why_not = native_reduced_precision("bf16", model_device(model))
+    if why_not is not None:  # worded as the prediction engine words it
+        return _with_notes(float32(), [f"bf16 not used: {why_not}"])
     fast = Predictor(model, input_size=input_size, options=EngineOptions(backend="eager", precision="bf16"))
-    if fast.precision != "bf16":  # not native here: the predictor says why
-        return _with_notes(Predictor(model, input_size=input_size, options=fp32), fast.notes)
     worst = max(
         disagreement(fast, _float32(fast), example_batch(fast.model, input_size, n, fast.device), "log_probabilities")
         for n in (1, 2)
     )
     if not worst <= tolerance:
         why = f"bf16 not used: log-probabilities differ from float32 by {worst:.3g} (tolerance {tolerance:.3g})"
-        return _with_notes(Predictor(model, input_size=input_size, options=fp32), [why])
+        return _with_notes(float32(), [why])
     if precision == "bf16":
         return fast
-    slow = Predictor(model, input_size=input_size, options=fp32)
+    slow = float32()
     batch = example_batch(fast.model, input_size, 4, fast.device)
     t_fast, t_slow = _seconds(fast, batch), _seconds(slow, batch)
     if t_fast <= t_slow:
