@@ -218,7 +218,8 @@ def _draw_map(answer: dict[str, Any], request: dict[str, Any], n: int) -> None:
     where = f" at {answer['layer']} ({answer['part']})" if answer.get("layer") else ""
     probability = f", p = {answer['probability']:.1%}" if answer.get("probability") is not None else ""
     st.caption(f"target **{answer['target_label']}** ({answer['target_source']}{probability}){where}")
-    cached = " · from the server's cache" if answer.get("x_cache") == "hit" or answer.get("cached") else ""
+    cache = answer.get("x_cache") or answer.get("cache") or ("hit" if answer.get("cached") else "miss")
+    cached = {"hit": " · from the server's cache", "map-hit": " · map from the server's cache, figures computed now"}.get(cache, "")
     st.caption(f"map: {answer['attribution_ms']:.0f} ms · {answer['device']}{cached}")
     if answer.get("channel_ranking"):
         ranking = pd.DataFrame(answer["channel_ranking"][:16])
