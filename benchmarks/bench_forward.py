@@ -60,6 +60,20 @@ def machine() -> dict:
     }
 
 
+def interleaved_medians(calls: dict, runs: int) -> dict[str, float]:
+    """Median milliseconds of each call: one warm-up round, then ``runs`` rounds, every round
+    calling each in turn, so that a drift of the machine touches all of them alike."""
+    for call in calls.values():
+        call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(runs):
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            times[name].append((time.perf_counter() - t0) * 1000)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def build_variants(compile_: bool, size: int) -> tuple[dict, dict]:
     """``{name: callable(x)}`` and ``{name: reason}`` for the variants that are n/a."""
     import timm

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 import warnings
@@ -42,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-from bench_forward import machine
+from bench_forward import interleaved_medians, machine
 
 TARGET = 3
 GRADCAM = {"layer": "exit.block14.sep2", "part": "pointwise"}
@@ -140,15 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     started = time.perf_counter()
     calls, unit, facts = setup(args)
-    for call in calls.values():  # warm-up
-        call()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(args.runs):
-        for name, call in calls.items():
-            t0 = time.perf_counter()
-            call()
-            times[name].append((time.perf_counter() - t0) * 1000)
-    medians = {name: statistics.median(t) for name, t in times.items()}
+    medians = interleaved_medians(calls, args.runs)
     info = machine()
     info["flags"] = cpu_flags()
     info["wall_s"] = round(time.perf_counter() - started, 1)

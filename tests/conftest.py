@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from support import SMALL, sample_photos
@@ -14,6 +15,15 @@ from xception_core.model import XceptionConfig
 def _isolated_home(tmp_path, monkeypatch):
     """Every test gets its own empty weights cache; nothing touches the user's."""
     monkeypatch.setenv("XCEPTION_HOME", str(tmp_path / "xception_home"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small kernels on 2 shared cores: two intra-op threads mostly wait for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -26,13 +26,7 @@ from xception_core.weights import BUNDLED_ID, load_model
 LAYER = "entry.block3.sep1"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small kernels: on a shared 2-core machine two threads mostly wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -6,33 +6,7 @@ import json
 import re
 
 import pytest
-from uihelpers import MODEL_ID
-
-PREDICT = "views/predict.py"
-ARCHITECTURE = "views/architecture.py"
-EXPLORER = "views/layer_explorer.py"
-ATTRIBUTIONS = "views/attributions.py"
-
-
-def texts(elements) -> list[str]:
-    return [str(e.value) for e in elements]
-
-
-def assert_clean(at) -> None:
-    """No traceback and no error message on the page."""
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, texts(at.error)
-
-
-def tile_captions(at) -> list[list[str]]:
-    """The caption lists of the image grids (one list per st.image call)."""
-    return [list(img.captions) for img in at.image]
-
-
-def with_photo(at, png: bytes):
-    at.run()
-    at.file_uploader(key="uploader").upload("chelsea.png", png, "image/png")
-    return at.run()
+from uihelpers import ARCHITECTURE, ATLAS, ATTRIBUTIONS, EXPLORER, MODEL_ID, assert_clean, texts, tile_captions, with_photo
 
 
 def test_predict_page_upload_shows_predictions_and_model_status(app, cat_png):
@@ -216,9 +190,6 @@ def test_model_without_weights_explains_how_to_get_them(app, cat_png):
     at.switch_page(EXPLORER).run()
     assert not at.exception
     assert at.error and all("HTTP 409" in t for t in texts(at.error))
-
-
-ATLAS = "views/atlas.py"
 
 
 def atlas_at(app, **query):

@@ -12,24 +12,12 @@ import secrets
 import httpx
 import pytest
 import streamlit as st
-from uihelpers import MODEL_ID
+from uihelpers import ATTRIBUTIONS, EXPLORER, MODEL_ID, PREDICT, assert_clean, texts
 
 from ui import session
 from ui.client import IMAGE_GONE, ApiClient
 
-PREDICT = "views/predict.py"
-EXPLORER = "views/layer_explorer.py"
-ATTRIBUTIONS = "views/attributions.py"
 ANALYSES = ("/v1/predict", "/v1/activations", "/v1/decomposition", "/v1/attributions")
-
-
-def texts(elements) -> list[str]:
-    return [str(e.value) for e in elements]
-
-
-def assert_clean(at) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, texts(at.error)
 
 
 def store(api_url: str, png: bytes) -> str:

@@ -9,31 +9,9 @@ import os
 
 import pytest
 import torch
-from uihelpers import REPO_ROOT, TINY_CONFIG, serve_tiny_api
+from uihelpers import ARCHITECTURE, ATTRIBUTIONS, EXPLORER, REPO_ROOT, TINY_CONFIG, assert_clean, serve_tiny_api, texts, tile_captions, with_photo
 
 APP = REPO_ROOT / "ui" / "app.py"
-EXPLORER = "views/layer_explorer.py"
-ATTRIBUTIONS = "views/attributions.py"
-ARCHITECTURE = "views/architecture.py"
-
-
-def texts(elements) -> list[str]:
-    return [str(e.value) for e in elements]
-
-
-def assert_clean(at) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, texts(at.error)
-
-
-def tile_captions(at) -> list[list[str]]:
-    return [list(img.captions) for img in at.image]
-
-
-def with_photo(at, png: bytes):
-    at.run()
-    at.file_uploader(key="uploader").upload("chelsea.png", png, "image/png")
-    return at.run()
 
 
 @pytest.fixture(scope="module")

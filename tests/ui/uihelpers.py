@@ -143,3 +143,32 @@ def import_tiny_model(home: Path, name: str = MODEL_ID) -> str:
         card=CardOverrides(config=TINY_CONFIG, preprocess=PREPROCESS, description="tiny end-to-end test model"),
     )
     return name
+
+
+# AppTest: the pages, and what every page test asks of a run
+PREDICT = "views/predict.py"
+ARCHITECTURE = "views/architecture.py"
+EXPLORER = "views/layer_explorer.py"
+ATLAS = "views/atlas.py"
+ATTRIBUTIONS = "views/attributions.py"
+
+
+def texts(elements) -> list[str]:
+    return [str(e.value) for e in elements]
+
+
+def assert_clean(at) -> None:
+    """No traceback and no error message on the page."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, texts(at.error)
+
+
+def tile_captions(at) -> list[list[str]]:
+    """The caption lists of the image grids (one list per st.image call)."""
+    return [list(img.captions) for img in at.image]
+
+
+def with_photo(at, png: bytes):
+    at.run()
+    at.file_uploader(key="uploader").upload("chelsea.png", png, "image/png")
+    return at.run()
