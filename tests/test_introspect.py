@@ -98,11 +98,16 @@ def test_decomposition_matches_a_brute_force_reference(model, photos, name):
         assert d.layer == name and d.channel == channel
         # the sum over every channel is the layer's pointwise output
         torch.testing.assert_close(d.total, kept[name]["pointwise"][0, channel], atol=1e-4, rtol=1e-4)
-    with pytest.raises(ValueError, match="channel must be in"):
+    # the documented default: the top 8 channels
+    assert w.shape[1] > 8 and len(decompose(layer, depthwise, 0).order) == 8
+    # the errors name the valid range
+    with pytest.raises(ValueError, match=rf"^channel must be in 0\.\.{w.shape[0] - 1}, got {w.shape[0]}$"):
         decompose(layer, depthwise, w.shape[0])
-    with pytest.raises(ValueError, match="top must be"):
+    with pytest.raises(ValueError, match=r"^channel must be in 0\.\.\d+, got -1$"):
+        decompose(layer, depthwise, -1)
+    with pytest.raises(ValueError, match="^top must be >= 1$"):
         decompose(layer, depthwise, 0, top=0)
-    with pytest.raises(ValueError, match=r"\[C, H, W\]"):
+    with pytest.raises(ValueError, match=r"^depthwise must be one image's \[C, H, W\] output$"):
         decompose(layer, kept[name]["depthwise"], 0)
 
 
