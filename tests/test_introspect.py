@@ -124,6 +124,20 @@ def test_decomposition_ranks_equal_energies_in_channel_order():
     _assert_matches_reference(d, layer.pointwise.weight[0, :, 0, 0].detach().numpy(), depthwise.numpy(), 3)
 
 
+def test_decomposition_ranks_many_equal_energies_in_channel_order():
+    """64 channels in three energy levels: an unstable sort (torch's default from 64 values on)
+    would order the ties differently."""
+    layer = SeparableConv2d(64, 1, "test.sep1")
+    m = torch.randn(4, 4, generator=torch.Generator().manual_seed(1))
+    depthwise = torch.stack([m if i % 2 else -m for i in range(64)])
+    weights = torch.tensor([(1.0, -1.0, 0.0, 0.5)[i % 4] for i in range(64)])
+    with torch.no_grad():
+        layer.pointwise.weight[0, :, 0, 0] = weights
+    level = [abs(float(w)) for w in weights]  # energy = w^2 |m|^2: ranks as |w|
+    expected = sorted(range(64), key=lambda i: (-level[i], i))
+    assert decompose(layer, depthwise, 0, top=64).order.tolist() == expected
+
+
 @pytest.mark.parametrize("activation", ["elu", "relu"])
 def test_decomposition_with_an_intermediate_activation(small_config, activation):
     """The contributions are built from the activated depthwise maps, the pointwise input."""
