@@ -163,6 +163,25 @@ def test_limit_middleware_alone_counts_every_message():
     assert status == 413 and reads == 0
 
 
+def test_limit_messages_say_how_much_was_sent_and_what_to_do():
+    """Declared: the size sent; streamed: "more than" the limit; the limit in bytes and in MiB
+    (996,148 bytes is 0.950001 MiB: "1.0")."""
+
+    async def app(scope, receive, send):
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    limit = 996_148
+    wrapped = BodyLimitMiddleware(app, max_bytes=limit)
+    advice = "; send a smaller image (re-encode it as JPEG or reduce its size)"
+    _, _, body, _ = run_asgi(wrapped, "/x", [b"a"], [(b"content-length", str(limit + 5).encode())])
+    assert json.loads(body)["detail"] == f"the request body is {limit + 5} bytes, over the limit of {limit} bytes (1.0 MiB){advice}"
+    _, _, body, _ = run_asgi(wrapped, "/x", [b"a" * limit, b"a"], [])
+    assert json.loads(body)["detail"] == f"the request body is more than {limit} bytes, over the limit of {limit} bytes (1.0 MiB){advice}"
+
+
 # --------------------------------------------------------------------------- the pixel limit
 
 PIXELS = 64 * 64  # XCEPTION_MAX_IMAGE_PIXELS: far below Pillow's own limit, so only the setting can refuse
@@ -350,5 +369,7 @@ def test_a_stalled_body_gets_408_instead_of_hanging(tiny_model):
     chunks, ctype = multipart_stream(2 * CHUNK)  # then the client stops sending (receive sleeps)
     started = time.perf_counter()
     status, _, body, reads = run_asgi(app, "/v1/predict", chunks[:2], [(b"content-type", ctype)], stall=True)
-    assert status == 408 and "without pausing" in json.loads(body)["detail"]
+    problem = json.loads(body)
+    assert status == 408 and problem["idle_timeout_s"] == 0.2
+    assert problem["detail"] == "no part of the request body arrived for 0.2 s; send the whole body without pausing"
     assert time.perf_counter() - started < 10
