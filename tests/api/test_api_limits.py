@@ -159,6 +159,13 @@ def test_limit_middleware_alone_counts_every_message():
         assert status == 413
     status, *_ = run_asgi(wrapped, "/x", [b"a" * 100], [(b"content-length", b"100")])
     assert status == 200
+    # only the trailing slash is ignored: /bigX is another path, with the default limit
+    status, *_ = run_asgi(wrapped, "/bigX", [b"a" * 600], [])
+    assert status == 413
+    root = BodyLimitMiddleware(app, max_bytes=100, path_limits={"/": 1000})
+    for path, status_600 in (("/", 200), ("//", 200), ("/a", 413)):
+        status, *_ = run_asgi(root, path, [b"a" * 600], [])
+        assert status == status_600, path
     status, _, _, reads = run_asgi(wrapped, "/x", [b"a" * 101], [(b"content-length", b"101")])
     assert status == 413 and reads == 0
 
