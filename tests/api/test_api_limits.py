@@ -12,6 +12,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from api.cache import ByteLRU
+from api.errors import TYPE_PREFIX
 from api.limits import BodyLimitMiddleware
 from apihelpers import assert_problem, encode, files, make_app, make_client, multipart, multipart_of_size, padded_png, wait_until
 from apifixtures import *  # noqa: F401,F403 -- the shared fixtures
@@ -187,6 +188,38 @@ def test_limit_messages_say_how_much_was_sent_and_what_to_do():
     assert json.loads(body)["detail"] == f"the request body is {limit + 5} bytes, over the limit of {limit} bytes (1.0 MiB){advice}"
     _, _, body, _ = run_asgi(wrapped, "/x", [b"a" * limit, b"a"], [])
     assert json.loads(body)["detail"] == f"the request body is more than {limit} bytes, over the limit of {limit} bytes (1.0 MiB){advice}"
+
+
+def test_the_middleware_answers_complete_problems():
+    """What the middleware answers by itself: problem+json with type, title, status, detail and
+    the path as instance; a refused body also closes the connection (the rest is never read)."""
+
+    async def app(scope, receive, send):
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    wrapped = BodyLimitMiddleware(app, max_bytes=10, idle_timeout=0.05)
+    cases = [
+        ([b"a"], [(b"content-length", b" 1e3 ")], False, 400, "bad-content-length", "Bad Request",
+         "Content-Length '1e3' is not a number", {}),
+        ([b"a"], [(b"content-length", b"11")], False, 413, "upload-too-large", "Request Entity Too Large",
+         None, {"limit_bytes": 10}),
+        ([b"a" * 11], [], False, 413, "upload-too-large", "Request Entity Too Large", None, {"limit_bytes": 10}),
+        ([b"a"], [], True, 408, "body-timeout", "Request Timeout", None, {"idle_timeout_s": 0.05}),
+    ]
+    for chunks, headers, stall, status, slug, title, detail, extra in cases:
+        got, got_headers, body, _ = run_asgi(wrapped, "/v1/predict", chunks, headers, stall=stall)
+        problem = json.loads(body)
+        assert got == status and got_headers["content-type"] == "application/problem+json"
+        assert problem["type"] == TYPE_PREFIX + slug and problem["title"] == title and problem["status"] == status
+        assert problem["instance"] == "/v1/predict"
+        assert {k: problem[k] for k in extra} == extra
+        if detail is not None:
+            assert problem["detail"] == detail
+        if status != 400:
+            assert got_headers["connection"] == "close"
 
 
 # --------------------------------------------------------------------------- the pixel limit
