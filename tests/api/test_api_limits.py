@@ -222,6 +222,24 @@ def test_the_middleware_answers_complete_problems():
             assert got_headers["connection"] == "close"
 
 
+def test_the_idle_timeout_ends_with_the_body():
+    """Once the whole body arrived, a wait on receive() (for the client's disconnect, say, during
+    a long computation) is the application's business: the body timeout no longer applies."""
+
+    async def app(scope, receive, send):
+        while (await receive()).get("more_body"):
+            pass
+        try:
+            await asyncio.wait_for(receive(), 0.5)  # nothing comes: run_asgi's client stays silent
+        except asyncio.TimeoutError:
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    status, _, body, _ = run_asgi(BodyLimitMiddleware(app, max_bytes=100, idle_timeout=0.05), "/x", [b"a" * 10], [])
+    assert (status, body) == (200, b"ok")
+
+
 # --------------------------------------------------------------------------- the pixel limit
 
 PIXELS = 64 * 64  # XCEPTION_MAX_IMAGE_PIXELS: far below Pillow's own limit, so only the setting can refuse
