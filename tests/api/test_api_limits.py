@@ -240,6 +240,47 @@ def test_the_idle_timeout_ends_with_the_body():
     assert (status, body) == (200, b"ok")
 
 
+def test_a_final_message_without_more_body_ends_the_body():
+    """ASGI's more_body defaults to false: a last message without the key ends the body, and the
+    idle timeout with it."""
+    messages = [{"type": "http.request", "body": b"a" * 10}]
+    sent = []
+
+    async def receive():
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(3600)
+
+    async def app(scope, receive, send):
+        await receive()
+        try:
+            await asyncio.wait_for(receive(), 0.5)
+        except asyncio.TimeoutError:
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    async def send(message):
+        sent.append(message)
+
+    wrapped = BodyLimitMiddleware(app, max_bytes=100, idle_timeout=0.05)
+    asyncio.run(wrapped({"type": "http", "path": "/x", "headers": []}, receive, send))
+    assert [m.get("status") for m in sent] == [200]
+
+
+def test_a_limit_passed_after_the_response_began_is_not_answered_twice():
+    """Once the application started its response, the middleware cannot answer 413 any more:
+    the error goes up (the server closes the connection)."""
+    from api.limits import BodyTooLarge
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        while (await receive()).get("more_body"):
+            pass
+
+    with pytest.raises(BodyTooLarge):
+        run_asgi(BodyLimitMiddleware(app, max_bytes=10), "/x", [b"a" * 5, b"a" * 6], [])
+
+
 # --------------------------------------------------------------------------- the pixel limit
 
 PIXELS = 64 * 64  # XCEPTION_MAX_IMAGE_PIXELS: far below Pillow's own limit, so only the setting can refuse
