@@ -279,3 +279,35 @@ def test_attribution_quality_averages_the_metrics_of_each_image():
         assert got["rank_correlation"] == pytest.approx(np.mean(rho), abs=0.01)
     assert set(plain) == {"saliency"} and "rank_correlation" not in plain["saliency"]
     assert plain["saliency"] == {k: v for k, v in report["saliency"].items() if k != "rank_correlation"}
+
+
+def test_upsample_to_is_captums_layer_interpolation_and_keeps_the_kind():
+    """Against Captum's LayerAttribution.interpolate (bilinear, align_corners=False) on a
+    non-square target; row maps [1, w] are maps, not batches; dtypes as documented."""
+    from captum.attr import LayerAttribution
+
+    coarse = torch.rand(3, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = LayerAttribution.interpolate(coarse[None, None].float(), (7, 13), interpolate_mode="bilinear")[0, 0]
+    up = upsample_to(coarse.numpy(), (7, 13))
+    assert up.dtype == np.float32 and up.shape == (7, 13)  # numpy in: float32 numpy out
+    np.testing.assert_allclose(up, expected.numpy(), rtol=1e-6, atol=1e-7)
+    t = upsample_to(coarse.half(), (7, 13))
+    assert t.dtype == torch.float16 and t.shape == (7, 13)
+    assert upsample_to(coarse, (3, 5)).dtype == torch.float64  # at size: only squeezed, kept as it is
+    assert upsample_to(torch.ones(3, 5, dtype=torch.int64), (6, 10)).dtype == torch.float32
+    row = upsample_to(np.arange(5, dtype=np.float32)[None], (4, 10))
+    assert row.shape == (4, 10)
+    with pytest.raises(ValueError, match=r"^attribution must be a 2-D map, got shape \(3, 4, 4\)$"):
+        upsample_to(np.zeros((3, 4, 4)), (8, 8))
+
+
+def test_quality_report_names_the_bad_input_and_passes_the_tolerance_on():
+    m = square_mask()
+    with pytest.raises(ValueError, match="^mask must be a 2-D map"):
+        quality_report(np.zeros((16, 16)), np.stack([m, m]))
+    with pytest.raises(ValueError, match="^attribution must be a 2-D map"):
+        quality_report(np.zeros((3, 16, 16)), m)
+    a = np.zeros((16, 16))
+    a[10, 5] = 1.0  # two rows below the mask (rows 4..7)
+    assert quality_report(a, m)["pointing_game_hit"] is False
+    assert quality_report(a, m, tolerance_px=3)["pointing_game_hit"] is True
