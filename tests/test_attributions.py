@@ -514,6 +514,51 @@ def test_deletion_insertion_auc_on_a_known_case():
         deletion_insertion_auc(m, x, torch.zeros(8, 8), 0)
 
 
+def test_deletion_insertion_curves_do_not_depend_on_the_batching():
+    """16 steps (17 points, the default) in batches of 5, 1 or 16: the same known curves; the
+    image may come without its batch dimension; NaN scores rank last."""
+    size = 32
+    m = _MaskModel(size).eval()
+    x = torch.ones(1, 3, size, size)
+    good = m.mask[0, 0].clone()
+    share = [min(64 * k, 512) / 512 for k in range(17)]
+    deletion = [1 / (1 + math.exp(-40 * (0.5 - c))) for c in share]
+    for batch_size in (5, 1, 16):
+        r = deletion_insertion_auc(m, x[0], good, 0, baseline=0.0, insertion_start="baseline", batch_size=batch_size)
+        assert r.fractions == [k / 16 for k in range(17)]
+        assert r.deletion == pytest.approx(deletion, rel=1e-5, abs=1e-9)
+    nan_right = torch.where(good > 0, good, torch.full_like(good, float("nan")))
+    r = deletion_insertion_auc(m, x, nan_right, 0, baseline=0.0, insertion_start="baseline")
+    assert r.deletion == pytest.approx(deletion, rel=1e-5, abs=1e-9)
+
+
+def test_deletion_insertion_refuses_bad_arguments_with_what_to_fix():
+    m = _MaskModel(8).eval()
+    x, heat = torch.ones(1, 3, 8, 8), torch.zeros(8, 8)
+    cases = [
+        (dict(x=x, heatmap=heat, steps=0), "^steps must be >= 1$"),
+        (dict(x=torch.ones(2, 3, 8, 8), heatmap=heat), r"^x must be one image \[1, C, H, W\], got \(2, 3, 8, 8\)$"),
+        (dict(x=x, heatmap=torch.zeros(8, 4)), r"^heatmap must be 8x8 like the input, got \(8, 4\)$"),
+        (dict(x=x, heatmap=heat, insertion_start="noise"), "^insertion_start must be 'blur' or 'baseline'$"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            deletion_insertion_auc(m, target=0, **kwargs)
+
+
+@pytest.mark.parametrize("shape, sigma", [((6, 10), 3.0), ((12, 12), 0.3), ((9, 7), 1.5)])
+def test_insertion_blur_is_a_gaussian_blur(shape, sigma):
+    """Against scipy: radius ceil(3 sigma), at least 1 and at most the shorter side - 1, mirrored borders."""
+    from scipy.ndimage import gaussian_filter
+
+    from xception_core.attributions.faithfulness import _gaussian_blur
+
+    x = torch.rand(1, 3, *shape, generator=torch.Generator().manual_seed(0))
+    radius = min(max(1, math.ceil(3 * sigma)), shape[0] - 1, shape[1] - 1)
+    expected = np.stack([gaussian_filter(c.double().numpy(), sigma, mode="mirror", radius=radius) for c in x[0]])
+    np.testing.assert_allclose(_gaussian_blur(x, sigma)[0].numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
 # --- concurrency ------------------------------------------------------------------
 
 

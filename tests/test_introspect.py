@@ -98,11 +98,16 @@ def test_decomposition_matches_a_brute_force_reference(model, photos, name):
         assert d.layer == name and d.channel == channel
         # the sum over every channel is the layer's pointwise output
         torch.testing.assert_close(d.total, kept[name]["pointwise"][0, channel], atol=1e-4, rtol=1e-4)
-    with pytest.raises(ValueError, match="channel must be in"):
+    # the documented default: the top 8 channels
+    assert w.shape[1] > 8 and len(decompose(layer, depthwise, 0).order) == 8
+    # the errors name the valid range
+    with pytest.raises(ValueError, match=rf"^channel must be in 0\.\.{w.shape[0] - 1}, got {w.shape[0]}$"):
         decompose(layer, depthwise, w.shape[0])
-    with pytest.raises(ValueError, match="top must be"):
+    with pytest.raises(ValueError, match=r"^channel must be in 0\.\.\d+, got -1$"):
+        decompose(layer, depthwise, -1)
+    with pytest.raises(ValueError, match="^top must be >= 1$"):
         decompose(layer, depthwise, 0, top=0)
-    with pytest.raises(ValueError, match=r"\[C, H, W\]"):
+    with pytest.raises(ValueError, match=r"^depthwise must be one image's \[C, H, W\] output$"):
         decompose(layer, kept[name]["depthwise"], 0)
 
 
@@ -117,6 +122,20 @@ def test_decomposition_ranks_equal_energies_in_channel_order():
     assert decompose(layer, depthwise, 0, top=2).order.tolist() == [0, 1]
     d = decompose(layer, depthwise, 0, top=3)
     _assert_matches_reference(d, layer.pointwise.weight[0, :, 0, 0].detach().numpy(), depthwise.numpy(), 3)
+
+
+def test_decomposition_ranks_many_equal_energies_in_channel_order():
+    """64 channels in three energy levels: an unstable sort (torch's default from 64 values on)
+    would order the ties differently."""
+    layer = SeparableConv2d(64, 1, "test.sep1")
+    m = torch.randn(4, 4, generator=torch.Generator().manual_seed(1))
+    depthwise = torch.stack([m if i % 2 else -m for i in range(64)])
+    weights = torch.tensor([(1.0, -1.0, 0.0, 0.5)[i % 4] for i in range(64)])
+    with torch.no_grad():
+        layer.pointwise.weight[0, :, 0, 0] = weights
+    level = [abs(float(w)) for w in weights]  # energy = w^2 |m|^2: ranks as |w|
+    expected = sorted(range(64), key=lambda i: (-level[i], i))
+    assert decompose(layer, depthwise, 0, top=64).order.tolist() == expected
 
 
 @pytest.mark.parametrize("activation", ["elu", "relu"])

@@ -173,3 +173,141 @@ def test_with_a_synthetic_mask():
     _, _, mask = make_sample(0, seed=0, size=64)
     assert quality_report(mask.astype(np.float32), mask)["positive_mass_in_mask"] == pytest.approx(1.0)
     assert quality_report((~mask).astype(np.float32), mask)["pointing_game_hit"] is False
+
+
+# --------------------------------------------------------------------------
+# the model-level report: rank correlation, the randomised copy, the averages
+# --------------------------------------------------------------------------
+
+
+def test_rank_correlation_is_spearmans():
+    from scipy.stats import spearmanr
+
+    from xception_core.attributions.localisation import _spearman
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(12, 12, generator=g)
+    b = 0.3 * a + torch.rand(12, 12, generator=g)  # correlated, no ties
+    assert _spearman(a, b) == pytest.approx(spearmanr(a.flatten(), b.flatten()).statistic, abs=1e-12)
+    assert _spearman(a, -a) == pytest.approx(-1.0)
+    assert _spearman(a, 2 * a + 1) == pytest.approx(1.0)
+
+
+def _scrambled_model(config, seed=0):
+    """A model whose every parameter and BatchNorm statistic is random: a re-initialised layer
+    (BatchNorm's is weight 1, bias 0, mean 0, variance 1) then differs from it everywhere."""
+    from xception_core.model import Xception
+
+    torch.manual_seed(seed)
+    model = Xception(config)
+    with torch.no_grad():
+        for t in [*model.parameters(), *(b for n, b in model.named_buffers() if "running" in n)]:
+            t.copy_(torch.rand_like(t) + 0.5)
+    return model
+
+
+def test_randomized_copy_resets_the_top_layers_only(small_config):
+    from torch import nn
+
+    from xception_core.attributions import randomized_copy
+
+    model = _scrambled_model(small_config).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.random.get_rng_state()
+    kinds = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
+    names = [n for n, m in model.named_modules() if isinstance(m, kinds)]
+    assert names[-1] == "fc"  # the classifier comes last: the cascade starts there
+
+    def changed(copy) -> list[bool]:
+        state = copy.state_dict()
+        return [
+            any(not torch.equal(state[k], before[k]) for k in before if k.startswith(name + ".") and "num_batches" not in k)
+            for name in names
+        ]
+
+    for fraction, count in ((0.5, round(len(names) / 2)), (0.25, round(len(names) / 4)), (0.0, 1), (1.0, len(names))):
+        copy = randomized_copy(model, top_fraction=fraction, seed=3)
+        assert changed(copy) == [i >= len(names) - count for i in range(len(names))], fraction
+        assert copy.training is False
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the original is untouched
+    assert model.training is True
+    assert torch.equal(torch.random.get_rng_state(), rng)  # the global generator is left alone
+    a, b = randomized_copy(model, seed=3), randomized_copy(model, seed=3)
+    assert torch.equal(a.fc.weight, b.fc.weight)
+    assert not torch.equal(a.fc.weight, randomized_copy(model, seed=4).fc.weight)
+    torch.manual_seed(123)
+    assert torch.equal(a.fc.weight, randomized_copy(model, seed=3).fc.weight)  # the seed alone decides
+
+
+def test_attribution_quality_averages_the_metrics_of_each_image():
+    """Two methods over two generated images of 72 px, recomputed one image at a time."""
+    from scipy.stats import spearmanr
+
+    from xception_core import synthetic
+    from xception_core.attributions import Attributor, attribution_quality, randomized_copy
+    from xception_core.model import Xception, XceptionConfig
+
+    config = XceptionConfig(num_classes=synthetic.NUM_CLASSES, stem_channels=(4, 8), entry_channels=(8, 12, 16),
+                            middle_repeats=1, exit_channels=(16, 20, 24))
+    torch.manual_seed(0)
+    model = Xception(config).eval()
+    randomized = randomized_copy(model, seed=1)
+    layer = [n for n in model.separable_layers() if n.startswith("entry")][-1]
+    methods = {"saliency": {"method": "saliency"}, "gradcam": {"method": "layer_gradcam", "layer": layer, "part": "pointwise"}}
+    n, seed, size = 2, 77, 72
+    ours, theirs = Attributor(model), Attributor(randomized)
+    report = attribution_quality(model, methods, n=n, seed=seed, size=size, randomized=randomized)
+    plain = attribution_quality(model, {"saliency": methods["saliency"]}, n=n, seed=seed, size=size)
+    for label, kwargs in methods.items():
+        mass, hits, area, rho = [], [], [], []
+        for i in range(n):
+            image, target, mask = synthetic.make_sample(i, seed, size)
+            x = synthetic.to_tensor(image)[None]
+            heat = np.asarray(ours.attribute(x, target=target, auc_steps=0, **kwargs).heatmap, dtype=np.float64)
+            other = np.asarray(theirs.attribute(x, target=target, auc_steps=0, **kwargs).heatmap, dtype=np.float64)
+            pos = np.maximum(heat, 0)
+            mass.append(pos[mask].sum() / pos.sum() if pos.sum() > 0 else 0.0)
+            hits.append(float(mask[np.unravel_index(np.argmax(heat), heat.shape)]))
+            area.append(mask.mean())
+            rho.append(spearmanr(heat.flatten(), other.flatten()).statistic)
+        got = report[label]
+        assert got["mass_in_object"] == pytest.approx(np.mean(mass), abs=1e-6)
+        assert got["pointing_game"] == pytest.approx(np.mean(hits))
+        assert got["area_fraction"] == pytest.approx(np.mean(area))
+        # the maps have ties (zeros): scipy gives tied values their average rank, the report
+        # ranks ties in argsort's order; measured difference 0.002
+        assert got["rank_correlation"] == pytest.approx(np.mean(rho), abs=0.01)
+    assert set(plain) == {"saliency"} and "rank_correlation" not in plain["saliency"]
+    assert plain["saliency"] == {k: v for k, v in report["saliency"].items() if k != "rank_correlation"}
+
+
+def test_upsample_to_is_captums_layer_interpolation_and_keeps_the_kind():
+    """Against Captum's LayerAttribution.interpolate (bilinear, align_corners=False) on a
+    non-square target; row maps [1, w] are maps, not batches; dtypes as documented."""
+    from captum.attr import LayerAttribution
+
+    coarse = torch.rand(3, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = LayerAttribution.interpolate(coarse[None, None].float(), (7, 13), interpolate_mode="bilinear")[0, 0]
+    up = upsample_to(coarse.numpy(), (7, 13))
+    assert up.dtype == np.float32 and up.shape == (7, 13)  # numpy in: float32 numpy out
+    np.testing.assert_allclose(up, expected.numpy(), rtol=1e-6, atol=1e-7)
+    t = upsample_to(coarse.half(), (7, 13))
+    assert t.dtype == torch.float16 and t.shape == (7, 13)
+    assert upsample_to(coarse, (3, 5)).dtype == torch.float64  # at size: only squeezed, kept as it is
+    assert upsample_to(torch.ones(3, 5, dtype=torch.int64), (6, 10)).dtype == torch.float32
+    row = upsample_to(np.arange(5, dtype=np.float32)[None], (4, 10))
+    assert row.shape == (4, 10)
+    with pytest.raises(ValueError, match=r"^attribution must be a 2-D map, got shape \(3, 4, 4\)$"):
+        upsample_to(np.zeros((3, 4, 4)), (8, 8))
+
+
+def test_quality_report_names_the_bad_input_and_passes_the_tolerance_on():
+    m = square_mask()
+    with pytest.raises(ValueError, match="^mask must be a 2-D map"):
+        quality_report(np.zeros((16, 16)), np.stack([m, m]))
+    with pytest.raises(ValueError, match="^attribution must be a 2-D map"):
+        quality_report(np.zeros((3, 16, 16)), m)
+    a = np.zeros((16, 16))
+    a[10, 5] = 1.0  # two rows below the mask (rows 4..7)
+    assert quality_report(a, m)["pointing_game_hit"] is False
+    assert quality_report(a, m, tolerance_px=3)["pointing_game_hit"] is True

@@ -6,7 +6,9 @@ with timm's defaults every BatchNorm is the same function, and a conversion
 that mixed up two of them would give the same logits.
 """
 
+import dataclasses
 import importlib
+import re
 
 import pytest
 import timm
@@ -14,7 +16,7 @@ import torch
 from torch import nn
 
 from support import calibrate_batchnorm, photo_batch
-from xception_core.convert import BN_KEYS, StateDictMismatch, infer_timm_config, ours_to_timm, timm_to_ours
+from xception_core.convert import BN_KEYS, StateDictMismatch, check_shapes, infer_timm_config, ours_to_timm, timm_to_ours
 from xception_core.model import Xception, XceptionConfig
 
 SMALL_INPUT = 80  # the paper model at 80 px: the whole comparison takes about a second
@@ -152,3 +154,62 @@ def test_old_checkpoints_without_num_batches_tracked_load(small_config):
     converted = timm_to_ours(old, small_config)
     assert all(int(converted[k]) == 0 for k in converted if k.endswith("num_batches_tracked"))
     Xception(small_config).load_state_dict(converted, strict=True)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"residual": False}, "timm's legacy_xception layout has residual connections; residual=False has no timm form"),
+    ({"intermediate_activation": "relu"}, "timm's legacy_xception has no activation between depthwise and pointwise"),
+    ({"segments": 8}, "segments=8, depthwise-first has no timm form"),
+    ({"order": "pointwise-first"}, "segments=C, pointwise-first has no timm form"),
+])
+def test_configurations_without_a_timm_form_are_refused(small_config, change, message):
+    config = dataclasses.replace(small_config, **change)
+    for convert in (timm_to_ours, ours_to_timm):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            convert({}, config)
+
+
+def test_mismatch_messages_list_eight_keys_and_count_the_rest(small_config):
+    """Keys in the checkpoint's order, eight of each kind, then how many more."""
+    state = ours_to_timm(Xception(small_config).state_dict(), small_config)
+    keys = [k for k in state if not k.endswith("num_batches_tracked")]
+    for n_missing, n_extra in ((10, 9), (8, 8), (1, 0), (0, 2)):
+        broken = {k: v for k, v in state.items() if k not in keys[:n_missing]}
+        extra = [f"extra{i}.weight" for i in range(n_extra)]
+        broken.update({k: torch.zeros(1) for k in extra})
+        parts = []
+        if n_missing:
+            more = f" (+{n_missing - 8} more)" if n_missing > 8 else ""
+            parts.append("missing keys: " + ", ".join(keys[:min(n_missing, 8)]) + more)
+        if n_extra:
+            more = f" (+{n_extra - 8} more)" if n_extra > 8 else ""
+            parts.append("unexpected keys: " + ", ".join(extra[:8]) + more)
+        with pytest.raises(StateDictMismatch) as err:
+            timm_to_ours(broken, small_config)
+        assert str(err.value) == "; ".join(parts)
+
+
+def test_check_shapes_names_every_difference(small_config):
+    reference = Xception(small_config).state_dict()
+    check_shapes(dict(reference), reference)  # equal: no error
+    convs = [k for k, v in reference.items() if v.dim() == 4][:10]
+    wrong = {**reference, **{k: torch.zeros(1, *reference[k].shape[1:]) for k in convs}}
+    lines = [f"{k}: checkpoint {(1, *reference[k].shape[1:])} vs model {tuple(reference[k].shape)}" for k in convs]
+    with pytest.raises(StateDictMismatch) as err:
+        check_shapes(wrong, reference)
+    assert str(err.value) == "shape mismatch: " + "; ".join(lines[:8]) + " (+2 more)"
+    with pytest.raises(StateDictMismatch) as err:
+        check_shapes({**reference, convs[0]: torch.zeros(1, *reference[convs[0]].shape[1:])}, reference)
+    assert str(err.value) == "shape mismatch: " + lines[0]
+    missing = {k: v for k, v in reference.items() if k != "fc.bias"}
+    with pytest.raises(StateDictMismatch, match=r"^missing keys: fc\.bias$"):
+        check_shapes(missing, reference)
+    with pytest.raises(StateDictMismatch, match=r"^unexpected keys: head\.extra$"):
+        check_shapes({**reference, "head.extra": torch.zeros(1)}, reference)
+
+
+def test_infer_timm_config_names_what_it_could_not_find(small_config):
+    state = ours_to_timm(Xception(small_config).state_dict(), small_config)
+    for key in ("conv1.weight", "fc.weight", "block2.skip.weight", "conv4.pointwise.weight"):
+        with pytest.raises(StateDictMismatch, match=rf"^not a legacy_xception state dict \(could not find '{re.escape(key)}'\); expected keys like"):
+            infer_timm_config({k: v for k, v in state.items() if k != key})

@@ -17,7 +17,7 @@ from PIL import Image
 
 from support import encode_image as encode
 from support import exif_bytes
-from xception_core.decode import decode_image
+from xception_core.decode import ImageTooLarge, UnsupportedImageFormat, decode_image
 from xception_core.transform import PreprocessConfig, eval_transform, preprocess_bytes, to_pixels
 
 timm = pytest.importorskip("timm")
@@ -86,6 +86,47 @@ def test_config_json_round_trip():
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         PreprocessConfig.from_dict(bad)
+
+
+@pytest.mark.parametrize("size", [1, 4096])
+def test_config_accepts_the_ends_of_the_input_size_range(size):
+    assert PreprocessConfig(input_size=size).input_size == size
+
+
+@pytest.mark.parametrize("size", [0, 4097])
+def test_config_refuses_just_outside_the_input_size_range(size):
+    with pytest.raises(ValueError, match=rf"input_size must be an integer in 1\.\.4096, got {size}"):
+        PreprocessConfig(input_size=size)
+
+
+@pytest.mark.parametrize("bad,message", [
+    ({"crop_mode": "squash"}, "only crop_mode 'center' is supported, got 'squash'"),
+    ({"crop_pct": 1.5}, r"crop_pct must be in \(0, 1\], got 1\.5"),
+    ({"interpolation": "cubic"},
+     "interpolation must be one of nearest, bilinear, bicubic, box, hamming, lanczos, got 'cubic'"),
+    ({"mean": [0.5, 0.5]}, r"mean must be 3 finite numbers, got \[0\.5, 0\.5\]"),
+    ({"std": [0.5, 0.0, 0.5]}, r"std must be positive, got \(0\.5, 0\.0, 0\.5\)"),
+    ({"resize": 333, "crop": 1}, "unknown preprocessing keys: crop, resize"),
+    ({"input_size": [3, 299, 300]}, r"input_size must be an integer or \[3, S, S\], got \[3, 299, 300\]"),
+])
+def test_config_errors_say_what_to_fix(bad, message):
+    with pytest.raises(ValueError, match=message):
+        PreprocessConfig.from_dict(bad)
+
+
+def test_config_stores_plain_json_values():
+    """A crop_pct from numpy and an interpolation in capitals are stored as the float and the
+    lower-case name that JSON, torchvision and the model card expect."""
+    cfg = PreprocessConfig(input_size=224, crop_pct=np.float32(0.875), interpolation="BILINEAR", mean=np.zeros(3))
+    assert type(cfg.crop_pct) is float and cfg.crop_pct == 0.875
+    assert cfg.interpolation == "bilinear"
+    assert json.loads(json.dumps(cfg.to_dict())) == {
+        "input_size": 224, "crop_pct": 0.875, "interpolation": "bilinear", "mean": [0.0, 0.0, 0.0], "std": [0.5, 0.5, 0.5],
+    }
+
+
+def test_config_from_dict_treats_a_null_crop_pct_as_absent():
+    assert PreprocessConfig.from_dict({"input_size": [3, 224, 224], "crop_pct": None}) == PreprocessConfig(input_size=224)
 
 
 # --------------------------------------------------------------------------- equality with timm
@@ -169,6 +210,25 @@ def test_eval_transform_requires_rgb(chelsea):
         eval_transform(chelsea.convert("L"), PreprocessConfig())
 
 
+
+
+def test_preprocess_bytes_uses_the_config_it_is_given(chelsea):
+    kwargs = dict(input_size=(3, 224, 224), crop_pct=0.875, interpolation="bilinear",
+                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    ref = timm.data.create_transform(**kwargs)(chelsea)
+    ours = preprocess_bytes(encode(chelsea, "PNG"), PreprocessConfig.from_dict(kwargs))
+    assert ours.shape == (3, 224, 224)
+    assert (ours - ref).abs().max().item() <= ATOL
+
+
+def test_preprocess_bytes_passes_the_decoding_limits_on(chelsea):
+    png = encode(chelsea, "PNG")
+    w, h = chelsea.size
+    with pytest.raises(ImageTooLarge):
+        preprocess_bytes(png, max_pixels=w * h - 1)
+    assert preprocess_bytes(png, max_pixels=w * h).shape == (3, 299, 299)
+    with pytest.raises(UnsupportedImageFormat):
+        preprocess_bytes(png, formats=("JPEG",))
 
 
 def test_smallest_accepted_image_goes_through_the_transform():

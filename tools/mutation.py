@@ -13,6 +13,7 @@ tests of that list that call the mutated function.
     python tools/mutation.py convert limits  # some of them
     python tools/mutation.py --list          # the table, nothing run
     python tools/mutation.py --resume train  # finish an interrupted run of a module
+    python tools/mutation.py --survivors train  # after adding tests: retest only the mutants not killed
 
 Prints, per module, killed / total and the mutants that were not killed by
 kind; writes ``.mutation/scores.json`` and, per module, ``.mutation/<module>/survivors.diff``
@@ -98,13 +99,19 @@ def _toml_value(value) -> str:
     return json.dumps(value)  # strings and lists of strings: JSON's syntax is TOML's
 
 
-def prepare(module: Module, shared: dict, test_args: list[str], resume: bool = False) -> Path:
+def prepare(module: Module, shared: dict, test_args: list[str], resume: bool = False, survivors: bool = False) -> Path:
     """A fresh ``.mutation/<module>/``: links to what mutmut copies, and the generated config.
 
     With ``resume``, an existing folder is kept as it is (its mutants, test map and results).
+    With ``survivors``, it is kept too, but mutmut's copy of the tests is replaced by the
+    current tests (mutmut copies them once, and then finds the new ones' callers itself).
     """
     work = WORK / module.name
-    if resume and (work / "mutants" / (module.mutate + ".meta")).exists():
+    if (resume or survivors) and (work / "mutants" / (module.mutate + ".meta")).exists():
+        if survivors:
+            shutil.rmtree(work / "mutants" / "tests")
+            shutil.copytree(ROOT / "tests", work / "mutants" / "tests",
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         return work
     if work.exists():
         shutil.rmtree(work)
@@ -156,18 +163,21 @@ def write_diffs(work: Path, names: list[str], statuses: dict[str, int | None]) -
     return out
 
 
-def run(module: Module, shared: dict, test_args: list[str], workers: int, resume: bool = False) -> dict:
-    work = prepare(module, shared, test_args, resume)
+def run(module: Module, shared: dict, test_args: list[str], workers: int, resume: bool = False,
+        survivors: bool = False) -> dict:
+    work = prepare(module, shared, test_args, resume, survivors)
     names = module.mutant_globs()
-    if resume and (work / "mutants" / (module.mutate + ".meta")).exists():
+    if (resume or survivors) and (work / "mutants" / (module.mutate + ".meta")).exists():
         # mutmut reruns every mutant it is named: name only those without a result yet
-        names = [k for k, v in results(module, work).items() if v is None]
+        # (resume), or those not killed (survivors)
+        keep = (lambda v: v is None) if resume else (lambda v: STATUS.get(v, "suspicious") != "killed")
+        names = [k for k, v in results(module, work).items() if keep(v)]
     env = dict(os.environ)
     # One process per mutant at a time, one thread each: the machine is shared.
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
     start_wall, start_cpu = time.monotonic(), _children_cpu()
     log = work / "mutmut.log"
-    with log.open("a" if resume else "w") as f:
+    with log.open("a" if resume or survivors else "w") as f:
         proc = subprocess.run(
             [sys.executable, "-m", "mutmut", "run", "--max-children", str(workers), *names],
             cwd=work, env=env, stdout=f, stderr=subprocess.STDOUT,
@@ -200,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the table and exit")
     parser.add_argument("--workers", type=int, default=1, help="mutants tested at once (default 1)")
     parser.add_argument("--resume", action="store_true", help="keep .mutation/<module>/ and test only the mutants without a result")
+    parser.add_argument("--survivors", action="store_true",
+                        help="keep .mutation/<module>/, take the current tests, and retest only the mutants not killed")
     args = parser.parse_args(argv)
     shared, test_args, modules = load_table()
     by_name = {m.name: m for m in modules}
@@ -216,7 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     previous = json.loads(scores_path.read_text()) if scores_path.exists() else {}
     for m in chosen:
         print(f"mutating {m.name} ({m.mutate}: {', '.join(m.functions)}) ...", flush=True)
-        s = run(m, shared, test_args, args.workers, args.resume)
+        s = run(m, shared, test_args, args.workers, args.resume, args.survivors)
+        if args.survivors and m.name in previous:
+            # keep the time of the whole run; the retests' time apart
+            before = previous[m.name]
+            s["retest_wall_s"] = s["wall_s"] + before.get("retest_wall_s", 0)
+            s["wall_s"], s["cpu_s"] = before["wall_s"], before["cpu_s"]
         print("  " + line(s), flush=True)
         summaries.append(s)
         previous[m.name] = s

@@ -12,6 +12,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from api.cache import ByteLRU
+from api.errors import TYPE_PREFIX
 from api.limits import BodyLimitMiddleware
 from apihelpers import assert_problem, encode, files, make_app, make_client, multipart, multipart_of_size, padded_png, wait_until
 from apifixtures import *  # noqa: F401,F403 -- the shared fixtures
@@ -159,8 +160,125 @@ def test_limit_middleware_alone_counts_every_message():
         assert status == 413
     status, *_ = run_asgi(wrapped, "/x", [b"a" * 100], [(b"content-length", b"100")])
     assert status == 200
+    # only the trailing slash is ignored: /bigX is another path, with the default limit
+    status, *_ = run_asgi(wrapped, "/bigX", [b"a" * 600], [])
+    assert status == 413
+    root = BodyLimitMiddleware(app, max_bytes=100, path_limits={"/": 1000})
+    for path, status_600 in (("/", 200), ("//", 200), ("/a", 413)):
+        status, *_ = run_asgi(root, path, [b"a" * 600], [])
+        assert status == status_600, path
     status, _, _, reads = run_asgi(wrapped, "/x", [b"a" * 101], [(b"content-length", b"101")])
     assert status == 413 and reads == 0
+
+
+def test_limit_messages_say_how_much_was_sent_and_what_to_do():
+    """Declared: the size sent; streamed: "more than" the limit; the limit in bytes and in MiB
+    (996,148 bytes is 0.950001 MiB: "1.0")."""
+
+    async def app(scope, receive, send):
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    limit = 996_148
+    wrapped = BodyLimitMiddleware(app, max_bytes=limit)
+    advice = "; send a smaller image (re-encode it as JPEG or reduce its size)"
+    _, _, body, _ = run_asgi(wrapped, "/x", [b"a"], [(b"content-length", str(limit + 5).encode())])
+    assert json.loads(body)["detail"] == f"the request body is {limit + 5} bytes, over the limit of {limit} bytes (1.0 MiB){advice}"
+    _, _, body, _ = run_asgi(wrapped, "/x", [b"a" * limit, b"a"], [])
+    assert json.loads(body)["detail"] == f"the request body is more than {limit} bytes, over the limit of {limit} bytes (1.0 MiB){advice}"
+
+
+def test_the_middleware_answers_complete_problems():
+    """What the middleware answers by itself: problem+json with type, title, status, detail and
+    the path as instance; a refused body also closes the connection (the rest is never read)."""
+
+    async def app(scope, receive, send):
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    wrapped = BodyLimitMiddleware(app, max_bytes=10, idle_timeout=0.05)
+    cases = [
+        ([b"a"], [(b"content-length", b" 1e3 ")], False, 400, "bad-content-length", "Bad Request",
+         "Content-Length '1e3' is not a number", {}),
+        ([b"a"], [(b"content-length", b"11")], False, 413, "upload-too-large", "Request Entity Too Large",
+         None, {"limit_bytes": 10}),
+        ([b"a" * 11], [], False, 413, "upload-too-large", "Request Entity Too Large", None, {"limit_bytes": 10}),
+        ([b"a"], [], True, 408, "body-timeout", "Request Timeout", None, {"idle_timeout_s": 0.05}),
+    ]
+    for chunks, headers, stall, status, slug, title, detail, extra in cases:
+        got, got_headers, body, _ = run_asgi(wrapped, "/v1/predict", chunks, headers, stall=stall)
+        problem = json.loads(body)
+        assert got == status and got_headers["content-type"] == "application/problem+json"
+        assert problem["type"] == TYPE_PREFIX + slug and problem["title"] == title and problem["status"] == status
+        assert problem["instance"] == "/v1/predict"
+        assert {k: problem[k] for k in extra} == extra
+        if detail is not None:
+            assert problem["detail"] == detail
+        if status != 400:
+            assert got_headers["connection"] == "close"
+
+
+def test_the_idle_timeout_ends_with_the_body():
+    """Once the whole body arrived, a wait on receive() (for the client's disconnect, say, during
+    a long computation) is the application's business: the body timeout no longer applies."""
+
+    async def app(scope, receive, send):
+        while (await receive()).get("more_body"):
+            pass
+        try:
+            await asyncio.wait_for(receive(), 0.5)  # nothing comes: run_asgi's client stays silent
+        except asyncio.TimeoutError:
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    status, _, body, _ = run_asgi(BodyLimitMiddleware(app, max_bytes=100, idle_timeout=0.05), "/x", [b"a" * 10], [])
+    assert (status, body) == (200, b"ok")
+
+
+def test_a_final_message_without_more_body_ends_the_body():
+    """ASGI's more_body defaults to false: a last message without the key ends the body, and the
+    idle timeout with it."""
+    messages = [{"type": "http.request", "body": b"a" * 10}]
+    sent = []
+
+    async def receive():
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(3600)
+
+    async def app(scope, receive, send):
+        await receive()
+        try:
+            await asyncio.wait_for(receive(), 0.5)
+        except asyncio.TimeoutError:
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    async def send(message):
+        sent.append(message)
+
+    wrapped = BodyLimitMiddleware(app, max_bytes=100, idle_timeout=0.05)
+    asyncio.run(wrapped({"type": "http", "path": "/x", "headers": []}, receive, send))
+    assert [m.get("status") for m in sent] == [200]
+
+
+def test_a_limit_passed_after_the_response_began_is_not_answered_twice():
+    """Once the application started its response, the middleware cannot answer 413 any more:
+    the error goes up (the server closes the connection)."""
+    from api.limits import BodyTooLarge
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        while (await receive()).get("more_body"):
+            pass
+
+    with pytest.raises(BodyTooLarge):
+        run_asgi(BodyLimitMiddleware(app, max_bytes=10), "/x", [b"a" * 5, b"a" * 6], [])
 
 
 # --------------------------------------------------------------------------- the pixel limit
@@ -352,5 +470,7 @@ def test_a_stalled_body_gets_408_instead_of_hanging(tiny_model):
     chunks, ctype = multipart_stream(2 * CHUNK)  # then the client stops sending (receive sleeps)
     started = time.perf_counter()
     status, _, body, reads = run_asgi(app, "/v1/predict", chunks[:2], [(b"content-type", ctype)], stall=True)
-    assert status == 408 and "without pausing" in json.loads(body)["detail"]
+    problem = json.loads(body)
+    assert status == 408 and problem["idle_timeout_s"] == 0.2
+    assert problem["detail"] == "no part of the request body arrived for 0.2 s; send the whole body without pausing"
     assert time.perf_counter() - started < 10
