@@ -31,6 +31,7 @@ from ..synthetic import generate
 from ..synthetic.dataset import to_tensor
 from .attributor import Attributor, AttributorOptions
 from .catalogue import get_method
+from .localisation import spearman
 from .runtime import sync
 
 __all__ = [
@@ -131,26 +132,6 @@ def _float32(predictor: Predictor):
 def _with_notes(predictor: Predictor, notes: list[str]) -> Predictor:
     predictor.notes[:0] = notes
     return predictor
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation of two maps (any shape, same size), ties given their mean rank."""
-    ra, rb = _ranks(a.detach().flatten().double()), _ranks(b.detach().flatten().double())
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denominator = float(ra.norm() * rb.norm())
-    if denominator == 0.0:  # a constant map: agreement only with another constant map
-        return 1.0 if float(ra.norm()) == float(rb.norm()) else 0.0
-    return float((ra * rb).sum()) / denominator
-
-
-def _ranks(v: torch.Tensor) -> torch.Tensor:
-    order = torch.argsort(v, stable=True)
-    _, inverse, counts = torch.unique_consecutive(v[order], return_inverse=True, return_counts=True)
-    ends = torch.cumsum(counts, 0).double()
-    mean_rank = ends - (counts.double() - 1) / 2  # 1-based mean rank of each run of ties
-    ranks = torch.empty_like(v)
-    ranks[order] = mean_rank[inverse]
-    return ranks
 
 
 @dataclass(frozen=True)

@@ -188,12 +188,24 @@ def quality_report(attribution: ArrayLike, mask: ArrayLike, tolerance_px: int = 
 # --------------------------------------------------------------------------
 
 
-def _spearman(a, b) -> float:
-    """Spearman rank correlation of two maps (flattened)."""
-    ra = torch.as_tensor(a).flatten().double().argsort().argsort().double()
-    rb = torch.as_tensor(b).flatten().double().argsort().argsort().double()
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two maps (any shape, same size), ties given their mean rank."""
+    ra, rb = _ranks(a.detach().flatten().double()), _ranks(b.detach().flatten().double())
     ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp_min(1e-12))
+    denominator = float(ra.norm() * rb.norm())
+    if denominator == 0.0:  # a constant map: agreement only with another constant map
+        return 1.0 if float(ra.norm()) == float(rb.norm()) else 0.0
+    return float((ra * rb).sum()) / denominator
+
+
+def _ranks(v: torch.Tensor) -> torch.Tensor:
+    order = torch.argsort(v, stable=True)
+    _, inverse, counts = torch.unique_consecutive(v[order], return_inverse=True, return_counts=True)
+    ends = torch.cumsum(counts, 0).double()
+    mean_rank = ends - (counts.double() - 1) / 2  # 1-based mean rank of each run of ties
+    ranks = torch.empty_like(v)
+    ranks[order] = mean_rank[inverse]
+    return ranks
 
 
 def randomized_copy(model: nn.Module, top_fraction: float = 0.5, seed: int = 0) -> nn.Module:
@@ -248,7 +260,7 @@ def attribution_quality(
             s["area_fraction"] += mask_area_fraction(mask)
             if randomized is not None:
                 other = attributors[1].attribute(x, target=label, auc_steps=0, **kwargs).heatmap
-                s["rank_correlation"] += _spearman(torch.as_tensor(heat), torch.as_tensor(other))
+                s["rank_correlation"] += spearman(torch.as_tensor(heat), torch.as_tensor(other))
     report = {}
     for name, s in sums.items():
         report[name] = {k: v / n for k, v in s.items() if randomized is not None or k != "rank_correlation"}
