@@ -770,3 +770,19 @@ def test_methods_without_a_plain_forward_of_the_image_report_its_prediction(mode
 def test_bad_logits_are_refused(model, x, logits, message):
     with pytest.raises(InputError, match=message):
         Attributor(model).attribute(x, "saliency", logits=logits)
+
+
+def test_sensitivity_explains_one_image_at_a_time():
+    """sensitivity's documented contract: ``explain`` sees one image per call (Captum batches
+    its perturbed inputs unless told ``max_examples_per_batch=1``)."""
+    from xception_core.attributions.faithfulness import SENSITIVITY_SAMPLES, sensitivity
+
+    sizes = []
+
+    def explain(inputs, target):
+        t = inputs[0] if isinstance(inputs, tuple) else inputs
+        sizes.append(t.shape[0])
+        return t * 2
+
+    sensitivity(explain, torch.rand(1, 3, 8, 8), target=0, seed=0)
+    assert len(sizes) > SENSITIVITY_SAMPLES and set(sizes) == {1}
