@@ -454,6 +454,10 @@ def test_deletion_insertion_equal_a_brute_force_reference(model, x):
     _, insertion_auc, _, insertion = _brute_force_deletion_insertion(model, x, heat, target, steps, 0.0, _scipy_blur(x, sigma))
     np.testing.assert_allclose(got.insertion, insertion, rtol=1e-4, atol=1e-6)
     assert got.insertion_auc == pytest.approx(insertion_auc, rel=1e-4)
+    # and a sigma given by the caller
+    got = deletion_insertion_auc(model, x, heat, target, steps=steps, blur_sigma=3.0)
+    _, _, _, insertion = _brute_force_deletion_insertion(model, x, heat, target, steps, 0.0, _scipy_blur(x, 3.0))
+    np.testing.assert_allclose(got.insertion, insertion, rtol=1e-4, atol=1e-6)
 
 
 def test_attributor_reports_the_deletion_insertion_of_its_heatmap(model, attributor, x):
@@ -523,10 +527,13 @@ def test_deletion_insertion_curves_do_not_depend_on_the_batching():
     good = m.mask[0, 0].clone()
     share = [min(64 * k, 512) / 512 for k in range(17)]
     deletion = [1 / (1 + math.exp(-40 * (0.5 - c))) for c in share]
-    for batch_size in (5, 1, 16):
+    for batch_size in (5, 1, 16, 64):  # 64: the largest allowed
         r = deletion_insertion_auc(m, x[0], good, 0, baseline=0.0, insertion_start="baseline", batch_size=batch_size)
         assert r.fractions == [k / 16 for k in range(17)]
         assert r.deletion == pytest.approx(deletion, rel=1e-5, abs=1e-9)
+    r = deletion_insertion_auc(m, x, good, 0, steps=1, baseline=0.0, insertion_start="baseline")  # the fewest steps
+    assert r.fractions == [0.0, 1.0]
+    assert r.deletion == pytest.approx([deletion[0], deletion[16]], rel=1e-5, abs=1e-9)
     nan_right = torch.where(good > 0, good, torch.full_like(good, float("nan")))
     r = deletion_insertion_auc(m, x, nan_right, 0, baseline=0.0, insertion_start="baseline")
     assert r.deletion == pytest.approx(deletion, rel=1e-5, abs=1e-9)
@@ -540,6 +547,8 @@ def test_deletion_insertion_refuses_bad_arguments_with_what_to_fix():
         (dict(x=torch.ones(2, 3, 8, 8), heatmap=heat), r"^x must be one image \[1, C, H, W\], got \(2, 3, 8, 8\)$"),
         (dict(x=x, heatmap=torch.zeros(8, 4)), r"^heatmap must be 8x8 like the input, got \(8, 4\)$"),
         (dict(x=x, heatmap=heat, insertion_start="noise"), "^insertion_start must be 'blur' or 'baseline'$"),
+        (dict(x=x, heatmap=heat, batch_size=65), r"^batch_size must be in 1\.\.64, got 65$"),
+        (dict(x=x, heatmap=heat, batch_size=0), r"^batch_size must be in 1\.\.64, got 0$"),
     ]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -761,3 +770,19 @@ def test_methods_without_a_plain_forward_of_the_image_report_its_prediction(mode
 def test_bad_logits_are_refused(model, x, logits, message):
     with pytest.raises(InputError, match=message):
         Attributor(model).attribute(x, "saliency", logits=logits)
+
+
+def test_sensitivity_explains_one_image_at_a_time():
+    """sensitivity's documented contract: ``explain`` sees one image per call (Captum batches
+    its perturbed inputs unless told ``max_examples_per_batch=1``)."""
+    from xception_core.attributions.faithfulness import SENSITIVITY_SAMPLES, sensitivity
+
+    sizes = []
+
+    def explain(inputs, target):
+        t = inputs[0] if isinstance(inputs, tuple) else inputs
+        sizes.append(t.shape[0])
+        return t * 2
+
+    sensitivity(explain, torch.rand(1, 3, 8, 8), target=0, seed=0)
+    assert len(sizes) > SENSITIVITY_SAMPLES and set(sizes) == {1}

@@ -178,14 +178,30 @@ def test_rejects_readable_but_disallowed_format():
 
 
 def test_rejects_non_bytes():
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"^decode_image expects bytes, not str$"):
         decode_image("not bytes")  # type: ignore[arg-type]
+
+
+def test_max_pixels_must_be_positive():
+    data = encode(Image.new("L", (8, 8)), "PNG")
+    with pytest.raises(ValueError, match=r"^max_pixels must be positive$"):
+        decode_image(data, max_pixels=0)
+    with pytest.raises(ImageTooLarge):  # 1 is a limit (the image is over it), not an error
+        decode_image(data, max_pixels=1)
+
+
+def test_a_disabled_pillow_limit_stays_disabled(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    assert decode_image(encode(Image.new("L", (8, 8)), "PNG")).size == (8, 8)
+    assert Image.MAX_IMAGE_PIXELS is None
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "TIFF"])
 def test_truncated_images_are_corrupt(chelsea, fmt):
     data = encode(chelsea, fmt)
-    with pytest.raises(CorruptImage, match="truncated or damaged"):
+    # WebP's header already fails to open; the others fail on loading, named by their format
+    decoding = rf"{fmt} data could not be decoded \(.+\)|data start like a {fmt} file but the header could not be read"
+    with pytest.raises(CorruptImage, match=rf"^the ({decoding}); the file is truncated or damaged"):
         decode_image(data[: len(data) // 2])
 
 

@@ -130,11 +130,13 @@ def test_conversion_back_gives_timms_state_dict_exactly(timm_small_input):
         assert torch.equal(back[key], value), key
 
 
-def test_small_configuration_round_trips_through_timm_layout(small_config):
-    model = Xception(small_config)
-    timm_state = ours_to_timm(model.state_dict(), small_config)
-    assert infer_timm_config(timm_state) == small_config
-    assert timm_to_ours(timm_state, small_config).keys() == model.state_dict().keys()
+@pytest.mark.parametrize("in_chans", [3, 1])
+def test_small_configuration_round_trips_through_timm_layout(small_config, in_chans):
+    config = dataclasses.replace(small_config, in_chans=in_chans)  # 1: not the 3 of the kernel size
+    model = Xception(config)
+    timm_state = ours_to_timm(model.state_dict(), config)
+    assert infer_timm_config(timm_state) == config
+    assert timm_to_ours(timm_state, config).keys() == model.state_dict().keys()
 
 
 def test_mismatches_name_the_keys(small_config):
@@ -154,18 +156,25 @@ def test_old_checkpoints_without_num_batches_tracked_load(small_config):
     converted = timm_to_ours(old, small_config)
     assert all(int(converted[k]) == 0 for k in converted if k.endswith("num_batches_tracked"))
     Xception(small_config).load_state_dict(converted, strict=True)
+    # and the other way: our state dict without them converts too (the exact inverse)
+    ours = {k: v for k, v in Xception(small_config).state_dict().items() if not k.endswith("num_batches_tracked")}
+    back = ours_to_timm(ours, small_config)
+    assert back.keys() == state.keys()
+    assert all(int(back[k]) == 0 for k in back if k.endswith("num_batches_tracked"))
 
 
 @pytest.mark.parametrize("change, message", [
     ({"residual": False}, "timm's legacy_xception layout has residual connections; residual=False has no timm form"),
     ({"intermediate_activation": "relu"}, "timm's legacy_xception has no activation between depthwise and pointwise"),
-    ({"segments": 8}, "segments=8, depthwise-first has no timm form"),
-    ({"order": "pointwise-first"}, "segments=C, pointwise-first has no timm form"),
+    ({"segments": 8}, "timm's legacy_xception is the depthwise separable point (segments C, depthwise-first); "
+                      "segments=8, depthwise-first has no timm form"),
+    ({"order": "pointwise-first"}, "timm's legacy_xception is the depthwise separable point (segments C, "
+                                   "depthwise-first); segments=C, pointwise-first has no timm form"),
 ])
 def test_configurations_without_a_timm_form_are_refused(small_config, change, message):
     config = dataclasses.replace(small_config, **change)
     for convert in (timm_to_ours, ours_to_timm):
-        with pytest.raises(ValueError, match=re.escape(message)):
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):  # the whole message
             convert({}, config)
 
 
@@ -193,11 +202,12 @@ def test_check_shapes_names_every_difference(small_config):
     reference = Xception(small_config).state_dict()
     check_shapes(dict(reference), reference)  # equal: no error
     convs = [k for k, v in reference.items() if v.dim() == 4][:10]
-    wrong = {**reference, **{k: torch.zeros(1, *reference[k].shape[1:]) for k in convs}}
     lines = [f"{k}: checkpoint {(1, *reference[k].shape[1:])} vs model {tuple(reference[k].shape)}" for k in convs]
-    with pytest.raises(StateDictMismatch) as err:
-        check_shapes(wrong, reference)
-    assert str(err.value) == "shape mismatch: " + "; ".join(lines[:8]) + " (+2 more)"
+    for n, more in ((10, " (+2 more)"), (9, " (+1 more)"), (8, "")):  # eight listed, then a count
+        wrong = {**reference, **{k: torch.zeros(1, *reference[k].shape[1:]) for k in convs[:n]}}
+        with pytest.raises(StateDictMismatch) as err:
+            check_shapes(wrong, reference)
+        assert str(err.value) == "shape mismatch: " + "; ".join(lines[:8]) + more
     with pytest.raises(StateDictMismatch) as err:
         check_shapes({**reference, convs[0]: torch.zeros(1, *reference[convs[0]].shape[1:])}, reference)
     assert str(err.value) == "shape mismatch: " + lines[0]
