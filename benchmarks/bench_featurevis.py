@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import bench_forward  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -45,20 +45,7 @@ PAPER_LAYERS = ("entry.block4.sep2", "middle.block8.sep2", "exit.block14.sep2")
 
 
 def machine() -> dict:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        lscpu = ""
-    info = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-    flags = info.get("Flags", "").split()
-    return {
-        "cpu": info.get("Model name", platform.processor()).strip(),
-        "cpus": info.get("CPU(s)", "?").strip(),
-        "flags": [f for f in flags if f.startswith(("avx512_bf16", "amx", "avx512f", "avx2", "avx_vnni", "avx512_vnni"))],
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "bf16_native": native_bf16(torch.device("cpu")),
-    }
+    return {**bench_forward.machine(), "bf16_native": native_bf16(torch.device("cpu"))}
 
 
 def timed(fn):

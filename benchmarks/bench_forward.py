@@ -49,9 +49,26 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+#: the CPU flags that decide what runs natively: AVX2, AVX-512, bf16 / fp16 / VNNI, AMX
+FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
+
+
+def cpu_flags() -> list[str]:
+    """Which of :data:`FLAGS` this CPU has (``/proc/cpuinfo``)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
 def machine() -> dict:
     return {
         "cpu": cpu_model(),
+        "flags": cpu_flags(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

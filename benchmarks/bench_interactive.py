@@ -49,22 +49,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-from bench_forward import machine
+from bench_forward import FLAGS, machine
 
 TARGET = 3
 GRADCAM = "layer=exit.block14.sep2&part=pointwise"
-FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in FLAGS if f in have]
-    except OSError:
-        pass
-    return []
 
 
 def jpeg(quality: int = 90) -> bytes:
@@ -206,7 +194,7 @@ def run(args: argparse.Namespace) -> dict:
         ratio = med[name] / med[base] if base in med else None
         rows.append({"measurement": name, "n": len(values), "median_ms": med[name], "baseline": base, "ratio": ratio, "target": target})
     return {
-        "machine": {**machine(), "flags": cpu_flags()},
+        "machine": machine(),
         "size": args.size,
         "load_s": load_s,
         "warmup_ms": warmup,

@@ -47,17 +47,6 @@ TARGET = 3
 GRADCAM = {"layer": "exit.block14.sep2", "part": "pointwise"}
 
 
-def cpu_flags() -> str:
-    """The CPU flags that decide precision: AVX2 / AVX-512 / AVX512-BF16 / AMX, as /proc/cpuinfo has them."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    wanted = [f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")]
-    return " ".join(wanted) or "none of avx2 / avx512 / amx"
-
-
 def setup(args: argparse.Namespace) -> tuple[dict, dict, dict]:
     """``{name: call}``, ``{name: unit name}`` and the facts of the checks."""
     import timm
@@ -141,13 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     calls, unit, facts = setup(args)
     medians = interleaved_medians(calls, args.runs)
     info = machine()
-    info["flags"] = cpu_flags()
     info["wall_s"] = round(time.perf_counter() - started, 1)
     if args.json:
         print(json.dumps({"machine": info, "args": vars(args), "facts": facts, "median_ms": medians, "unit": unit}, indent=2))
         return 0
     print(
-        f"Machine: {info['cpu']} ({info['flags']}), {info['cores']} cores, torch {info['torch']}, "
+        f"Machine: {info['cpu']} ({' '.join(info['flags']) or 'none of avx2 / avx512 / amx'}), {info['cores']} cores, torch {info['torch']}, "
         f"{info['threads']} threads, load average {info['loadavg']:.2f} at the end; {args.size} px, random weights, "
         f"median of {args.runs} interleaved runs after a warm-up round, {info['wall_s']} s in all.\n"
     )

@@ -23,14 +23,13 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .engine import native_reduced_precision
 from .introspect import capture, resolve_layer, run_until_captured
 from .locks import model_lock
 from .model import MIN_INPUT_SIZE, Xception, model_device
@@ -251,25 +250,9 @@ class VisualisationResult:
         }
 
 
-@lru_cache(maxsize=1)
-def _cpu_flags() -> frozenset[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 natively (AVX512-BF16 or AMX on a CPU)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
-    return False
+    """Whether ``device`` computes bf16 natively (the prediction engine's test: AVX512-BF16 or AMX on a CPU)."""
+    return native_reduced_precision("bf16", device) is None
 
 
 def _precision(request: VisualisationRequest, device: torch.device) -> str:
