@@ -243,3 +243,11 @@ def test_an_atlas_of_other_weights_is_refused(model, folder, tmp_path):
     build_atlas(model, CFG, AtlasBuildRequest(folder, k=2), atlas_dir("mine", tmp_path), model_sha="1" * 64)
     with pytest.raises(AtlasError, match="other weights"):
         open_atlas(card, home=tmp_path)
+
+
+def test_an_atlas_reads_what_an_image_folder_holds(tmp_path):
+    """The samples of an image folder, as everywhere else: no hidden files, no object masks."""
+    for name in ("a/cat.png", "a/cat.mask.png", "a/.hidden.png", "b/dog.JPG", "notes.txt", ".cache/x.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    assert atlas_mod.list_images(tmp_path) == ["a/cat.png", "b/dog.JPG"]

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .folders import IMAGE_EXTENSIONS
+from .folders import IMAGE_EXTENSIONS, is_image_file
 from .introspect import forward_with_capture
 from .model import Xception, model_device
 from .receptive import ReceptiveField, receptive_fields
@@ -69,14 +69,15 @@ def atlas_dir(model_id: str, home: str | os.PathLike | None = None) -> Path:
 
 
 def list_images(folder: Path) -> list[str]:
-    """Image files under ``folder`` (recursively, hidden entries skipped), as sorted relative names."""
+    """Image files under ``folder`` (recursively, hidden entries skipped; what counts as one:
+    :func:`~xception_core.folders.is_image_file`), as sorted relative names."""
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder of images")
     names = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in files:
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+            if is_image_file(name):
                 names.append((Path(root) / name).relative_to(folder).as_posix())
     if not names:
         raise FileNotFoundError(f"{folder} has no image files ({', '.join(IMAGE_EXTENSIONS)})")

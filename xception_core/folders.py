@@ -13,12 +13,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["IMAGE_EXTENSIONS", "list_class_folder"]
+__all__ = ["IMAGE_EXTENSIONS", "is_image_file", "list_class_folder"]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
-def _is_image_file(name: str) -> bool:
+def is_image_file(name: str) -> bool:
+    """A sample of an image folder: an image extension, not hidden, not a ``*.mask.png`` object mask."""
     low = name.lower()
     return (
         not name.startswith(".")
@@ -43,7 +44,7 @@ def list_class_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[Pa
     for index, name in enumerate(classes):
         for entry in sorted(os.listdir(root / name)):
             path = root / name / entry
-            if _is_image_file(entry) and path.is_file():
+            if is_image_file(entry) and path.is_file():
                 samples.append((path, index))
     if not samples:
         raise FileNotFoundError(f"{root} has class folders but no images")
