@@ -27,6 +27,7 @@ import numpy as np
 
 from xception_core.atlas import AtlasBuildRequest, AtlasError, AtlasIndex, atlas_dir, build_atlas, open_atlas
 from xception_core.featurevis import VisualisationCancelled, VisualisationRequest, visualise
+from xception_core.introspect import channel_weights
 from xception_core.weights import BUNDLED_ID
 
 from ..encodings import BinaryResult, b64png, finite, npy_bytes, rgb_png
@@ -263,10 +264,10 @@ def _weights(entry: LoadedModel, ref: ChannelRef) -> dict[str, Any]:
         raise ApiError(
             422, "not-separable", f"{ref.layer} of {entry.id} is {module.describe()}: weights are shown for depthwise separable layers only"
         )
-    pointwise = module.pointwise.weight.detach()[:, :, 0, 0].float().cpu().numpy()  # [C_out, C_in]
+    weights = channel_weights(entry.model, ref.layer, ref.part, ref.channel).numpy()
     if ref.part == "depthwise":
-        kernel = module.depthwise.weight.detach()[ref.channel, 0].float().cpu().numpy()
-        column = pointwise[:, ref.channel]
+        kernel = weights  # [3, 3]
+        column = module.pointwise.weight.detach()[:, ref.channel, 0, 0].float().cpu().numpy()  # the pointwise channels reading it
         order = np.argsort(-np.abs(column), kind="stable")[:TOP_WEIGHTS]
         answer.update(
             kernel=kernel.tolist(),
@@ -274,7 +275,7 @@ def _weights(entry: LoadedModel, ref: ChannelRef) -> dict[str, Any]:
             used_by_count=int(column.shape[0]),
         )
     else:
-        row = pointwise[ref.channel]
+        row = weights  # [C_in]: over the depthwise channels
         order = np.argsort(-np.abs(row), kind="stable")[:TOP_WEIGHTS]
         answer.update(weights=row.tolist(), top=[{"channel": int(i), "weight": float(row[i])} for i in order])
     return answer
