@@ -19,7 +19,7 @@ Baselines, measured in the same rounds (interleaved: one call of each per round)
 Measured through the API (whole request: upload or id, the method, the overlay PNG, JSON):
 
 * saliency and Grad-CAM (``exit.block14.sep2`` pointwise, timm's ``conv4.pointwise``) with
-  ``quality=none`` (map only) and ``quality=auc`` (deletion / insertion AUC, 16 steps); each
+  ``quality=none`` (map only) and ``quality=auc`` (deletion / insertion AUC, the default 8 steps); each
   request has its own ``seed`` so the attribution cache cannot answer it;
 * the identical saliency request again: an attribution cache hit (``X-Cache: hit``);
 * Integrated Gradients, 32 steps, ``quality=none``;

@@ -108,6 +108,22 @@ def test_curves_on_a_folded_engine_equal_the_model(model, x, heat):
     assert got.insertion_auc == pytest.approx(ref.insertion_auc, abs=1e-5)
 
 
+@pytest.mark.parametrize(("steps", "batch_size", "sizes"), [(16, 16, [11, 11, 11]), (8, 16, [8, 9]), (8, 17, [17]), (2, 1, [1] * 5), (3, 2, [2, 2, 1, 2])])
+def test_curves_go_through_the_fewest_even_batches(model, x, heat, steps, batch_size, sizes):
+    """No lone image in a batch of its own (it would cost nearly what a full batch costs), and
+    the same figures whatever the batching."""
+    seen = []
+
+    def forward(batch):
+        seen.append(batch.shape[0])
+        return model(batch)
+
+    got = deletion_insertion_auc(forward, x, heat, 3, steps=steps, batch_size=batch_size)
+    assert seen == sizes
+    one = deletion_insertion_auc(model, x, heat, 3, steps=steps, batch_size=1)
+    assert got.deletion == pytest.approx(one.deletion, abs=1e-5) and got.insertion == pytest.approx(one.insertion, abs=1e-5)
+
+
 def test_fp32_quality_engine_and_attributor_curves(model, x):
     engine = quality_engine(model, input_size=SIZE, precision="fp32")
     assert engine.precision == "fp32"
@@ -143,8 +159,9 @@ def test_quality_engine_falls_back_to_float32_and_says_why(model):
 @pytest.mark.skipif(not NATIVE_BF16, reason="this CPU computes bfloat16 by emulation")
 @pytest.mark.parametrize("bf16_faster", [True, False])
 def test_auto_quality_engine_takes_the_faster(model, monkeypatch, bf16_faster):
-    def seconds(forward, batch):
-        return 1.0 if (forward.precision == "bf16") == bf16_faster else 2.0
+    def seconds(forwards, batch):
+        assert batch.shape[0] == fast.TIMING_BATCH
+        return [1.0 if (f.precision == "bf16") == bf16_faster else 2.0 for f in forwards]
 
     monkeypatch.setattr(fast, "_seconds", seconds)
     engine = quality_engine(model, input_size=SIZE)
@@ -152,7 +169,7 @@ def test_auto_quality_engine_takes_the_faster(model, monkeypatch, bf16_faster):
         assert engine.precision == "bf16" and engine.notes == []
     else:
         assert engine.precision == "fp32"
-        assert engine.notes[0].startswith("bf16 not used: ") and "float32 was faster here (250 against 500 ms" in engine.notes[0]
+        assert engine.notes[0].startswith("bf16 not used: ") and "float32 was faster here (125 against 250 ms" in engine.notes[0]
 
 
 def test_without_native_bf16_everything_stays_float32(model, monkeypatch):

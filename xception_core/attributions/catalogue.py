@@ -218,11 +218,12 @@ COMMON_PARAMS: tuple[Param, ...] = (
     Param(
         "auc_steps",
         "int",
-        16,
+        8,
         0,
         64,
         description="steps of the deletion / insertion curves (2 x steps + 1 images through the "
-        "forward, batched); 0 skips them",
+        "forward, batched); 0 skips them. The default 8 keeps a request interactive on a CPU; an "
+        "AUC then lies on average 0.01-0.02 from the 64-step value, at 16 steps half that",
     ),
     Param(
         "infidelity",

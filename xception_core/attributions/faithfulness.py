@@ -60,8 +60,8 @@ class CurveOptions:
     ``steps`` equal chunks of pixels; deleted pixels take ``baseline`` (0 = mid-grey in
     [-1, 1] space); insertion starts from a Gaussian blur of the image (sigma
     ``blur_sigma``, default 2.5 % of the image side) or from the baseline; the
-    ``2 * steps + 1`` distinct images go through the forward in batches of at most
-    ``batch_size`` (1..:data:`MAX_CURVE_BATCH`).
+    ``2 * steps + 1`` distinct images go through the forward in the fewest batches of at
+    most ``batch_size`` (1..:data:`MAX_CURVE_BATCH`), of even sizes.
     """
 
     steps: int = 16
@@ -81,6 +81,15 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
     x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def _even_batches(n: int, largest: int) -> list[tuple[int, int]]:
+    """``[start, end)`` of the fewest batches of at most ``largest`` items covering ``n``, their
+    sizes differing by one at most: 33 images in batches of 16 go as 11 + 11 + 11, not 16 + 16
+    + 1 (a lone image wastes the batch's efficiency)."""
+    count = -(-n // largest)
+    bounds = [round(k * n / count) for k in range(count + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def _device(forward: Forward, x: torch.Tensor) -> torch.device:
@@ -148,9 +157,9 @@ def deletion_insertion_auc(
     is_deletion = torch.arange(2 * steps + 1, device=device) <= steps
     changed = torch.cat([counts, counts[:-1]])
     probs = []
-    for i in range(0, 2 * steps + 1, opts.batch_size):
-        d = is_deletion[i : i + opts.batch_size].view(-1, 1, 1, 1)
-        masks = (rank[None, :] < changed[i : i + opts.batch_size, None]).view(-1, 1, h, w).to(x.dtype)
+    for i, j in _even_batches(2 * steps + 1, opts.batch_size):
+        d = is_deletion[i:j].view(-1, 1, 1, 1)
+        masks = (rank[None, :] < changed[i:j, None]).view(-1, 1, h, w).to(x.dtype)
         source, dest = torch.where(d, x, start), torch.where(d, base, x)
         batch = source * (1 - masks) + dest * masks
         with torch.no_grad():
