@@ -41,8 +41,8 @@ class Settings(BaseSettings):
     spectrum_dir: Path | None = Field(
         None,
         description="Output folder of an `xception-demo spectrum` run (its `spectrum.json`) whose results "
-        "`GET /v1/spectrum/results` serves and the Architecture page draws; give an absolute path (`xception-demo up` "
-        "starts the API in the package's folder). Default: the committed run, shipped with the package.",
+        "`GET /v1/spectrum/results` serves and the Architecture page draws (a relative path is taken from the folder "
+        "the command was started in). Default: the committed run, shipped with the package.",
     )
 
     # --- models and device -----------------------------------------------------

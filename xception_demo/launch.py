@@ -57,8 +57,17 @@ def api_command(host: str, port: int) -> list[str]:
     return [sys.executable, "-c", code, host, str(port)]
 
 
+#: The API's settings that name a folder or file (``api.settings.Settings``' ``Path`` fields; a
+#: test keeps the two equal). The children run in the package's folder, so a relative value
+#: is made absolute against the folder ``xception-demo`` was started in, where its user meant it.
+PATH_SETTINGS = ("XCEPTION_ATLAS_DATA", "XCEPTION_HOME", "XCEPTION_SPECTRUM_DIR")
+
+
 def _child_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
+    for name in PATH_SETTINGS:
+        if env.get(name):
+            env[name] = str(Path(env[name]).expanduser().absolute())
     paths = [str(PACKAGE_ROOT), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env.update(extra)
