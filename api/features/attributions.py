@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
@@ -86,15 +87,25 @@ class Attributions:
             return await rt.inference_pool.run(self._answer, entry, request, (key, hit, "hit"), deadline, deadline=deadline, device=rt.device)
         if key != map_key:
             await self._join(map_key, deadline)
-        done = asyncio.get_running_loop().create_future()
-        keys = [k for k in dict.fromkeys((key, map_key)) if self._running.setdefault(k, done) is done]
+        loop = asyncio.get_running_loop()
+        # One future per key: whoever waits for the map alone is let go as soon as it is cached,
+        # not after the figures that follow it.
+        futures = {k: loop.create_future() for k in dict.fromkeys((key, map_key))}
+        mine = [k for k, f in futures.items() if self._running.setdefault(k, f) is f]
+
+        def map_ready() -> None:  # called from the worker thread
+            loop.call_soon_threadsafe(_settle, futures[map_key])
+
         try:
-            return await rt.attribution_pool.run(self._job, entry, request, (key, map_key), deadline, deadline=deadline, device=rt.device)
+            return await rt.attribution_pool.run(
+                self._job, entry, request, (key, map_key), deadline, map_ready, deadline=deadline, device=rt.device
+            )
         finally:
-            for k in keys:
-                if self._running.get(k) is done:
+            for k in mine:
+                if self._running.get(k) is futures[k]:
                     del self._running[k]
-            done.set_result(None)
+            for f in futures.values():
+                _settle(f)
 
     async def _join(self, key: tuple, deadline: Deadline) -> None:
         """Wait for the computation of ``key`` another request started, if one is running."""
@@ -186,9 +197,12 @@ class Attributions:
         rt.metrics.attribution.labels(rt.device, request.method).observe(time.perf_counter() - started)
         return result
 
-    def _job(self, entry: LoadedModel, request: ExplainRequest, keys: tuple[tuple, tuple], deadline: Deadline) -> dict[str, Any] | BinaryResult:
-        """The map (from the cache, else computed and cached under ``map_key``), then the figures
-        the request asks for (cached with the map under ``key``)."""
+    def _job(
+        self, entry: LoadedModel, request: ExplainRequest, keys: tuple[tuple, tuple], deadline: Deadline,
+        map_ready: Callable[[], None] | None = None,
+    ) -> dict[str, Any] | BinaryResult:
+        """The map (from the cache, else computed and cached under ``map_key``, then
+        ``map_ready()``), then the figures the request asks for (cached with the map under ``key``)."""
         rt, upload, what = self.runtime, request.upload, request.attribution
         key, map_key = keys
         x, _ = rt.input(entry, upload)
@@ -205,6 +219,8 @@ class Attributions:
             bare = replace(what, params={**what.params, **_NO_FIGURES})
             r = self.attribute(entry, x, bare, precision, deadline, logits)
             rt.attributions.put(map_key, r, result_nbytes(r))
+            if map_ready is not None:
+                map_ready()
         if key != map_key:
             deadline.check()
             r = self.attribute(entry, x, what, precision, deadline, earlier=r)
@@ -266,6 +282,11 @@ class Attributions:
             "quality_ms": r.quality_ms,
             "device": rt.device,
         }
+
+
+def _settle(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def validate(entry: LoadedModel, request: AttributionRequest) -> dict[str, Any]:

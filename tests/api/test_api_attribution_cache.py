@@ -159,6 +159,42 @@ def test_an_identical_request_during_the_computation_waits_for_it(tiny_model, pn
     assert answers["first"].content == answers["second"].content
 
 
+def test_the_map_alone_does_not_wait_for_figures_being_computed(tiny_model, png):
+    """quality=auc is running its curves when quality=none of the same attribution arrives (the
+    UI asks for the map first, then the figures, and reruns): the map is cached already, so the
+    second answer comes at once, from the cache, while the first is still computing."""
+    import threading
+
+    app = make_app(tiny_model, attribution_workers=2)
+    features = app.state.features
+    in_figures, release = threading.Event(), threading.Event()
+    real_attribute = features.attributions.attribute
+
+    def slow_figures(*args, earlier=None, **kwargs):
+        if earlier is not None:
+            in_figures.set()
+            release.wait(60)
+        return real_attribute(*args, earlier=earlier, **kwargs)
+
+    features.attributions.attribute = slow_figures
+    base = "/v1/attributions?method=saliency&format=npy&seed=78"
+    answers = {}
+    with TestClient(app, raise_server_exceptions=False) as c:
+        c.post("/v1/predict", files=files(png))  # model loaded
+        first = threading.Thread(target=lambda: answers.setdefault("auc", c.post(f"{base}&quality=auc&auc_steps=2", files=files(png))))
+        first.start()
+        try:
+            assert in_figures.wait(60)
+            answers["none"] = c.post(f"{base}&quality=none", files=files(png))
+            assert first.is_alive()  # the figures are still being computed
+        finally:
+            release.set()
+            first.join(60)
+    assert answers["none"].status_code == 200 and answers["none"].headers["x-cache"] == "hit"
+    assert answers["auc"].status_code == 200 and answers["auc"].headers["x-cache"] == "miss"
+    assert answers["none"].content == answers["auc"].content  # the same map (npy of the heat map)
+
+
 def test_quality_after_the_map_computes_only_the_figures(app, client, nocache, png_images):
     """none, then auc, then full: the map is computed once; each answer equals a fresh one bit for bit."""
     png, base = png_images[3], "/v1/attributions?method=integrated_gradients&n_steps=6&internal_batch_size=6&seed=91"
