@@ -109,7 +109,7 @@ def quality_engine(
     return _with_notes(slow, [f"bf16 not used: {slow.backend} float32 was faster here ({per_image})"])
 
 
-def _seconds(forwards: list[Predictor], batch: torch.Tensor, rounds: int = 3) -> list[float]:
+def _seconds(forwards: list[Predictor], batch: torch.Tensor, rounds: int = 2) -> list[float]:
     """Each forward's best time on ``batch`` over ``rounds`` interleaved rounds, after one
     untimed call each: interleaved, a machine's changing load reaches all of them alike."""
     best = [math.inf] * len(forwards)
