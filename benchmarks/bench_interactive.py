@@ -1,7 +1,7 @@
 """Interactive use of the paper model through the API, as ratios against timm, ONE process.
 
     python benchmarks/bench_interactive.py [--rounds 5] [--auc-rounds 2] [--ig-rounds 1]
-                                           [--size 299] [--threads N] [--json]
+                                           [--size 299] [--threads N] [--device cpu] [--json]
 
 The API runs in this process (FastAPI's TestClient over httpx, no network) with the paper
 architecture (random weights, seeded) as an in-memory model at ``--size`` px, default settings
@@ -65,8 +65,9 @@ def jpeg(quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def build(size: int):
-    """The API client (paper model, random weights) and timm's model with the same weights."""
+def build(size: int, device: str = "cpu"):
+    """The API client (paper model, random weights, on ``device``) and timm's model with the
+    same weights (on the CPU; :func:`run` moves it)."""
     import timm
     from fastapi.testclient import TestClient
     from soak import random_model
@@ -81,7 +82,7 @@ def build(size: int):
     reference = timm.create_model("legacy_xception", pretrained=False).eval()
     reference.load_state_dict(ours_to_timm(net.state_dict(), net.config))
     registry = ModelRegistry.from_models([InMemoryModel("paper", net, names, PreprocessConfig(input_size=size), "random weights")])
-    app = create_app(Settings(access_log=False, log_json=False, log_level="WARNING"), registry=registry)
+    app = create_app(Settings(access_log=False, log_json=False, log_level="WARNING", device=device), registry=registry)
     return app, TestClient(app, raise_server_exceptions=True), reference
 
 
@@ -90,10 +91,12 @@ def build(size: int):
 SETTLE_S = 0.1
 
 
-def timed(fn) -> float:
+def timed(fn, device: torch.device | None = None) -> float:
     time.sleep(SETTLE_S)
     started = time.perf_counter()
     fn()
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
     return (time.perf_counter() - started) * 1000
 
 
@@ -108,8 +111,10 @@ def run(args: argparse.Namespace) -> dict:
     warnings.filterwarnings("ignore")
     image = jpeg()
     image_id = hashlib.sha256(image).hexdigest()
-    _, client, reference = build(args.size)
-    x = eval_transform(decode_image(image), PreprocessConfig(input_size=args.size))[None]
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device)
+    _, client, reference = build(args.size, str(device))
+    reference = reference.to(device)
+    x = eval_transform(decode_image(image), PreprocessConfig(input_size=args.size))[None].to(device)
     timm_cl = reference.to(memory_format=torch.channels_last)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     ms: dict[str, list[float]] = {}
@@ -148,7 +153,7 @@ def run(args: argparse.Namespace) -> dict:
         post(f"{sal}&quality=none&seed=999999")  # one of each first: their replicas' first use
         post(f"{cam}&quality=none&seed=999999")
         for i in range(args.rounds):
-            note("timm forward", timed(timm_forward))
+            note("timm forward", timed(timm_forward, device))
             other = jpeg(80 + i)
             note("predict, a new image", timed(lambda: post("/v1/predict?top_k=5", body=other)))
             note("saliency, quality=none", timed(lambda: post(f"{sal}&quality=none&seed={i}", expect_cache="miss")))
@@ -160,14 +165,14 @@ def run(args: argparse.Namespace) -> dict:
             note("activations NPY, body (cached layer)", timed(lambda: post(f"/v1/activations?{GRADCAM}&top=8&format=npy")))
             note("activations NPY, image_id (cached layer)", timed(lambda: post(f"/v1/activations?{GRADCAM}&top=8&format=npy", by_id=True)))
         for i in range(args.auc_rounds):
-            note("timm forward", timed(timm_forward))
+            note("timm forward", timed(timm_forward, device))
             note("saliency, quality=auc", timed(lambda: post(f"{sal}&quality=auc&seed={100 + i}", expect_cache="miss")))
             note("Grad-CAM, quality=auc", timed(lambda: post(f"{cam}&quality=auc&seed={100 + i}", expect_cache="miss")))
             if i < args.rounds:  # the map of round i is cached (quality=none): only the figures are computed
                 note("saliency, quality=auc after its map (map-hit)", timed(lambda: post(f"{sal}&quality=auc&seed={i}", expect_cache="map-hit")))
                 note("Grad-CAM, quality=auc after its map (map-hit)", timed(lambda: post(f"{cam}&quality=auc&seed={i}", expect_cache="map-hit")))
         for i in range(args.ig_rounds):
-            note("Captum IG on timm, 32 steps", timed(lambda: IntegratedGradients(reference).attribute(x, target=TARGET, n_steps=32)))
+            note("Captum IG on timm, 32 steps", timed(lambda: IntegratedGradients(reference).attribute(x, target=TARGET, n_steps=32), device))
             note(
                 "IG 32 steps, quality=none",
                 timed(lambda: post(f"/v1/attributions?method=integrated_gradients&n_steps=32&target={TARGET}&quality=none&seed={200 + i}", expect_cache="miss")),
@@ -195,6 +200,7 @@ def run(args: argparse.Namespace) -> dict:
         rows.append({"measurement": name, "n": len(values), "median_ms": med[name], "baseline": base, "ratio": ratio, "target": target})
     return {
         "machine": machine(),
+        "device": str(device),
         "size": args.size,
         "load_s": load_s,
         "warmup_ms": warmup,
@@ -211,7 +217,7 @@ def table(result: dict) -> str:
     lines = [
         (
             f"{m['cpu']}, {m['cores']} cores, {m['threads']} torch threads, flags: {' '.join(m['flags']) or 'none of ' + ', '.join(FLAGS)}; "
-            f"torch {m['torch']}; {result['size']} px"
+            f"torch {m['torch']}; {result['size']} px; device {result.get('device', 'cpu')}"
         ),
         "",
         "| measurement | n | median | ratio | target |",
@@ -236,6 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ig-rounds", type=int, default=1)
     parser.add_argument("--size", type=int, default=299)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto: the API's model and timm's, both there")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     result = run(args)

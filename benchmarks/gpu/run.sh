@@ -13,7 +13,8 @@
 # its device from XCEPTION_DEVICE (auto = CUDA when present), which the test fixtures clear.
 # What runs on CUDA is bench_gpu.py: CUDA-vs-CPU logits, fused-vs-unfused, an API predict
 # on device=cuda, then batch-1 latency, batch-256 throughput (bf16/fp16 autocast,
-# channels_last, torch.compile) and Integrated Gradients (32 steps) latency.
+# channels_last, torch.compile) and Integrated Gradients (32 steps) latency; then
+# bench_interactive.py with the API's model, timm and Captum all on CUDA.
 # Exits 2 without CUDA, 1 when a test or a correctness check fails.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -42,4 +43,7 @@ esac
 
 echo "== CUDA checks and figures"
 "$PY" benchmarks/gpu/bench_gpu.py --json "$OUT/results.json" "$@" 2> >(tee "$OUT/bench_stderr.log" >&2) | tee "$OUT/bench.md" || status=1
+
+echo "== interactive use through the API on CUDA (issue 12's rows; timm and Captum on CUDA too)"
+"$PY" benchmarks/bench_interactive.py --device cuda --rounds 5 --auc-rounds 3 --ig-rounds 2 | tee "$OUT/interactive.md" || status=1
 exit $status
