@@ -442,3 +442,23 @@ def test_attribution_quality_defaults_are_100_images_of_96_pixels_from_seed_1000
                             middle_repeats=1, exit_channels=(16, 20, 24))
     assert attribution_quality(Xception(config).eval(), {}) == {}
     assert calls == [(i, 10_000, 96) for i in range(100)]
+
+
+def test_attribution_quality_computes_no_deletion_insertion_curves():
+    """The report reads the maps only: every forward of both models is of the one image being
+    explained (the curves would send batches of the image with pixels deleted or inserted)."""
+    from xception_core import synthetic
+    from xception_core.attributions import attribution_quality, randomized_copy
+    from xception_core.model import Xception, XceptionConfig
+
+    config = XceptionConfig(num_classes=synthetic.NUM_CLASSES, stem_channels=(4, 8), entry_channels=(8, 12, 16),
+                            middle_repeats=1, exit_channels=(16, 20, 24))
+    torch.manual_seed(0)
+    model = Xception(config).eval()
+    randomized = randomized_copy(model, seed=1)
+    batches = {"model": [], "randomized": []}
+    model.register_forward_hook(lambda module, args, out: batches["model"].append(len(args[0])))
+    randomized.register_forward_hook(lambda module, args, out: batches["randomized"].append(len(args[0])))
+    attribution_quality(model, {"saliency": {"method": "saliency"}}, n=1, size=72, randomized=randomized)
+    assert batches["model"] and set(batches["model"]) == {1}
+    assert batches["randomized"] and set(batches["randomized"]) == {1}
