@@ -539,6 +539,35 @@ def test_deletion_insertion_curves_do_not_depend_on_the_batching():
     assert r.deletion == pytest.approx(deletion, rel=1e-5, abs=1e-9)
 
 
+def test_nan_scores_rank_after_negative_ones():
+    """A NaN is no evidence at all: pixels scored NaN are changed after every scored pixel, even
+    after those with negative scores (the left half, -1 here, goes first: the "good" curve)."""
+    size = 32
+    m = _MaskModel(size).eval()
+    x = torch.ones(1, 3, size, size)
+    left = m.mask[0, 0] > 0
+    heat = torch.where(left, torch.full((size, size), -1.0), torch.full((size, size), float("nan")))
+    share = [min(64 * k, 512) / 512 for k in range(17)]
+    r = deletion_insertion_auc(m, x, heat, 0, baseline=0.0, insertion_start="baseline")
+    assert r.deletion == pytest.approx([1 / (1 + math.exp(-40 * (0.5 - c))) for c in share], rel=1e-5, abs=1e-9)
+
+
+def test_the_forward_gets_float32_batches_whatever_the_dtypes_given():
+    """A float32 model takes float32 images only: a float64 image, heatmap or baseline tensor
+    is cast first, and the curves are the float32 ones."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    heat = torch.rand(8, 8, generator=torch.Generator().manual_seed(2))
+    baseline = torch.tensor([0.1, -0.2, 0.3]).view(1, 3, 1, 1)
+    for start in ("blur", "baseline"):
+        expected = deletion_insertion_auc(model, x, heat, 0, steps=4, baseline=baseline, insertion_start=start)
+        got = deletion_insertion_auc(model, x.double(), heat.double(), 0, steps=4, baseline=baseline.double(),
+                                     insertion_start=start)
+        assert got.deletion == pytest.approx(expected.deletion, rel=1e-6)
+        assert got.insertion == pytest.approx(expected.insertion, rel=1e-6)
+
+
 def test_deletion_insertion_refuses_bad_arguments_with_what_to_fix():
     m = _MaskModel(8).eval()
     x, heat = torch.ones(1, 3, 8, 8), torch.zeros(8, 8)
@@ -555,7 +584,7 @@ def test_deletion_insertion_refuses_bad_arguments_with_what_to_fix():
             deletion_insertion_auc(m, target=0, **kwargs)
 
 
-@pytest.mark.parametrize("shape, sigma", [((6, 10), 3.0), ((12, 12), 0.3), ((9, 7), 1.5)])
+@pytest.mark.parametrize("shape, sigma", [((6, 10), 3.0), ((10, 6), 3.0), ((12, 12), 0.3), ((9, 7), 1.5)])
 def test_insertion_blur_is_a_gaussian_blur(shape, sigma):
     """Against scipy: radius ceil(3 sigma), at least 1 and at most the shorter side - 1, mirrored borders."""
     from scipy.ndimage import gaussian_filter

@@ -285,3 +285,62 @@ def test_concurrent_decoding(chelsea):
     with ThreadPoolExecutor(4) as pool:
         results = [r for r in pool.map(work, range(8)) if r is not None]
     assert all(np.array_equal(r, results[0]) for r in results)
+
+
+# --- what can go wrong only while the pixels load -------------------------------------
+
+
+def _load_raising(monkeypatch, exc: BaseException) -> bytes:
+    def load(self):
+        raise exc
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", load)
+    return encode(Image.new("RGB", (32, 24)), "PNG")
+
+
+def test_pillow_bomb_guard_or_memory_error_while_loading_is_image_too_large(monkeypatch):
+    """Pillow's guard may fire in load() rather than in open(), and a decode may run out of
+    memory: both are "too large", with the size where it is known."""
+    data = _load_raising(monkeypatch, Image.DecompressionBombError("Image size (123456789 pixels) exceeds limit"))
+    with pytest.raises(ImageTooLarge, match=r"^image has 123.5 MP, over the limit of 40 MP; send a smaller image$"):
+        decode_image(data)
+    data = _load_raising(monkeypatch, Image.DecompressionBombWarning("Image size (50000000 pixels) could be a bomb"))
+    with pytest.raises(ImageTooLarge, match=r"^image has 50 MP, over the limit of 40 MP; send a smaller image$"):
+        decode_image(data)
+    data = _load_raising(monkeypatch, Image.DecompressionBombError("too big"))  # no pixel count in it
+    with pytest.raises(ImageTooLarge, match=r"^image has too many pixels, over the limit of 0\.5 MP; send a smaller image$"):
+        decode_image(data, max_pixels=500_000)
+    data = _load_raising(monkeypatch, MemoryError())
+    with pytest.raises(ImageTooLarge, match=r"^not enough memory to decode this 32x24 PNG image; send a smaller image$"):
+        decode_image(data)
+
+
+def test_a_decoder_error_is_named_in_the_corrupt_message(monkeypatch):
+    data = _load_raising(monkeypatch, OSError("broken data stream when reading image file"))
+    with pytest.raises(CorruptImage, match=r"^the PNG data could not be decoded \(broken data stream when reading "
+                                           r"image file\); the file is truncated or damaged"):
+        decode_image(data)
+    data = _load_raising(monkeypatch, OSError())  # no text: the exception's type instead
+    with pytest.raises(CorruptImage, match=r"^the PNG data could not be decoded \(OSError\)"):
+        decode_image(data)
+
+
+@pytest.mark.parametrize("loaded, limits, cls, pattern", [
+    ((200, 200), dict(max_pixels=30_000), ImageTooLarge, r"^image is 200x200 = 0\.04 MP, over the limit of 0\.03 MP"),
+    ((4, 30), dict(min_side=5), ImageTooSmall, r"^image is 4x30; both sides must be at least 5 px"),
+    ((300, 10), dict(max_aspect_ratio=20), ExtremeAspectRatio, r"^image is 300x10, an aspect ratio of 1:30, beyond the limit of 1:20"),
+])
+def test_a_size_changed_while_loading_is_checked_again(monkeypatch, loaded, limits, cls, pattern):
+    """A plugin may load another size than its header said (a JPEG draft, an ICO's largest
+    entry): the geometry limits, as the caller gave them, apply to the loaded size too."""
+    original = PngImagePlugin.PngImageFile.load
+
+    def load(self):
+        pixels = original(self)
+        self._size = loaded
+        return pixels
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", load)
+    data = encode(Image.new("RGB", (40, 40)), "PNG")
+    with pytest.raises(cls, match=pattern):
+        decode_image(data, **limits)

@@ -3,14 +3,18 @@
 import csv
 import json
 import math
+import time
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
 from xception_core import synthetic
-from xception_core.train import ABLATION_VARIANTS, TrainConfig, ablate, save, train
+from xception_core.model import Xception
+from xception_core.train import ABLATION_VARIANTS, TrainConfig, ablate, accuracy, save, to_input, train
 from xception_core.weights import import_weights, load_model
 from xception_demo.cli import main
 
@@ -62,6 +66,116 @@ def test_a_short_run_lowers_the_loss_and_learns_its_training_images():
     assert F.cross_entropy(logits, labels).item() < math.log(synthetic.NUM_CLASSES) - 0.4
     losses = [p["train_loss"] for p in result.curve]
     assert losses[-1] < losses[0] - 0.3  # the running training loss falls (measured: 3.02 -> 2.40)
+
+
+def test_each_step_is_adamw_on_label_smoothed_cross_entropy_in_train_mode():
+    """Six steps of ``train`` (two epochs of three) against its recipe written out here: each
+    epoch's batch order and flips from the seeded generator, label-smoothed cross-entropy in train
+    mode (BatchNorm on the batch, even after a validation put the model in eval mode), gradients
+    cleared before each backward pass, AdamW with weight decay stepped under the one-cycle
+    schedule; the curve (running loss, validation accuracy) after each step, as ``on_eval`` got it.
+    Both run on one thread: the same operations then give the same numbers, bit for bit."""
+    config = TrainConfig(**{**TINY, "epochs": 2, "train_size": 24, "val_size": 6, "eval_every": 1})
+    seen = []
+    before = time.perf_counter()
+    result = train(config, progress=False, on_eval=seen.append)
+    elapsed = time.perf_counter() - before
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(config.seed)
+        generator = torch.Generator().manual_seed(config.seed)
+        model = Xception(config.model_config()).to(memory_format=torch.channels_last)
+        initial = {k: v.clone() for k, v in model.state_dict().items()}
+        images, labels, _ = synthetic.generate(24, config.data_seed, config.input_size)
+        val_images, val_labels, _ = synthetic.generate(6, config.val_seed, config.input_size)
+        val_images, val_labels = torch.from_numpy(val_images), torch.from_numpy(val_labels)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=6, pct_start=0.15)
+        step, running, curve = 0, 0.0, []
+        for _epoch in range(2):
+            order = torch.randperm(24, generator=generator)
+            for batch in (order[:8], order[8:16], order[16:]):
+                model.train()
+                x = torch.from_numpy(images[batch.numpy()]).permute(0, 3, 1, 2).float() / 127.5 - 1
+                x = x.contiguous(memory_format=torch.channels_last)
+                flip_h = torch.rand(8, generator=generator) < 0.5
+                flip_v = torch.rand(8, generator=generator) < 0.5
+                x = torch.where(flip_h[:, None, None, None], x.flip(3), x)
+                x = torch.where(flip_v[:, None, None, None], x.flip(2), x)
+                loss = F.cross_entropy(model(x), torch.from_numpy(labels[batch.numpy()]), label_smoothing=0.05)
+                for p in model.parameters():
+                    p.grad = None
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                step += 1
+                running = 0.9 * running + 0.1 * loss.item() if step > 1 else loss.item()
+                curve.append({"step": step, "epoch": round(step / 3, 3), "train_loss": round(running, 4),
+                              "val_top1": accuracy(model, val_images, val_labels)})
+    finally:
+        torch.set_num_threads(threads)
+
+    assert result.curve == curve
+    assert seen == curve
+    assert result.val_top1 == curve[-1]["val_top1"]
+    assert result.config is config
+    assert 0 < result.seconds <= elapsed
+    trained = result.model.state_dict()
+    assert trained.keys() == initial.keys()
+    for k, v in model.state_dict().items():
+        assert torch.equal(trained[k], v), k
+    # the optimiser stepped: every parameter moved from its initial value
+    moved = [k for k, _ in result.model.named_parameters() if not torch.equal(trained[k], initial[k])]
+    assert moved == [k for k, _ in result.model.named_parameters()]
+    assert result.model.training is False
+    # back in the usual layout, as safetensors stores it
+    assert all(v.is_contiguous() for v in trained.values())
+
+
+class _Answers(nn.Module):
+    """Predicts for each image the class written in its top-left pixel; records how it was called."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(3)
+        self.calls: list[tuple] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append((len(x), self.training, torch.is_inference_mode_enabled(), float(x.min()), float(x.max())))
+        predicted = ((x[:, 0, 0, 0] + 1) * 127.5).round().long()
+        return F.one_hot(predicted, synthetic.NUM_CLASSES).float() + 0.01 * torch.arange(synthetic.NUM_CLASSES)
+
+
+def test_accuracy_is_the_share_of_right_top1_answers_over_every_batch():
+    """7 images in batches of 3, 3 and 1: 4 right (the first and the last among them), in eval
+    mode, without autograd, on the images as the model is trained on them ([-1, 1])."""
+    images = torch.zeros(7, 8, 8, 3, dtype=torch.uint8)
+    images[:, 0, 0, 0] = torch.tensor([3, 1, 4, 1, 5, 9, 2])
+    images[0, 1, 1] = 255
+    labels = torch.tensor([3, 0, 4, 7, 5, 6, 2])
+    model = _Answers().train()
+    assert accuracy(model, images, labels, batch_size=3) == pytest.approx(4 / 7)
+    assert model.training is False
+    assert [c[:3] for c in model.calls] == [(3, False, True), (3, False, True), (1, False, True)]
+    assert (model.calls[0][3], model.calls[0][4]) == (-1.0, 1.0)
+    assert accuracy(model, images[1:], labels[1:]) == pytest.approx(3 / 6)  # one batch of 200 at most
+    assert model.calls[-1][0] == 6
+    wrong = labels.clone()
+    wrong[6] = 0
+    assert accuracy(model, images, wrong, batch_size=3) == pytest.approx(3 / 7)
+
+
+def test_to_input_maps_uint8_nhwc_to_nchw_in_minus_one_to_one():
+    images = torch.tensor(np.arange(2 * 4 * 5 * 3).reshape(2, 4, 5, 3) * 2 % 256, dtype=torch.uint8)
+    x = to_input(images)
+    assert x.shape == (2, 3, 4, 5) and x.dtype == torch.float32
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    expected = images.permute(0, 3, 1, 2).double() / 127.5 - 1
+    torch.testing.assert_close(x.double(), expected, rtol=0, atol=1e-6)
+    ends = to_input(torch.tensor([0, 255], dtype=torch.uint8).reshape(1, 1, 2, 1))
+    assert ends.flatten().tolist() == [-1.0, 1.0]
 
 
 def test_saved_model_and_card_load_back(tmp_path):

@@ -16,7 +16,8 @@ tests of that list that call the mutated function.
     python tools/mutation.py --survivors train  # after adding tests: retest only the mutants not killed
 
 Prints, per module, killed / total and the mutants that were not killed by
-kind; writes ``.mutation/scores.json`` and, per module, ``.mutation/<module>/survivors.diff``
+kind; writes ``.mutation/scores.json`` (merged under a lock: two processes running different
+modules keep each other's figures) and, per module, ``.mutation/<module>/survivors.diff``
 (the diff of every mutant that was not killed). Inspect one mutant with
 ``cd .mutation/<module> && mutmut show NAME``.
 """
@@ -24,6 +25,7 @@ kind; writes ``.mutation/scores.json`` and, per module, ``.mutation/<module>/sur
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shutil
@@ -193,6 +195,28 @@ def run(module: Module, shared: dict, test_args: list[str], workers: int, resume
     return summary
 
 
+def record(path: Path, s: dict, retest: bool = False) -> dict:
+    """Merge one module's summary ``s`` into ``path`` (``scores.json``); returns it as recorded.
+
+    The file is read, merged and replaced under an exclusive lock, at the time of writing: runs
+    of other modules at the same time (other processes) keep their entries. A ``retest``
+    (``--survivors``) keeps the time of the whole run recorded before, the retests' time apart.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        scores = json.loads(path.read_text()) if path.exists() else {}
+        before = scores.get(s["module"])
+        if retest and before:
+            s = {**s, "retest_wall_s": s["wall_s"] + before.get("retest_wall_s", 0),
+                 "wall_s": before["wall_s"], "cpu_s": before["cpu_s"]}
+        scores[s["module"]] = s
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(scores, indent=2) + "\n")
+        os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+    return s
+
+
 def _children_cpu() -> float:
     t = os.times()
     return t.children_user + t.children_system
@@ -225,19 +249,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     summaries = []
     scores_path = WORK / "scores.json"
-    previous = json.loads(scores_path.read_text()) if scores_path.exists() else {}
     for m in chosen:
         print(f"mutating {m.name} ({m.mutate}: {', '.join(m.functions)}) ...", flush=True)
-        s = run(m, shared, test_args, args.workers, args.resume, args.survivors)
-        if args.survivors and m.name in previous:
-            # keep the time of the whole run; the retests' time apart
-            before = previous[m.name]
-            s["retest_wall_s"] = s["wall_s"] + before.get("retest_wall_s", 0)
-            s["wall_s"], s["cpu_s"] = before["wall_s"], before["cpu_s"]
+        s = record(scores_path, run(m, shared, test_args, args.workers, args.resume, args.survivors),
+                   args.survivors)
         print("  " + line(s), flush=True)
         summaries.append(s)
-        previous[m.name] = s
-        scores_path.write_text(json.dumps(previous, indent=2) + "\n")
     print("\nmutation score per module (killed / total; the rest by kind):")
     for s in summaries:
         print("  " + line(s))
