@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from support import SMALL
+from xception_core import featurevis
 from xception_core.featurevis import (
     MAX_CHANNELS,
     MAX_SIZE,
@@ -15,7 +16,7 @@ from xception_core.featurevis import (
     VisualisationCancelled,
     VisualisationError,
     VisualisationRequest,
-    native_bf16,
+    visualisation_nets,
     visualise,
 )
 from xception_core.introspect import UnknownLayerError, capture, run_until_captured
@@ -92,12 +93,19 @@ def test_objective_is_the_spatial_mean_of_the_part(model):
     assert result.images[0].objective_final == pytest.approx(expected, abs=0.05 * abs(expected) + 0.02)
 
 
-def test_a_channel_does_not_depend_on_its_batch_mates(model):
-    alone = visualise(model, request(channels=(3,)))
-    batch = visualise(model, request(channels=(0, 3, 5)))
+def test_a_channel_does_not_depend_on_its_batch_mates(model, bundled):
+    """Alone or with others, a channel gets the same image up to rounding. Long runs on the
+    bundled model; on the small random model only 2 steps: its objective is near zero, and
+    Adam, which divides each gradient component by its size, amplifies the rounding of
+    near-zero components (batched kernels round differently) over longer runs."""
+    alone = visualise(model, request(channels=(3,), steps=2))
+    batch = visualise(model, request(channels=(0, 3, 5), steps=2))
     assert [c.channel for c in batch.images] == [0, 3, 5]
-    diff = np.abs(alone.image.astype(int) - batch.images[1].image.astype(int))
-    assert diff.max() <= 2  # equal up to floating-point rounding of batched kernels
+    assert np.abs(alone.image.astype(int) - batch.images[1].image.astype(int)).max() <= 2
+    net, card = bundled
+    alone = visualise(net, request(channels=(3,), steps=32, size=96), card.preprocess)
+    batch = visualise(net, request(channels=(0, 3, 5), steps=32, size=96), card.preprocess)
+    assert np.abs(alone.image.astype(int) - batch.images[1].image.astype(int)).max() <= 2
 
 
 def test_truncated_forward_stops_at_the_layer(model):
@@ -140,9 +148,45 @@ def test_progress_reports_every_step(model):
 
 def test_precision_is_reported(model):
     assert visualise(model, request(steps=2)).precision == "fp32"
-    auto = visualise(model, request(steps=2, precision="auto"))
-    assert auto.precision == ("bf16" if native_bf16(torch.device("cpu")) else "fp32")
     assert visualise(model, request(steps=2, precision="bf16")).precision == "bf16"
+    assert visualise(model, request(steps=2, precision="auto")).precision in ("fp32", "bf16")
+
+
+def test_auto_precision_is_the_faster_one_timed_once(model, monkeypatch):
+    """``auto``: fp32 without native bf16 (nothing timed); with it, the faster of the two on the
+    first request of a kind (layer, part, size, channels), remembered for the next ones."""
+    timed = []
+
+    def faster(steps):
+        timed.append(sorted(steps))
+        return winner
+
+    monkeypatch.setattr(featurevis, "_faster", faster)
+    monkeypatch.setattr(featurevis, "native_bf16", lambda device: False)
+    assert visualise(model, request(steps=2, precision="auto")).precision == "fp32" and timed == []
+    monkeypatch.setattr(featurevis, "native_bf16", lambda device: True)
+    for winner, size in (("fp32", 73), ("bf16", 74)):
+        assert visualise(model, request(steps=2, size=size, precision="auto")).precision == winner
+        assert timed[-1] == ["bf16", "fp32"]
+        count = len(timed)
+        assert visualise(model, request(steps=3, size=size, precision="auto", seed=1)).precision == winner
+        assert len(timed) == count  # remembered
+
+
+def test_faster_picks_the_quicker_step_after_a_warm_up():
+    now, calls = [0.0], []
+
+    def step(name, seconds):
+        def run():
+            calls.append(name)
+            now[0] += seconds
+        return run
+
+    steps = {"fp32": step("fp32", 2.0), "bf16": step("bf16", 1.0)}
+    assert featurevis._faster(steps, clock=lambda: now[0]) == "bf16"
+    assert calls == ["fp32", "bf16"] * 3
+    steps = {"fp32": step("fp32", 1.0), "bf16": step("bf16", 3.0)}
+    assert featurevis._faster(steps, clock=lambda: now[0]) == "fp32"
 
 
 @pytest.mark.parametrize(
@@ -229,11 +273,52 @@ def test_a_channel_dead_on_the_start_image_still_rises(bundled):
     assert result.images[0].objective_start == 0.0 and result.images[0].objective_final > 0.1
 
 
-def test_the_redirecting_twin_shares_the_weights_and_leaves_the_model_alone(model):
-    from xception_core.featurevis import _twin
-
-    twin = _twin(model)
-    assert _twin(model) is twin
-    assert all(a is b for a, b in zip(model.parameters(), twin.parameters()))
-    assert sum(type(m) is torch.nn.ReLU for m in twin.modules()) == 0
+def test_the_visualisation_nets_share_a_frozen_copy_and_leave_the_model_alone(model):
+    plain, redirected = visualisation_nets(model, LAYER)
+    again, _ = visualisation_nets(model, LAYER)
+    rest = lambda net: [p for n, p in net.named_parameters() if ".block3.sep1." not in n]  # noqa: E731
+    assert all(a is b for a, b in zip(rest(plain), rest(redirected)))  # the twin shares the copy
+    assert all(a is b for a, b in zip(rest(plain), rest(again)))  # cached
+    assert not any(a is b for a, b in zip(rest(plain), model.parameters()))
+    assert not any(p.requires_grad for p in plain.parameters())  # input gradients only
+    assert sum(type(m) is torch.nn.ReLU for m in redirected.modules()) == 0
+    assert sum(type(m) is torch.nn.ReLU for m in plain.modules()) > 0
     assert sum(type(m) is torch.nn.ReLU for m in model.modules()) > 0
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_the_copy_is_built_again_when_the_weights_change():
+    torch.manual_seed(1)
+    net = Xception(SMALL).eval()
+    x = torch.rand(1, 3, 72, 72)
+
+    def objective() -> float:
+        plain, _ = visualisation_nets(net, "middle.block5.sep1")
+        with torch.no_grad(), capture(plain, ["middle.block5.sep1"], ["pointwise"], stop_after=True) as kept:
+            run_until_captured(plain, x)
+        return kept["middle.block5.sep1"]["pointwise"][0, 2].mean().item()
+
+    before = objective()
+    with torch.no_grad():
+        net.entry["block1"].bn1.weight.mul_(3.0)
+    with torch.no_grad(), capture(net, ["middle.block5.sep1"], ["pointwise"]) as kept:
+        net.forward_features(x)
+    assert objective() != pytest.approx(before, rel=1e-3)
+    assert objective() == pytest.approx(kept["middle.block5.sep1"]["pointwise"][0, 2].mean().item(), rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("layer", ["entry.block2.sep1", "entry.block4.sep2", "middle.block6.sep2", "exit.block9.sep2"])
+@pytest.mark.parametrize("part", ["depthwise", "pointwise"])
+def test_the_folded_copy_gives_the_models_objective(bundled, layer, part):
+    """BatchNorm folded everywhere before the layer; the layer itself keeps its unfolded weights,
+    so its parts are read before its BatchNorm, as on the model (atlas units)."""
+    net, card = bundled
+    images, _, _ = generate(4, seed=3, size=96)
+    x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 * 2 - 1).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), capture(net, [layer], [part]) as kept:
+        net.forward_features(x)
+    expected = kept[layer][part]
+    for folded in visualisation_nets(net, layer):
+        with torch.no_grad(), capture(folded, [layer], [part], stop_after=True) as got:
+            run_until_captured(folded, x)
+        torch.testing.assert_close(got[layer][part], expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())

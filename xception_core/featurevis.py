@@ -6,10 +6,14 @@ The image is parameterised as in Lucid (Olah et al., "Feature Visualization", Di
 a Fourier spectrum scaled by 1/frequency, in a decorrelated colour space, squashed by a
 sigmoid; each step sees it through a random jitter, scale and rotation (one affine resample).
 
-Speed: the forward stops right after the captured part (``capture(..., stop_after=True)``);
-several channels of one layer are optimised as one batch (each batch element has its own
-random stream, so a channel's image does not depend on which channels run with it, up to
-floating-point rounding); bf16 autocast only where the device computes bf16 natively.
+Speed: the steps run on a copy of the model with BatchNorm folded into the convolutions and
+``requires_grad=False`` (the backward computes input gradients only), cached per model, in
+bf16 or fp32 (:func:`visualisation_nets`); the forward stops right after the captured part
+(``capture(..., stop_after=True)``); several channels of one layer are optimised as one batch
+(each batch element has its own random stream, so a channel's image does not depend on which
+channels run with it, up to floating-point rounding). ``auto`` precision: bf16 only where the
+device computes it natively and a step runs faster in it than in fp32 (timed once per kind of
+request).
 Gradients are taken with ``torch.autograd.grad`` with respect to the image parameters
 alone: no ``.grad`` of the shared model is touched, so concurrent requests do not interfere.
 """
@@ -32,7 +36,8 @@ from torch import nn
 from .engine import native_reduced_precision
 from .introspect import capture, resolve_layer, run_until_captured
 from .locks import model_lock
-from .model import MIN_INPUT_SIZE, Xception, model_device
+from .fuse import fuse_for_inference
+from .model import MIN_INPUT_SIZE, SeparableConv2d, Xception, model_device
 from .transform import PreprocessConfig
 
 __all__ = [
@@ -48,6 +53,7 @@ __all__ = [
     "VisualisationRequest",
     "VisualisationResult",
     "native_bf16",
+    "visualisation_nets",
     "visualise",
 ]
 
@@ -96,26 +102,94 @@ class _RedirectedReLU(nn.Module):
 
 #: Steps run with redirected ReLU gradients (then plain ReLUs: cheaper, and the true gradient).
 REDIRECT_STEPS = 32
-_TWINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_TWINS_LOCK = threading.Lock()
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def _twin(model: Xception) -> Xception:
-    """``model`` with every ReLU redirected, sharing its parameters and buffers (cached per model).
+def _redirected(module: nn.Module) -> nn.Module:
+    """``module`` with every ReLU redirected, sharing its parameters and buffers.
 
-    A twin rather than hooks: hooks on the shared model would reach every concurrent forward
+    A twin rather than hooks: hooks on a shared model would reach every concurrent forward
     (and Captum's DeepLift rules key on the exact ``nn.ReLU`` type, so the model keeps it)."""
-    with _TWINS_LOCK:
-        twin = _TWINS.get(model)
-        if twin is None:
-            twin = copy.copy(model)
-            twin._modules = copy.deepcopy(model._modules, memo={id(t): t for t in (*model.parameters(), *model.buffers())})
-            for module in list(twin.modules()):
-                for name, child in module.named_children():
-                    if type(child) is nn.ReLU:
-                        setattr(module, name, _RedirectedReLU())
-            _TWINS[model] = twin
-        return twin
+    twin = copy.copy(module)
+    twin._modules = copy.deepcopy(module._modules, memo={id(t): t for t in (*module.parameters(), *module.buffers())})
+    for parent in list(twin.modules()):
+        for name, child in parent.named_children():
+            if type(child) is nn.ReLU:
+                setattr(parent, name, _RedirectedReLU())
+    return twin
+
+
+def _frozen(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module.to(dtype, memory_format=torch.channels_last)
+
+
+def _signature(model: Xception) -> tuple:
+    """Changes when a parameter or buffer of ``model`` is replaced, moved or written in place."""
+    return tuple((id(t), t._version, t.device, t.dtype) for t in (*model.parameters(), *model.buffers()))
+
+
+class _Copies:
+    """The visualisation copies of one model: per dtype, BatchNorm folded into the convolutions
+    (:func:`~xception_core.fuse.fuse_for_inference`), ``requires_grad=False`` (the backward
+    computes input gradients only), channels_last; each with its redirected twin. Plus the
+    precision ``auto`` chose per (layer, part, size, batch, threads)."""
+
+    def __init__(self, model: Xception) -> None:
+        self.signature = _signature(model)
+        self.nets: dict[torch.dtype, tuple[nn.Module, nn.Module]] = {}
+        self.choices: dict[tuple, str] = {}
+
+    def nets_for(self, model: Xception, dtype: torch.dtype) -> tuple[nn.Module, nn.Module]:
+        if dtype not in self.nets:
+            try:
+                folded = fuse_for_inference(model)
+            except (TypeError, ValueError):  # a BatchNorm that cannot be folded: keep them all
+                folded = copy.deepcopy(model).eval()
+            plain = _frozen(folded, dtype)
+            self.nets[dtype] = (plain, _redirected(plain))
+        return self.nets[dtype]
+
+
+_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_COPIES_LOCK = threading.Lock()
+
+
+def _copies(model: Xception) -> _Copies:
+    """``model``'s :class:`_Copies`, cached; built again when its weights changed (in place too)."""
+    with _COPIES_LOCK:
+        copies = _COPIES.get(model)
+        if copies is None or copies.signature != _signature(model):
+            copies = _COPIES[model] = _Copies(model)
+        return copies
+
+
+def _splice(root: nn.Module, layer: str, new: nn.Module) -> nn.Module:
+    """A shallow copy of ``root`` whose separable layer ``layer`` is ``new`` (the rest shared)."""
+    path = next(name for name, m in root.named_modules() if isinstance(m, SeparableConv2d) and m.layer_name == layer)
+    top = copy.copy(root)
+    top._modules = dict(root._modules)
+    parent, *names = (top, *path.split("."))
+    for name in names[:-1]:
+        child = copy.copy(parent._modules[name])
+        child._modules = dict(child._modules)
+        parent._modules[name] = child
+        parent = child
+    parent._modules[names[-1]] = new
+    return top
+
+
+def visualisation_nets(model: Xception, layer: str, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, nn.Module]:
+    """The networks a visualisation of ``layer`` runs: (plain, redirected ReLUs), in ``dtype``.
+
+    The folded copy of ``model`` (cached), except ``layer`` itself, which keeps ``model``'s
+    unfolded weights: its captured parts are read before the BatchNorm that follows (atlas
+    units), and the forward stops there, so nothing after it runs. The caller holds
+    ``model_lock(model).shared()`` (a copy taken under Captum's hooks would keep them)."""
+    plain, redirected = _copies(model).nets_for(model, dtype)
+    target = _frozen(copy.deepcopy(resolve_layer(model, layer)), dtype)
+    return _splice(plain, layer, target), _splice(redirected, layer, _redirected(target))
 
 
 class VisualisationError(ValueError):
@@ -255,10 +329,43 @@ def native_bf16(device: torch.device) -> bool:
     return native_reduced_precision("bf16", device) is None
 
 
-def _precision(request: VisualisationRequest, device: torch.device) -> str:
+def _precision(request: VisualisationRequest, device: torch.device) -> str | None:
+    """The precision asked for; ``None`` for ``auto`` where bf16 is native (then timed)."""
     if request.precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
+        return None if native_bf16(device) else "fp32"
     return request.precision
+
+
+def _faster(steps: dict[str, Callable[[], object]], clock: Callable[[], float] = time.perf_counter) -> str:
+    """The key of the fastest of ``steps``: one warm-up each, then the best of two interleaved runs."""
+    for run in steps.values():
+        run()
+    best = dict.fromkeys(steps, math.inf)
+    for _ in range(2):
+        for name, run in steps.items():
+            t0 = clock()
+            run()
+            best[name] = min(best[name], clock() - t0)
+    return min(best, key=best.__getitem__)
+
+
+def _auto_precision(
+    model: Xception, request: VisualisationRequest, device: torch.device,
+    objective: Callable[[torch.Tensor, nn.Module, torch.dtype], torch.Tensor], rgb: torch.Tensor,
+) -> str:
+    """bf16 or fp32, whichever runs a step (forward and input gradient) of this request faster:
+    timed on the first request per (layer, part, size, channels, device, threads) of ``model``'s
+    weights, remembered after (bf16 without AMX can lose to fp32, e.g. on depthwise convolutions)."""
+    copies = _copies(model)
+    key = (request.layer, request.part, request.size, len(request.channels), str(device), torch.get_num_threads())
+    if key not in copies.choices:
+        x01 = rgb.detach().requires_grad_(True)
+        steps = {}
+        for name in ("fp32", "bf16"):
+            net, _ = visualisation_nets(model, request.layer, _DTYPES[name])
+            steps[name] = lambda net=net, dtype=_DTYPES[name]: torch.autograd.grad(objective(x01, net, dtype), [x01])
+        copies.choices[key] = _faster(steps)
+    return copies.choices[key]
 
 
 class _Image:
@@ -340,19 +447,20 @@ def visualise(
     image = _Image(len(generators), request.size, generators, device)
     optimiser = torch.optim.Adam([image.spectrum], lr=request.lr)
 
-    twin = _twin(model)
-
-    def objective(x01: torch.Tensor, autocast: bool, net: Xception = model) -> torch.Tensor:
-        x = ((x01 - mean) / std).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            with capture(net, [request.layer], [request.part], detach=False, stop_after=True) as kept:
-                run_until_captured(net, x)
+    def objective(x01: torch.Tensor, net: nn.Module, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        x = ((x01 - mean) / std).to(dtype).contiguous(memory_format=torch.channels_last)
+        with capture(net, [request.layer], [request.part], detach=False, stop_after=True) as kept:
+            run_until_captured(net, x)
         return _objective(kept[request.layer][request.part], channels, request.objective)
 
     start = time.perf_counter()
     with model_lock(model).shared():
         with torch.no_grad():
-            before = objective(image.rgb(), False).tolist()
+            before = objective(image.rgb(), model).tolist()
+        if precision is None:
+            precision = _auto_precision(model, request, device, lambda x01, net, dtype: objective(x01, net, dtype).sum(), image.rgb().detach())
+        dtype = _DTYPES[precision]
+        plain, redirected = visualisation_nets(model, request.layer, dtype)
         for step in range(request.steps):
             if cancel is not None and cancel():
                 raise VisualisationCancelled(step)
@@ -360,8 +468,8 @@ def visualise(
             rgb = image.rgb()
             grid = F.affine_grid(theta, list(rgb.shape), align_corners=False)
             seen = F.grid_sample(rgb - 0.5, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 0.5
-            net = twin if step < REDIRECT_STEPS else model  # native ReLUs once out of dead regions
-            loss = -objective(seen, precision == "bf16", net).sum()
+            net = redirected if step < REDIRECT_STEPS else plain  # native ReLUs once out of dead regions
+            loss = -objective(seen, net, dtype).sum()
             (grad,) = torch.autograd.grad(loss, [image.spectrum])
             image.spectrum.grad = grad
             optimiser.step()
@@ -369,7 +477,7 @@ def visualise(
                 progress(step + 1, request.steps)
         with torch.no_grad():
             final_rgb = image.rgb()
-            after = objective(final_rgb, False).tolist()
+            after = objective(final_rgb, model).tolist()
     seconds = time.perf_counter() - start
     pixels = final_rgb.mul(255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     images = tuple(
