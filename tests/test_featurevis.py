@@ -276,7 +276,10 @@ def test_a_channel_dead_on_the_start_image_still_rises(bundled):
 def test_the_visualisation_nets_share_a_frozen_copy_and_leave_the_model_alone(model):
     plain, redirected = visualisation_nets(model, LAYER)
     again, _ = visualisation_nets(model, LAYER)
-    rest = lambda net: [p for n, p in net.named_parameters() if ".block3.sep1." not in n]  # noqa: E731
+
+    def rest(net: torch.nn.Module) -> list[torch.Tensor]:
+        return [p for n, p in net.named_parameters() if ".block3.sep1." not in n]
+
     assert all(a is b for a, b in zip(rest(plain), rest(redirected)))  # the twin shares the copy
     assert all(a is b for a, b in zip(rest(plain), rest(again)))  # cached
     assert not any(a is b for a, b in zip(rest(plain), model.parameters()))
@@ -312,7 +315,7 @@ def test_the_copy_is_built_again_when_the_weights_change():
 def test_the_folded_copy_gives_the_models_objective(bundled, layer, part):
     """BatchNorm folded everywhere before the layer; the layer itself keeps its unfolded weights,
     so its parts are read before its BatchNorm, as on the model (atlas units)."""
-    net, card = bundled
+    net, _ = bundled
     images, _, _ = generate(4, seed=3, size=96)
     x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 * 2 - 1).contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), capture(net, [layer], [part]) as kept:

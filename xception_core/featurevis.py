@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .engine import native_reduced_precision
+from .fuse import fuse_for_inference
 from .introspect import capture, resolve_layer, run_until_captured
 from .locks import model_lock
-from .fuse import fuse_for_inference
 from .model import MIN_INPUT_SIZE, SeparableConv2d, Xception, model_device
 from .transform import PreprocessConfig
 
