@@ -325,3 +325,16 @@ def test_the_folded_copy_gives_the_models_objective(bundled, layer, part):
         with torch.no_grad(), capture(folded, [layer], [part], stop_after=True) as got:
             run_until_captured(folded, x)
         torch.testing.assert_close(got[layer][part], expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+def test_redirected_relu_gradient():
+    """Batch element 0 has a live ReLU (true gradient); element 1 is dead on its input, so the
+    gradient passes where it raises the input (d loss < 0) and is cut where it would lower it."""
+    from xception_core.featurevis import _RedirectedReLU
+
+    x = torch.tensor([[[[1.0, -1.0], [2.0, -3.0]]], [[[-1.0, -2.0], [0.0, -4.0]]]]).requires_grad_(True)
+    y = _RedirectedReLU()(x)
+    assert torch.equal(y, x.clamp(min=0))
+    grad = torch.tensor([[[[-1.0, -2.0], [3.0, 4.0]]], [[[-1.0, 2.0], [-3.0, 4.0]]]])
+    (dx,) = torch.autograd.grad(y, x, grad)
+    assert torch.equal(dx, torch.tensor([[[[-1.0, 0.0], [3.0, 0.0]]], [[[-1.0, 0.0], [-3.0, 0.0]]]]))

@@ -88,10 +88,13 @@ class _RedirectedReLUFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
-        relu_grad = torch.where(x > 0, grad, torch.zeros_like(grad))
-        # grad is d(loss)/dx; loss = -objective, so grad < 0 raises the input
-        redirected = torch.where((x <= 0) & (grad > 0), torch.zeros_like(grad), grad)
-        alive = relu_grad.flatten(1).abs().amax(dim=1) > 0
+        relu_grad = torch.ops.aten.threshold_backward(grad, x, 0)  # grad where x > 0, else 0
+        alive = torch.count_nonzero(relu_grad.flatten(1), dim=1) > 0
+        if bool(alive.all()):
+            return relu_grad
+        # grad is d(loss)/dx; loss = -objective, so grad < 0 raises the input: keep grad where
+        # x > 0 or grad <= 0, i.e. the smaller of grad and relu_grad
+        redirected = torch.minimum(grad, relu_grad)
         return torch.where(alive.view(-1, *([1] * (grad.dim() - 1))), relu_grad, redirected)
 
 
