@@ -89,7 +89,7 @@ class _RedirectedReLUFunction(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
         relu_grad = torch.ops.aten.threshold_backward(grad, x, 0)  # grad where x > 0, else 0
-        alive = torch.count_nonzero(relu_grad.flatten(1), dim=1) > 0
+        alive = torch.count_nonzero(relu_grad, dim=tuple(range(1, grad.dim()))) > 0  # no flatten: a copy in channels_last
         if bool(alive.all()):
             return relu_grad
         # grad is d(loss)/dx; loss = -objective, so grad < 0 raises the input: keep grad where
