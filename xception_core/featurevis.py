@@ -125,7 +125,7 @@ def _redirected(module: nn.Module) -> nn.Module:
 class _Pointwise(nn.Module):
     """A 1x1 convolution (stride 1, no padding, one group) that runs as a matrix product over the
     channels of a channels_last map (a view, no copy) when the map has at most
-    :data:`MATMUL_ROWS` pixels in all: in bf16, oneDNN's matmul beats its 1x1 convolution there
+    :data:`MATMUL_ROWS` pixels in all: in bf16, PyTorch's matmul beats its 1x1 convolution there
     (about 2x at 8x8 and below); on larger maps the convolution is as fast or faster."""
 
     def __init__(self, conv: nn.Conv2d) -> None:
@@ -497,7 +497,10 @@ def visualise(
         with torch.no_grad():
             before = objective(image.rgb(), model).tolist()
         if precision is None:
-            precision = _auto_precision(model, request, device, lambda x01, net, dtype: objective(x01, net, dtype).sum(), image.rgb().detach())
+            def probe(x01: torch.Tensor, net: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+                return objective(x01, net, dtype).sum()
+
+            precision = _auto_precision(model, request, device, probe, image.rgb().detach())
         dtype = _DTYPES[precision]
         plain, redirected = visualisation_nets(model, request.layer, dtype)
         for step in range(request.steps):
