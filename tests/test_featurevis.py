@@ -58,18 +58,19 @@ def test_same_seed_same_image_and_other_seed_differs(model):
 
 
 @pytest.mark.parametrize(
-    "layer,part,channels,objective",
+    "layer,part,channels,objective,precision",
     [
-        ("entry.block3.sep1", "pointwise", (2, 3), "mean"),
-        ("entry.block3.sep1", "depthwise", (1,), "mean"),  # its channel 7 is dead (always 0)
-        ("middle.block6.sep2", "pointwise", (1, 4), "mean"),
-        ("entry.block3.sep1", "pointwise", (3,), "centre"),
+        ("entry.block3.sep1", "pointwise", (2, 3), "mean", "fp32"),
+        ("entry.block3.sep1", "depthwise", (1,), "mean", "fp32"),  # its channel 7 is dead (always 0)
+        ("middle.block6.sep2", "pointwise", (1, 4), "mean", "fp32"),
+        ("entry.block3.sep1", "pointwise", (3,), "centre", "fp32"),
+        ("middle.block6.sep2", "pointwise", (1, 4), "mean", "bf16"),  # the bf16 copy (matrix products)
     ],
 )
-def test_objective_rises_past_data_examples(bundled, layer, part, channels, objective):
+def test_objective_rises_past_data_examples(bundled, layer, part, channels, objective, precision):
     """The bundled model: the image ends above its start and above 16 generated images."""
     model, card = bundled
-    req = request(layer=layer, part=part, objective=objective, steps=64, lr=0.1, size=96, channels=channels)
+    req = request(layer=layer, part=part, objective=objective, steps=64, lr=0.1, size=96, channels=channels, precision=precision)
     result = visualise(model, req, card.preprocess)
     images, _, _ = generate(16, seed=3, size=96)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 * 2 - 1
@@ -338,3 +339,35 @@ def test_redirected_relu_gradient():
     grad = torch.tensor([[[[-1.0, -2.0], [3.0, 4.0]]], [[[-1.0, 2.0], [-3.0, 4.0]]]])
     (dx,) = torch.autograd.grad(y, x, grad)
     assert torch.equal(dx, torch.tensor([[[[-1.0, 0.0], [3.0, 0.0]]], [[[-1.0, 0.0], [-3.0, 0.0]]]]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pointwise_as_a_matrix_product_equals_the_convolution(dtype):
+    """The bf16 copy's 1x1 convolutions: a matrix product over channels_last maps of at most
+    MATMUL_ROWS pixels (batch included), the convolution on larger maps; the same values."""
+    from xception_core.featurevis import MATMUL_ROWS, _Pointwise
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(24, 40, 1).to(dtype, memory_format=torch.channels_last)
+    layer = _Pointwise(conv)
+    for shape in [(1, 24, 8, 8), (2, 24, 16, 16), (1, 24, 31, 31)]:
+        x = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        y = layer(x)
+        expected = conv(x)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(y, expected)
+        (g,) = torch.autograd.grad(y.float().square().sum(), [x])
+        (g_expected,) = torch.autograd.grad(expected.float().square().sum(), [x])
+        torch.testing.assert_close(g, g_expected)
+    assert shape[0] * shape[2] * shape[3] > MATMUL_ROWS >= 2 * 16 * 16
+
+
+def test_the_bf16_copy_runs_its_1x1_convolutions_through_pointwise(model):
+    from xception_core.featurevis import _Pointwise
+
+    plain, redirected = visualisation_nets(model, LAYER, torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in plain.parameters())
+    for net in (plain, redirected):
+        pointwise = [m for m in net.modules() if type(m) is _Pointwise]
+        assert len(pointwise) == len(model.separable_layers()) and all(m.weight.shape[2:] == (1, 1) for m in pointwise)
+        assert not any(type(m) is torch.nn.Conv2d and m.kernel_size == (1, 1) and m.stride == (1, 1) for m in net.modules())
