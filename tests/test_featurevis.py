@@ -16,12 +16,12 @@ from xception_core.featurevis import (
     VisualisationCancelled,
     VisualisationError,
     VisualisationRequest,
-    visualisation_nets,
     visualise,
 )
 from xception_core.introspect import UnknownLayerError, capture, run_until_captured
 from xception_core.model import Xception
 from xception_core.synthetic import generate
+from xception_core.visnets import MATMUL_ROWS, Pointwise, RedirectedReLU, visualisation_nets
 from xception_core.weights import BUNDLED_ID, load_model
 
 LAYER = "entry.block3.sep1"
@@ -331,10 +331,8 @@ def test_the_folded_copy_gives_the_models_objective(bundled, layer, part):
 def test_redirected_relu_gradient():
     """Batch element 0 has a live ReLU (true gradient); element 1 is dead on its input, so the
     gradient passes where it raises the input (d loss < 0) and is cut where it would lower it."""
-    from xception_core.featurevis import _RedirectedReLU
-
     x = torch.tensor([[[[1.0, -1.0], [2.0, -3.0]]], [[[-1.0, -2.0], [0.0, -4.0]]]]).requires_grad_(True)
-    y = _RedirectedReLU()(x)
+    y = RedirectedReLU()(x)
     assert torch.equal(y, x.clamp(min=0))
     grad = torch.tensor([[[[-1.0, -2.0], [3.0, 4.0]]], [[[-1.0, 2.0], [-3.0, 4.0]]]])
     (dx,) = torch.autograd.grad(y, x, grad)
@@ -345,11 +343,9 @@ def test_redirected_relu_gradient():
 def test_pointwise_as_a_matrix_product_equals_the_convolution(dtype):
     """The bf16 copy's 1x1 convolutions: a matrix product over channels_last maps of at most
     MATMUL_ROWS pixels (batch included), the convolution on larger maps; the same values."""
-    from xception_core.featurevis import MATMUL_ROWS, _Pointwise
-
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(24, 40, 1).to(dtype, memory_format=torch.channels_last)
-    layer = _Pointwise(conv)
+    layer = Pointwise(conv)
     for shape in [(1, 24, 8, 8), (2, 24, 16, 16), (1, 24, 31, 31)]:
         x = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_(True)
         y = layer(x)
@@ -363,11 +359,9 @@ def test_pointwise_as_a_matrix_product_equals_the_convolution(dtype):
 
 
 def test_the_bf16_copy_runs_its_1x1_convolutions_through_pointwise(model):
-    from xception_core.featurevis import _Pointwise
-
     plain, redirected = visualisation_nets(model, LAYER, torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in plain.parameters())
     for net in (plain, redirected):
-        pointwise = [m for m in net.modules() if type(m) is _Pointwise]
+        pointwise = [m for m in net.modules() if type(m) is Pointwise]
         assert len(pointwise) == len(model.separable_layers()) and all(m.weight.shape[2:] == (1, 1) for m in pointwise)
         assert not any(type(m) is torch.nn.Conv2d and m.kernel_size == (1, 1) and m.stride == (1, 1) for m in net.modules())
