@@ -6,21 +6,22 @@ The image is parameterised as in Lucid (Olah et al., "Feature Visualization", Di
 a Fourier spectrum scaled by 1/frequency, in a decorrelated colour space, squashed by a
 sigmoid; each step sees it through a random jitter, scale and rotation (one affine resample).
 
-Speed: the forward stops right after the captured part (``capture(..., stop_after=True)``);
-several channels of one layer are optimised as one batch (each batch element has its own
-random stream, so a channel's image does not depend on which channels run with it, up to
-floating-point rounding); bf16 autocast only where the device computes bf16 natively.
+Speed: the steps run on a copy of the model with BatchNorm folded into the convolutions and
+``requires_grad=False`` (the backward computes input gradients only), cached per model, in
+bf16 or fp32 (:func:`~xception_core.visnets.visualisation_nets`); the forward stops right after the captured part
+(``capture(..., stop_after=True)``); several channels of one layer are optimised as one batch
+(each batch element has its own random stream, so a channel's image does not depend on which
+channels run with it, up to floating-point rounding). ``auto`` precision: bf16 only where the
+device computes it natively and a step runs faster in it than in fp32 (timed once per kind of
+request).
 Gradients are taken with ``torch.autograd.grad`` with respect to the image parameters
 alone: no ``.grad`` of the shared model is touched, so concurrent requests do not interfere.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-import threading
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -34,6 +35,7 @@ from .introspect import capture, resolve_layer, run_until_captured
 from .locks import model_lock
 from .model import MIN_INPUT_SIZE, Xception, model_device
 from .transform import PreprocessConfig
+from .visnets import model_copies, visualisation_nets
 
 __all__ = [
     "MAX_CHANNELS",
@@ -69,53 +71,9 @@ _SCALE = (0.9, 1.1)
 _ROTATE_DEG = 10.0
 
 
-class _RedirectedReLUFunction(torch.autograd.Function):
-    """ReLU forward; backward as Lucid's "redirected ReLU": where the true gradient of a batch
-    element is zero everywhere (a dead channel for this image), let the gradient through where
-    it would raise the input, so the optimisation can leave the dead region."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (x,) = ctx.saved_tensors
-        relu_grad = torch.where(x > 0, grad, torch.zeros_like(grad))
-        # grad is d(loss)/dx; loss = -objective, so grad < 0 raises the input
-        redirected = torch.where((x <= 0) & (grad > 0), torch.zeros_like(grad), grad)
-        alive = relu_grad.flatten(1).abs().amax(dim=1) > 0
-        return torch.where(alive.view(-1, *([1] * (grad.dim() - 1))), relu_grad, redirected)
-
-
-class _RedirectedReLU(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _RedirectedReLUFunction.apply(x)
-
-
 #: Steps run with redirected ReLU gradients (then plain ReLUs: cheaper, and the true gradient).
 REDIRECT_STEPS = 32
-_TWINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_TWINS_LOCK = threading.Lock()
-
-
-def _twin(model: Xception) -> Xception:
-    """``model`` with every ReLU redirected, sharing its parameters and buffers (cached per model).
-
-    A twin rather than hooks: hooks on the shared model would reach every concurrent forward
-    (and Captum's DeepLift rules key on the exact ``nn.ReLU`` type, so the model keeps it)."""
-    with _TWINS_LOCK:
-        twin = _TWINS.get(model)
-        if twin is None:
-            twin = copy.copy(model)
-            twin._modules = copy.deepcopy(model._modules, memo={id(t): t for t in (*model.parameters(), *model.buffers())})
-            for module in list(twin.modules()):
-                for name, child in module.named_children():
-                    if type(child) is nn.ReLU:
-                        setattr(module, name, _RedirectedReLU())
-            _TWINS[model] = twin
-        return twin
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class VisualisationError(ValueError):
@@ -255,10 +213,43 @@ def native_bf16(device: torch.device) -> bool:
     return native_reduced_precision("bf16", device) is None
 
 
-def _precision(request: VisualisationRequest, device: torch.device) -> str:
+def _precision(request: VisualisationRequest, device: torch.device) -> str | None:
+    """The precision asked for; ``None`` for ``auto`` where bf16 is native (then timed)."""
     if request.precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
+        return None if native_bf16(device) else "fp32"
     return request.precision
+
+
+def _faster(steps: dict[str, Callable[[], object]], clock: Callable[[], float] = time.perf_counter) -> str:
+    """The key of the fastest of ``steps``: one warm-up each, then the best of two interleaved runs."""
+    for run in steps.values():
+        run()
+    best = dict.fromkeys(steps, math.inf)
+    for _ in range(2):
+        for name, run in steps.items():
+            t0 = clock()
+            run()
+            best[name] = min(best[name], clock() - t0)
+    return min(best, key=best.__getitem__)
+
+
+def _auto_precision(
+    model: Xception, request: VisualisationRequest, device: torch.device,
+    objective: Callable[[torch.Tensor, nn.Module, torch.dtype], torch.Tensor], rgb: torch.Tensor,
+) -> str:
+    """bf16 or fp32, whichever runs a step (forward and input gradient) of this request faster:
+    timed on the first request per (layer, part, size, channels, device, threads) of ``model``'s
+    weights, remembered after (bf16 without AMX can lose to fp32, e.g. on depthwise convolutions)."""
+    copies = model_copies(model)
+    key = (request.layer, request.part, request.size, len(request.channels), str(device), torch.get_num_threads())
+    if key not in copies.choices:
+        x01 = rgb.detach().requires_grad_(True)
+        steps = {}
+        for name in ("fp32", "bf16"):
+            net, _ = visualisation_nets(model, request.layer, _DTYPES[name])
+            steps[name] = lambda net=net, dtype=_DTYPES[name]: torch.autograd.grad(objective(x01, net, dtype), [x01])
+        copies.choices[key] = _faster(steps)
+    return copies.choices[key]
 
 
 class _Image:
@@ -340,19 +331,23 @@ def visualise(
     image = _Image(len(generators), request.size, generators, device)
     optimiser = torch.optim.Adam([image.spectrum], lr=request.lr)
 
-    twin = _twin(model)
-
-    def objective(x01: torch.Tensor, autocast: bool, net: Xception = model) -> torch.Tensor:
-        x = ((x01 - mean) / std).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            with capture(net, [request.layer], [request.part], detach=False, stop_after=True) as kept:
-                run_until_captured(net, x)
+    def objective(x01: torch.Tensor, net: nn.Module, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        x = ((x01 - mean) / std).to(dtype).contiguous(memory_format=torch.channels_last)
+        with capture(net, [request.layer], [request.part], detach=False, stop_after=True) as kept:
+            run_until_captured(net, x)
         return _objective(kept[request.layer][request.part], channels, request.objective)
 
     start = time.perf_counter()
     with model_lock(model).shared():
         with torch.no_grad():
-            before = objective(image.rgb(), False).tolist()
+            before = objective(image.rgb(), model).tolist()
+        if precision is None:
+            def probe(x01: torch.Tensor, net: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+                return objective(x01, net, dtype).sum()
+
+            precision = _auto_precision(model, request, device, probe, image.rgb().detach())
+        dtype = _DTYPES[precision]
+        plain, redirected = visualisation_nets(model, request.layer, dtype)
         for step in range(request.steps):
             if cancel is not None and cancel():
                 raise VisualisationCancelled(step)
@@ -360,8 +355,8 @@ def visualise(
             rgb = image.rgb()
             grid = F.affine_grid(theta, list(rgb.shape), align_corners=False)
             seen = F.grid_sample(rgb - 0.5, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 0.5
-            net = twin if step < REDIRECT_STEPS else model  # native ReLUs once out of dead regions
-            loss = -objective(seen, precision == "bf16", net).sum()
+            net = redirected if step < REDIRECT_STEPS else plain  # native ReLUs once out of dead regions
+            loss = -objective(seen, net, dtype).sum()
             (grad,) = torch.autograd.grad(loss, [image.spectrum])
             image.spectrum.grad = grad
             optimiser.step()
@@ -369,7 +364,7 @@ def visualise(
                 progress(step + 1, request.steps)
         with torch.no_grad():
             final_rgb = image.rgb()
-            after = objective(final_rgb, False).tolist()
+            after = objective(final_rgb, model).tolist()
     seconds = time.perf_counter() - start
     pixels = final_rgb.mul(255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     images = tuple(
