@@ -1,7 +1,8 @@
 """Feature visualisation and the channel atlas: times against the issue-13 targets.
 
     python benchmarks/bench_featurevis.py [--only bundled atlas paper share] [--steps 256]
-        [--paper-steps 256] [--atlas-images 2000] [--share-channels 4] [--threads N] [--out FILE.json]
+        [--paper-steps 256] [--atlas-images 2000] [--share-channels 4] [--threads N] [--device cpu]
+        [--out FILE.json]
 
 * bundled: one channel, 256 steps, 96 px, at three depths (precision auto and fp32); target <= 3 s;
 * atlas: the bundled model's atlas of 2,000 generated images (generation not timed); target <= 60 s;
@@ -53,9 +54,15 @@ def machine() -> dict:
     return {**bench_forward.machine(), "bf16_native": native_bf16(torch.device("cpu"))}
 
 
+#: Where the bundled and paper runs go (``--device``); the atlas and share runs stay on the CPU.
+DEVICE = torch.device("cpu")
+
+
 def timed(fn):
     w0, c0 = time.perf_counter(), time.process_time()
     out = fn()
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
     return out, time.perf_counter() - w0, time.process_time() - c0
 
 
@@ -73,7 +80,7 @@ def run_vis(model, cfg, layer, channels, steps, size, precision, scale_to=256):
 
 def bench_bundled(args, report):
     model, card = load_model(BUNDLED_ID)
-    model.to(memory_format=torch.channels_last)
+    model.to(DEVICE, memory_format=torch.channels_last)
     visualise(model, VisualisationRequest(BUNDLED_LAYERS[0], "pointwise", (0,), steps=3), card.preprocess)  # warm-up
     rows = []
     for layer in BUNDLED_LAYERS:
@@ -99,7 +106,7 @@ def bench_atlas(args, report, work: Path):
 
 def bench_paper(args, report):
     torch.manual_seed(0)
-    model = Xception().eval().to(memory_format=torch.channels_last)
+    model = Xception().eval().to(DEVICE, memory_format=torch.channels_last)
     visualise(model, VisualisationRequest(PAPER_LAYERS[0], "pointwise", (0,), steps=2, size=128))  # warm-up
     rows = []
     for layer in PAPER_LAYERS:
@@ -150,12 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--atlas-images", type=int, default=2000)
     p.add_argument("--share-channels", type=int, default=4)
     p.add_argument("--threads", type=int)
+    p.add_argument("--device", default="cpu", help="device of the bundled and paper runs (cpu, cuda)")
     p.add_argument("--work", help="folder for the generated images and the atlas (default: a temporary one)")
     p.add_argument("--out", help="write the report as JSON")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = {"machine": machine()}
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    report = {"machine": machine(), "device": str(DEVICE)}
     print(json.dumps(report["machine"]), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)

@@ -139,6 +139,15 @@ def test_small_configuration_round_trips_through_timm_layout(small_config, in_ch
     assert timm_to_ours(timm_state, config).keys() == model.state_dict().keys()
 
 
+def test_the_config_is_read_off_timms_block_keys_only(small_config):
+    """A foreign key whose name has digits where a block's number would be (``stage12.``) or a
+    ``block`` prefix without one (``blocks.``) does not change the architecture read off the
+    state dict (timm_to_ours refuses such keys later, naming them)."""
+    state = ours_to_timm(Xception(small_config).state_dict(), small_config)
+    extra = {"stage12.weight": torch.zeros(1), "blocks.scale": torch.zeros(1)}
+    assert infer_timm_config({**state, **extra}) == small_config
+
+
 def test_mismatches_name_the_keys(small_config):
     state = ours_to_timm(Xception(small_config).state_dict(), small_config)
     broken = dict(state)

@@ -14,7 +14,8 @@
 # What runs on CUDA is bench_gpu.py: CUDA-vs-CPU logits, fused-vs-unfused, an API predict
 # on device=cuda, then batch-1 latency, batch-256 throughput (bf16/fp16 autocast,
 # channels_last, torch.compile) and Integrated Gradients (32 steps) latency; then
-# bench_interactive.py with the API's model, timm and Captum all on CUDA.
+# bench_interactive.py with the API's model, timm and Captum all on CUDA, and
+# bench_featurevis.py's bundled and paper runs on CUDA.
 # Exits 2 without CUDA, 1 when a test or a correctness check fails.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -46,4 +47,7 @@ echo "== CUDA checks and figures"
 
 echo "== interactive use through the API on CUDA (issue 12's rows; timm and Captum on CUDA too)"
 "$PY" benchmarks/bench_interactive.py --device cuda --rounds 5 --auc-rounds 3 --ig-rounds 2 | tee "$OUT/interactive.md" || status=1
+
+echo "== feature visualisation on CUDA (issue 13: <= 1 s per channel)"
+"$PY" benchmarks/bench_featurevis.py --only bundled paper --device cuda --out "$OUT/featurevis.json" | tee "$OUT/featurevis.log" || status=1
 exit $status
