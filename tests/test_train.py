@@ -148,6 +148,31 @@ class _Answers(nn.Module):
         return F.one_hot(predicted, synthetic.NUM_CLASSES).float() + 0.01 * torch.arange(synthetic.NUM_CLASSES)
 
 
+def test_the_progress_bar_counts_the_steps_and_shows_loss_and_validation(capsys):
+    """What someone running ``xception-demo train`` watches: "train", every step of the total,
+    the running loss after each step and, after each evaluation, the validation top-1; nothing at
+    all with ``progress=False``."""
+    import re
+
+    config = TrainConfig(**{**TINY, "eval_every": 3})
+    train(config, progress=False)
+    assert capsys.readouterr().err == ""
+    result = train(config, progress=True)
+    frames = [f.strip() for f in capsys.readouterr().err.split("\r") if f.strip()]
+    assert frames and all(f.startswith("train:") for f in frames)
+    total = config.epochs * (config.train_size // config.batch_size)
+    counts = [int(m.group(1)) for f in frames if (m := re.search(rf"\| (\d+)/{total} \[", f))]
+    assert counts[0] == 0 and set(range(total + 1)) <= set(counts) and counts == sorted(counts)
+    assert all(re.search(r"[\d?](step/s|s/step)", f) for f in frames)  # the unit: steps
+    for point in result.curve:
+        shown = [f for f in frames if f" {point['step']}/{total} [" in f and "val=" in f]
+        assert shown, f"no frame with the validation of step {point['step']}"
+        loss, val = re.search(r"loss=([0-9.]+), val=([0-9.]+)\]", shown[-1]).groups()
+        assert abs(float(loss) - point["train_loss"]) <= 6e-4 and val == f"{point['val_top1']:.3f}"
+    plain = [f for f in frames if re.search(r", loss=\d+\.\d{3}\]$", f)]
+    assert len({re.search(r" (\d+)/", f).group(1) for f in plain}) == total  # a loss after every step
+
+
 def test_accuracy_is_the_share_of_right_top1_answers_over_every_batch():
     """7 images in batches of 3, 3 and 1: 4 right (the first and the last among them), in eval
     mode, without autograd, on the images as the model is trained on them ([-1, 1])."""
