@@ -344,3 +344,177 @@ def test_a_size_changed_while_loading_is_checked_again(monkeypatch, loaded, limi
     data = encode(Image.new("RGB", (40, 40)), "PNG")
     with pytest.raises(cls, match=pattern):
         decode_image(data, **limits)
+
+
+# --------------------------------------------------------------------------- deep greyscale, against numpy
+
+from xception_core.decode import _high_depth_to_l, _sniff  # noqa: E402
+
+
+def scaled(a: np.ndarray, full: int) -> np.ndarray:
+    """The documented integer scaling: (a * 255 + full // 2) // full."""
+    return ((a.astype(np.int64) * 255 + full // 2) // full).astype(np.uint8)
+
+
+def stretched(a: np.ndarray) -> np.ndarray:
+    """Min-max stretch to 0..255 (all zeros for a flat image)."""
+    a = a.astype(np.float64)
+    lo, hi = a.min(), a.max()
+    if hi == lo:
+        return np.zeros(a.shape, np.uint8)
+    return np.rint((a - lo) / (hi - lo) * 255).astype(np.uint8)
+
+
+def grey(data: bytes) -> np.ndarray:
+    """decode_image's output, checked to be grey, as one channel."""
+    out = np.asarray(decode_image(data))
+    assert out.shape[2] == 3 and np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 0], out[..., 2])
+    return out[..., 0]
+
+
+def with_bits(im: Image.Image, value) -> Image.Image:
+    """``im`` carrying a TIFF BitsPerSample tag (258) of ``value``."""
+    im.tag_v2 = {258: value}
+    return im
+
+
+def test_sixteen_bit_png_and_tiff_every_pixel_scaled_by_65535():
+    arr = np.random.default_rng(1).integers(0, 65536, (12, 16), dtype=np.uint16)
+    arr[0, :6] = [0, 1000, 32768, 65535, 128, 32767]
+    for data in (encode(Image.fromarray(arr), "PNG"), encode(Image.fromarray(arr), "TIFF")):
+        out = grey(data)
+        assert np.array_equal(out, scaled(arr, 65535))
+        assert list(out[0, :6]) == [0, 4, 128, 255, 0, 127]
+
+
+def test_sixteen_bit_without_full_scale_is_scaled_not_stretched():
+    arr = np.tile(np.array([0, 1000, 2000, 300], dtype=np.uint16), (8, 2))
+    assert np.array_equal(grey(encode(Image.fromarray(arr), "PNG")), scaled(arr, 65535))
+    assert grey(encode(Image.fromarray(arr), "PNG"))[0, 1] == 4
+
+
+def test_tiff_declaring_twelve_bits_is_scaled_by_4095():
+    arr = np.tile(np.array([0, 100, 4095, 2000], dtype=np.uint16), (8, 2))
+    tiff = encode(Image.fromarray(arr), "TIFF")
+    entry = b"\x02\x01\x03\x00\x01\x00\x00\x00"  # tag 258, SHORT, count 1
+    assert tiff.count(entry + b"\x10\x00") == 1
+    tiff = tiff.replace(entry + b"\x10\x00", entry + b"\x0c\x00")
+    with Image.open(io.BytesIO(tiff)) as im:
+        assert im.mode == "I;16" and im.tag_v2[258] == (12,)
+        raw = np.asarray(im).copy()
+    assert raw.max() <= 4095 and raw.max() > 255
+    assert np.array_equal(grey(tiff), scaled(raw, 4095))
+
+
+@pytest.mark.parametrize("bits", [9, 10, 12, 15])
+def test_declared_depth_sets_the_full_scale(bits):
+    full = (1 << bits) - 1
+    arr = np.random.default_rng(bits).integers(0, full + 1, (8, 8)).astype(np.uint16)
+    arr[0, 0], arr[0, 1] = full, 0
+    for im in (Image.fromarray(arr), Image.fromarray(arr.astype(np.int32))):
+        for tag in (bits, (bits,), [bits, bits]):
+            out = np.asarray(_high_depth_to_l(with_bits(im.copy(), tag)))
+            assert np.array_equal(out, scaled(arr, full)), (im.mode, tag)
+
+
+def test_values_above_the_declared_range_are_scaled_to_their_maximum():
+    top = 4099  # odd and prime: rounding with full / 2 instead of full // 2 would show
+    a = next(a for a in range(top) if (a * 255 + top // 2) % top == top - 1)
+    arr = np.tile(np.array([0, a, 4095, top], dtype=np.uint16), (8, 2))
+    out = np.asarray(_high_depth_to_l(with_bits(Image.fromarray(arr), 12)))
+    assert np.array_equal(out, scaled(arr, top))
+    assert out[0, 3] == 255
+
+
+def test_odd_or_missing_depth_tags_mean_sixteen_bits():
+    arr = np.tile(np.array([0, 1000, 4095, 300], dtype=np.uint16), (8, 2))
+    for tag in (None, 0, (), "x", 8, 17):
+        out = np.asarray(_high_depth_to_l(with_bits(Image.fromarray(arr), tag)))
+        assert np.array_equal(out, scaled(arr, 65535)), tag
+
+
+def signed_sixteen_bit_tiff(arr: np.ndarray) -> bytes:
+    """A TIFF of signed 16-bit samples (SampleFormat 2), which Pillow opens as mode 'I'."""
+    data = encode(Image.fromarray(arr.astype(np.int16).view(np.uint16)), "TIFF", tiffinfo={339: 2})
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.mode == "I" and im.tag_v2[258] == (16,)
+        assert np.array_equal(np.asarray(im), arr)
+    return data
+
+
+def test_signed_sixteen_bit_tiff_is_stretched_min_to_max():
+    arr = np.tile(np.array([-300, 0, 100, 1700], dtype=np.int32), (8, 2))
+    assert np.array_equal(grey(signed_sixteen_bit_tiff(arr)), stretched(arr))
+
+
+def test_non_negative_signed_sixteen_bit_tiff_is_scaled_by_65535():
+    arr = np.tile(np.array([0, 200, 1000, 32767], dtype=np.int32), (8, 2))
+    assert np.array_equal(grey(signed_sixteen_bit_tiff(arr)), scaled(arr, 65535))
+    small = np.tile(np.array([0, 200, 255, 100], dtype=np.int32), (8, 2))
+    assert np.array_equal(grey(signed_sixteen_bit_tiff(small)), scaled(small, 65535))
+
+
+@pytest.mark.parametrize("values,expect", [
+    ([0, 7, 128, 255], "kept"),
+    ([3, 7, 128, 200], "kept"),
+    ([0, 256, 1000, 40000], "scaled"),
+    ([0, 1000, 255, 65535], "scaled"),
+    ([1, 300, 1000, 600], "scaled"),
+    ([0, 5, 100, 65536], "stretched"),
+    ([-1, 5, 100, 200], "stretched"),
+    ([-1000, 5, 100, 60000], "stretched"),
+    ([100_000, 200_000, 150_000, 123_456], "stretched"),
+    ([70_000] * 4, "stretched"),
+])
+def test_thirty_two_bit_integer_tiff(values, expect):
+    arr = np.tile(np.array(values, dtype=np.int32), (8, 2))
+    data = encode(Image.fromarray(arr), "TIFF")
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.mode == "I"
+    reference = {"kept": arr.astype(np.uint8), "scaled": scaled(arr, 65535), "stretched": stretched(arr)}[expect]
+    assert np.array_equal(grey(data), reference)
+
+
+@pytest.mark.parametrize("values,expect", [
+    ([0.0, 0.25, 0.5, 1.0], "unit"),
+    ([0.1, 0.3, 0.77, 0.9], "unit"),
+    ([0.0, 1.5, 2.0, 0.4], "kept"),
+    ([0.0, 254.6, 255.0, 17.2], "kept"),
+    ([1.0, 3.0, 200.4, 12.5], "kept"),
+    ([-0.5, 0.0, 0.5, 1.0], "stretched"),
+    ([-3.0, 100.0, 17.0, 255.0], "stretched"),
+    ([0.0, 2.0, 100.0, 300.0], "stretched"),
+    ([5.0, 5.0, 5.0, 5.0], "kept"),
+    ([400.0] * 4, "stretched"),
+])
+def test_float_tiff(values, expect):
+    arr = np.tile(np.array(values, dtype=np.float32), (8, 2))
+    data = encode(Image.fromarray(arr), "TIFF")
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.mode == "F"
+    a = arr.astype(np.float64)
+    reference = {
+        "unit": np.rint(a * 255).astype(np.uint8),
+        "kept": np.rint(a).astype(np.uint8),
+        "stretched": stretched(a),
+    }[expect]
+    assert np.array_equal(grey(data), reference)
+
+
+def test_float_nan_and_infinities_become_zero():
+    arr = np.tile(np.array([np.nan, 0.5, np.inf, -np.inf, 1.0, 0.2], dtype=np.float32), (8, 2))
+    out = grey(encode(Image.fromarray(arr), "TIFF"))
+    assert list(out[0, :6]) == [0, 128, 0, 0, 255, 51]
+    wide = np.tile(np.array([np.nan, 10.0, np.inf, 200.0, -np.inf, 30.0], dtype=np.float32), (8, 2))
+    assert list(grey(encode(Image.fromarray(wide), "TIFF"))[0, :6]) == [0, 10, 0, 200, 0, 30]
+
+
+def test_flat_images_stretch_to_zero():
+    for arr in (np.full((8, 8), -7, np.int32), np.full((8, 8), 1e6, np.float32)):
+        assert (grey(encode(Image.fromarray(arr), "TIFF")) == 0).all()
+
+
+def test_empty_deep_images_give_empty_greyscale():
+    for mode in ("I;16", "I", "F"):
+        out = _high_depth_to_l(Image.new(mode, (0, 0)))
+        assert out.mode == "L" and out.size == (0, 0)
