@@ -518,3 +518,203 @@ def test_empty_deep_images_give_empty_greyscale():
     for mode in ("I;16", "I", "F"):
         out = _high_depth_to_l(Image.new(mode, (0, 0)))
         assert out.mode == "L" and out.size == (0, 0)
+
+
+# --------------------------------------------------------------------------- naming what was sent
+
+ACCEPTED = "JPEG, PNG, WEBP, BMP, GIF, TIFF"
+SNIFFED = [
+    (b"\xff\xd8\xff\xe0", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "TIFF"),
+    (b"MM\x00+", "TIFF"),
+    (b"BM", "BMP"),
+    (b"RIFF\x10\x00\x00\x00WEBPVP8 ", "WEBP"),
+    (b"%PDF-1.4", "PDF"),
+    (b"8BPS\x00\x01", "PSD"),
+    (b"\x00\x00\x01\x00\x01\x00", "ICO"),
+    (b"qoif", "QOI"),
+    (b"DDS |", "DDS"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG2000"),
+    (b"\xff\x4f\xff\x51", "JPEG2000"),
+    (b"\xff\x0a", "JXL"),
+    (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JXL"),
+    (b"PK\x03\x04", "ZIP"),
+    (b"\x1f\x8b\x08", "GZIP"),
+    (b"%!PS-Adobe", "PostScript"),
+    *[(b"\x00\x00\x00\x18ftyp" + brand + b"\x00\x00\x00\x00", "AVIF") for brand in (b"avif", b"avis")],
+    *[(b"\x00\x00\x00\x18ftyp" + brand + b"\x00\x00\x00\x00", "HEIC")
+      for brand in (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")],
+    (b"\x00\x00\x00\x18ftypisom\x00\x00\x00\x00", "MP4/QuickTime"),
+    (b"\x00\x00\x00\x14ftypqt  \x00\x00\x00\x00", "MP4/QuickTime"),
+    (b"<svg xmlns='http://www.w3.org/2000/svg'/>", "SVG"),
+    (b"\xef\xbb\xbf<svg/>", "SVG"),
+    (b"\xef\xbb\xbf \t\r\n<SVG/>", "SVG"),
+    (b"\n  <?xml version='1.0'?><svg/>", "SVG"),
+    (b"<?xml version='1.0'?><note/>", "XML"),
+    (b"\xef\xbb\xbf<?xml version='1.0'?>", "XML"),
+    (b"<!DOCTYPE html><html></html>", "HTML"),
+    (b"\r\n<html><body>", "HTML"),
+    (b"\xef\xbb\xbf<HTML>", "HTML"),
+    (b"hello\tworld\r\n", "text"),
+    (b"XXhello", "text"),
+    (b"RIFF\x24\x00\x00\x00WAVEfmt ", None),
+    (b"\x00\x01\x02\x03", None),
+]
+
+
+@pytest.mark.parametrize("head,name", SNIFFED)
+def test_sniff_names_formats_by_their_magic_bytes(head, name):
+    assert _sniff(head if name == "text" else head + bytes(40)) == name
+
+
+def test_sniff_text_cut_inside_a_character_at_1024_bytes():
+    text = ("a" * 1023 + "é" + "rest").encode()  # é is two bytes, cut at byte 1024
+    assert _sniff(text) == "text"
+    assert _sniff(b"abcd" + b"\x00" * 1019 + "é".encode()) is None  # binary even without the cut character
+    assert _sniff(b"\xff\xfe\xfd\xfc" + b"a" * 1100) is None
+
+
+@pytest.mark.parametrize("head,name", [(h, n) for h, n in SNIFFED if n is not None])
+def test_unreadable_data_are_named_in_the_refusal(head, name):
+    data = head if name == "text" else head + bytes(40)
+    if name in ALLOWED_FORMATS:
+        message = (f"the data start like a {name} file but the header could not be read; the file is "
+                   f"truncated or damaged, upload it again or re-save it with an image editor")
+        cls = CorruptImage
+    elif name == "text":
+        message, cls = f"the data are text, not an image; send one of {ACCEPTED}", UnsupportedImageFormat
+    else:
+        message, cls = f"format {name!r} is not accepted; send one of {ACCEPTED}", UnsupportedImageFormat
+    with pytest.raises(cls) as info:
+        decode_image(data)
+    assert str(info.value) == message
+
+
+def test_unrecognised_and_disabled_formats_refusals_in_full():
+    with pytest.raises(UnsupportedImageFormat) as info:
+        decode_image(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(40))
+    assert str(info.value) == f"the data are not a recognised image; send one of {ACCEPTED}"
+    with pytest.raises(UnsupportedImageFormat) as info:
+        decode_image(b"GIF89a" + bytes(40), formats=("png", "jpeg"))
+    assert str(info.value) == "format 'GIF' is not accepted here; send one of PNG, JPEG"
+
+
+# --------------------------------------------------------------------------- transparency and orientation, against numpy
+
+
+def on_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """The alpha blend of ``rgb`` over white."""
+    a = alpha.astype(np.float64)[..., None] / 255
+    return rgb.astype(np.float64) * a + 255 * (1 - a)
+
+
+def test_rgba_and_la_blended_over_white_pixel_by_pixel():
+    rng = np.random.default_rng(5)
+    rgba = rng.integers(0, 256, (12, 10, 4), dtype=np.uint8)
+    rgba[0, :3, 3] = [0, 255, 128]
+    out = np.asarray(decode_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"))).astype(np.float64)
+    assert np.abs(out - on_white(rgba[..., :3], rgba[..., 3])).max() <= 0.5 + 1e-9
+    assert (out[0, 0] == 255).all() and (out[0, 1] == rgba[0, 1, :3]).all()
+    la = rng.integers(0, 256, (12, 10, 2), dtype=np.uint8)
+    out = np.asarray(decode_image(encode(Image.fromarray(la, "LA"), "PNG"))).astype(np.float64)
+    assert np.abs(out - on_white(np.repeat(la[..., :1], 3, axis=2), la[..., 1])).max() <= 0.5 + 1e-9
+
+
+@pytest.mark.parametrize("mode,colour,key", [
+    ("L", 90, 90),
+    ("RGB", (10, 200, 30), (10, 200, 30)),
+])
+def test_greyscale_and_rgb_with_a_transparent_colour_show_white_there(mode, colour, key):
+    im = Image.new(mode, (10, 10), colour)
+    other = 40 if mode == "L" else (40, 50, 60)
+    im.paste(other, (5, 0, 10, 10))
+    data = encode(im, "PNG", transparency=key)
+    with Image.open(io.BytesIO(data)) as opened:
+        assert opened.mode == mode and "transparency" in opened.info
+    out = np.asarray(decode_image(data))
+    assert (out[:, :5] == 255).all()
+    assert (out[:, 5:] == (other if mode == "RGB" else (other,) * 3)).all()
+
+
+def test_images_without_transparency_are_not_composited():
+    for im in (Image.new("L", (10, 10), 90), Image.new("RGB", (10, 10), (10, 200, 30))):
+        out = np.asarray(decode_image(encode(im, "PNG")))
+        assert (out == np.asarray(im.convert("RGB"))).all()
+    pal = Image.new("P", (10, 10), 1)
+    pal.putpalette([0, 0, 0, 200, 30, 40] + [0] * 762)
+    pal.paste(0, (0, 0, 5, 10))
+    out = np.asarray(decode_image(encode(pal, "PNG")))
+    assert (out[:, :5] == 0).all() and (out[:, 5:] == [200, 30, 40]).all()
+
+
+# Each EXIF orientation as the numpy operation that makes the stored pixels upright.
+UPRIGHT = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "TIFF", "WEBP"])
+def test_exif_orientation_against_numpy(orientation, fmt):
+    stored = np.random.default_rng(orientation).integers(0, 256, (10, 16, 3), dtype=np.uint8)
+    if fmt in ("JPEG", "WEBP"):
+        stored = np.kron(np.array([[0, 255], [60, 180]], dtype=np.uint8)[..., None], np.ones((5, 8, 3), np.uint8))
+    kwargs = {"quality": 100} if fmt in ("JPEG", "WEBP") else {}
+    if fmt == "WEBP":
+        kwargs = {"lossless": True}
+    data = encode(Image.fromarray(stored), fmt, exif=exif_bytes(orientation), **kwargs)
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.getexif().get(0x0112) == orientation
+    out = np.asarray(decode_image(data)).astype(int)
+    expected = UPRIGHT[orientation](stored).astype(int)
+    assert out.shape == expected.shape
+    assert np.abs(out - expected).max() <= (8 if fmt == "JPEG" else 0)
+
+
+@pytest.mark.parametrize("value", [0, 9, 65535])
+def test_out_of_range_or_malformed_orientation_is_ignored(value):
+    stored = np.random.default_rng(0).integers(0, 256, (10, 16, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = value
+    data = encode(Image.fromarray(stored), "PNG", exif=exif.tobytes())
+    assert np.array_equal(np.asarray(decode_image(data)), stored)
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
+def test_garbage_exif_is_ignored():
+    stored = np.random.default_rng(0).integers(0, 256, (10, 16, 3), dtype=np.uint8)
+    for exif in (b"Exif\x00\x00garbage", b"MM\x00*\x00\x00\x00\x08\xff\xff", b"\x00" * 5):
+        data = encode(Image.fromarray(stored), "PNG", exif=exif)
+        assert np.array_equal(np.asarray(decode_image(data)), stored)
+
+
+# --------------------------------------------------------------------------- the too-large message in full
+
+
+@pytest.mark.parametrize("size,limit,message", [
+    ((2000, 3000), 5_000_000, "image is 2000x3000 = 6 MP, over the limit of 5 MP; send a smaller image"),
+    ((1286, 96), 100_000, "image is 1286x96 = 123,456 pixels, over the limit of 100,000 pixels; send a smaller image"),
+    ((500, 900), 400_000, "image is 500x900 = 0.5 MP, over the limit of 0.4 MP; send a smaller image"),
+    ((250, 200), 40_000, "image is 250x200 = 0.05 MP, over the limit of 0.04 MP; send a smaller image"),
+    ((1000, 1000), 999_999, "image is 1000x1000 = 1,000,000 pixels, over the limit of 999,999 pixels; send a smaller image"),
+    ((20000, 20000), 40_000_000, "image has 400 MP, over the limit of 40 MP; send a smaller image"),
+    ((9000, 4500), 40_000_000, "image is 9000x4500 = 40.5 MP, over the limit of 40 MP; send a smaller image"),
+    ((1, 100_000), 10_000, "image is 1x100000 = 0.1 MP, over the limit of 0.01 MP; send a smaller image"),
+    ((1, 1_450_001), 1_000_000, "image is 1x1450001 = 1.5 MP, over the limit of 1 MP; send a smaller image"),
+])
+def test_too_large_message_in_full(size, limit, message):
+    with pytest.raises(ImageTooLarge) as info:
+        decode_image(png_header_only_bomb(*size), max_pixels=limit)
+    assert str(info.value) == message
