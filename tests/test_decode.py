@@ -418,9 +418,8 @@ def test_declared_depth_sets_the_full_scale(bits):
 
 
 def test_values_above_the_declared_range_are_scaled_to_their_maximum():
-    top = 4099  # odd and prime: rounding with full / 2 instead of full // 2 would show
-    a = next(a for a in range(top) if (a * 255 + top // 2) % top == top - 1)
-    arr = np.tile(np.array([0, a, 4095, top], dtype=np.uint16), (8, 2))
+    top = 4099
+    arr = np.tile(np.array([0, 1000, 4095, top], dtype=np.uint16), (8, 2))
     out = np.asarray(_high_depth_to_l(with_bits(Image.fromarray(arr), 12)))
     assert np.array_equal(out, scaled(arr, top))
     assert out[0, 3] == 255
@@ -431,6 +430,10 @@ def test_odd_or_missing_depth_tags_mean_sixteen_bits():
     for tag in (None, 0, (), "x", 8, 17):
         out = np.asarray(_high_depth_to_l(with_bits(Image.fromarray(arr), tag)))
         assert np.array_equal(out, scaled(arr, 65535)), tag
+    small = np.tile(np.array([0, 100, 255, 30], dtype=np.int32), (8, 2))
+    for tag in (8, 17, 32):  # 32-bit 'I' data declaring no depth in 9..16: taken by their values
+        out = np.asarray(_high_depth_to_l(with_bits(Image.fromarray(small), tag)))
+        assert np.array_equal(out, small.astype(np.uint8)), tag
 
 
 def signed_sixteen_bit_tiff(arr: np.ndarray) -> bytes:
@@ -458,6 +461,9 @@ def test_non_negative_signed_sixteen_bit_tiff_is_scaled_by_65535():
     ([0, 7, 128, 255], "kept"),
     ([3, 7, 128, 200], "kept"),
     ([0, 256, 1000, 40000], "scaled"),
+    ([0, 256, 100, 7], "scaled"),
+    ([1, 1000, 65535, 300], "scaled"),
+    ([100, 65536, 3000, 7], "stretched"),
     ([0, 1000, 255, 65535], "scaled"),
     ([1, 300, 1000, 600], "scaled"),
     ([0, 5, 100, 65536], "stretched"),
@@ -481,6 +487,8 @@ def test_thirty_two_bit_integer_tiff(values, expect):
     ([0.0, 1.5, 2.0, 0.4], "kept"),
     ([0.0, 254.6, 255.0, 17.2], "kept"),
     ([1.0, 3.0, 200.4, 12.5], "kept"),
+    ([2.0, 3.0, 255.0, 12.5], "kept"),
+    ([10.0, 100.0, 255.5, 30.0], "stretched"),
     ([-0.5, 0.0, 0.5, 1.0], "stretched"),
     ([-3.0, 100.0, 17.0, 255.0], "stretched"),
     ([0.0, 2.0, 100.0, 300.0], "stretched"),
@@ -507,6 +515,11 @@ def test_float_nan_and_infinities_become_zero():
     assert list(out[0, :6]) == [0, 128, 0, 0, 255, 51]
     wide = np.tile(np.array([np.nan, 10.0, np.inf, 200.0, -np.inf, 30.0], dtype=np.float32), (8, 2))
     assert list(grey(encode(Image.fromarray(wide), "TIFF"))[0, :6]) == [0, 10, 0, 200, 0, 30]
+
+
+def test_every_sixteen_bit_value_in_32_bit_data_is_scaled_by_65535():
+    arr = np.arange(65536, dtype=np.int32).reshape(256, 256)
+    assert np.array_equal(grey(encode(Image.fromarray(arr), "TIFF")), scaled(arr, 65535))
 
 
 def test_flat_images_stretch_to_zero():
@@ -573,8 +586,11 @@ def test_sniff_names_formats_by_their_magic_bytes(head, name):
 
 
 def test_sniff_text_cut_inside_a_character_at_1024_bytes():
-    text = ("a" * 1023 + "é" + "rest").encode()  # é is two bytes, cut at byte 1024
-    assert _sniff(text) == "text"
+    for text in ("a" * 1023 + "é" + "rest", "a" * 1021 + "😀rest", "a" * 1019 + "😀é" + "rest"):
+        assert _sniff(text.encode()) == "text", text[-8:]  # the character at byte 1024 is cut
+    assert _sniff(b"a" * 1024 + b"\x00") == "text"  # only the first 1024 bytes are looked at
+    assert _sniff(b"a" * 1023 + b"\x00") is None
+    assert _sniff(b"X<svg/>") == "text"
     assert _sniff(b"abcd" + b"\x00" * 1019 + "é".encode()) is None  # binary even without the cut character
     assert _sniff(b"\xff\xfe\xfd\xfc" + b"a" * 1100) is None
 
@@ -626,19 +642,20 @@ def test_rgba_and_la_blended_over_white_pixel_by_pixel():
 
 
 @pytest.mark.parametrize("mode,colour,key", [
+    ("1", 0, 0),
     ("L", 90, 90),
     ("RGB", (10, 200, 30), (10, 200, 30)),
 ])
 def test_greyscale_and_rgb_with_a_transparent_colour_show_white_there(mode, colour, key):
     im = Image.new(mode, (10, 10), colour)
-    other = 40 if mode == "L" else (40, 50, 60)
+    other = {"1": 1, "L": 40, "RGB": (40, 50, 60)}[mode]
     im.paste(other, (5, 0, 10, 10))
     data = encode(im, "PNG", transparency=key)
     with Image.open(io.BytesIO(data)) as opened:
         assert opened.mode == mode and "transparency" in opened.info
     out = np.asarray(decode_image(data))
     assert (out[:, :5] == 255).all()
-    assert (out[:, 5:] == (other if mode == "RGB" else (other,) * 3)).all()
+    assert (out[:, 5:] == {"1": (255,) * 3, "L": (40,) * 3, "RGB": other}[mode]).all()
 
 
 def test_images_without_transparency_are_not_composited():
