@@ -25,6 +25,8 @@ from xception_core.decode import (
     ImageTooLarge,
     ImageTooSmall,
     UnsupportedImageFormat,
+    _high_depth_to_l,
+    _sniff,
     decode_image,
 )
 
@@ -347,8 +349,6 @@ def test_a_size_changed_while_loading_is_checked_again(monkeypatch, loaded, limi
 
 
 # --------------------------------------------------------------------------- deep greyscale, against numpy
-
-from xception_core.decode import _high_depth_to_l, _sniff  # noqa: E402
 
 
 def scaled(a: np.ndarray, full: int) -> np.ndarray:
