@@ -418,7 +418,7 @@ def test_declared_depth_sets_the_full_scale(bits):
 
 
 def test_values_above_the_declared_range_are_scaled_to_their_maximum():
-    top = 4099
+    top = 40000
     arr = np.tile(np.array([0, 1000, 4095, top], dtype=np.uint16), (8, 2))
     out = np.asarray(_high_depth_to_l(with_bits(Image.fromarray(arr), 12)))
     assert np.array_equal(out, scaled(arr, top))
@@ -464,6 +464,8 @@ def test_non_negative_signed_sixteen_bit_tiff_is_scaled_by_65535():
     ([0, 256, 100, 7], "scaled"),
     ([1, 1000, 65535, 300], "scaled"),
     ([100, 65536, 3000, 7], "stretched"),
+    ([30000, 65535, 40000, 50000], "scaled"),
+    ([30000, 65536, 40000, 50000], "stretched"),
     ([0, 1000, 255, 65535], "scaled"),
     ([1, 300, 1000, 600], "scaled"),
     ([0, 5, 100, 65536], "stretched"),
@@ -517,9 +519,10 @@ def test_float_nan_and_infinities_become_zero():
     assert list(grey(encode(Image.fromarray(wide), "TIFF"))[0, :6]) == [0, 10, 0, 200, 0, 30]
 
 
-def test_every_sixteen_bit_value_in_32_bit_data_is_scaled_by_65535():
+def test_every_sixteen_bit_value_is_scaled_by_65535():
     arr = np.arange(65536, dtype=np.int32).reshape(256, 256)
     assert np.array_equal(grey(encode(Image.fromarray(arr), "TIFF")), scaled(arr, 65535))
+    assert np.array_equal(grey(encode(Image.fromarray(arr.astype(np.uint16)), "PNG")), scaled(arr, 65535))
 
 
 def test_flat_images_stretch_to_zero():
