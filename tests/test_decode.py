@@ -27,6 +27,7 @@ from xception_core.decode import (
     UnsupportedImageFormat,
     _high_depth_to_l,
     _sniff,
+    _to_rgb,
     decode_image,
 )
 
@@ -738,3 +739,11 @@ def test_too_large_message_in_full(size, limit, message):
     with pytest.raises(ImageTooLarge) as info:
         decode_image(png_header_only_bomb(*size), max_pixels=limit)
     assert str(info.value) == message
+
+
+def test_a_mode_pillow_cannot_convert_is_refused_by_name():
+    """'La' (premultiplied alpha) converts neither to RGBA nor to RGB: the odd-transparency
+    fallback gives way to the refusal, which names the mode."""
+    with pytest.raises(UnsupportedImageFormat) as info:
+        _to_rgb(Image.new("La", (8, 8)))
+    assert str(info.value) == "colour mode 'La' is not supported; send an RGB or greyscale image"
