@@ -24,6 +24,7 @@ within them the resize costs at most 333 x 16,650 pixels.
 
 from __future__ import annotations
 
+import codecs
 import re
 import threading
 from io import BytesIO
@@ -159,13 +160,10 @@ def _sniff(data: bytes) -> str | None:
     if stripped.startswith(b"<?xml"):
         return "XML"
     try:
-        text = head.decode("utf-8")
+        # final=False: a multi-byte character cut at the 1024-byte boundary is not an error.
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
     except UnicodeDecodeError:
-        # A multi-byte character may be cut at the 1024-byte boundary.
-        try:
-            text = head[:-4].decode("utf-8")
-        except UnicodeDecodeError:
-            return None
+        return None
     if text and all(ch.isprintable() or ch in "\t\r\n" for ch in text):
         return "text"
     return None
