@@ -158,7 +158,7 @@ def test_auto_precision_is_the_faster_one_timed_once(model, monkeypatch):
     first request of a kind (layer, part, size, channels), remembered for the next ones."""
     timed = []
 
-    def faster(steps):
+    def faster(steps, device=None):
         timed.append(sorted(steps))
         return winner
 
@@ -283,6 +283,7 @@ def test_the_visualisation_nets_share_a_frozen_copy_and_leave_the_model_alone(mo
 
     assert all(a is b for a, b in zip(rest(plain), rest(redirected)))  # the twin shares the copy
     assert all(a is b for a, b in zip(rest(plain), rest(again)))  # cached
+    assert again is plain  # the layer spliced in once per (layer, dtype), not per request
     assert not any(a is b for a, b in zip(rest(plain), model.parameters()))
     assert not any(p.requires_grad for p in plain.parameters())  # input gradients only
     assert sum(type(m) is torch.nn.ReLU for m in redirected.modules()) == 0

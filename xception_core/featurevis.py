@@ -34,6 +34,7 @@ from .engine import native_reduced_precision
 from .introspect import capture, resolve_layer, run_until_captured
 from .locks import model_lock
 from .model import MIN_INPUT_SIZE, Xception, model_device
+from .timing import best_times
 from .transform import PreprocessConfig
 from .visnets import model_copies, visualisation_nets
 
@@ -220,17 +221,11 @@ def _precision(request: VisualisationRequest, device: torch.device) -> str | Non
     return request.precision
 
 
-def _faster(steps: dict[str, Callable[[], object]], clock: Callable[[], float] = time.perf_counter) -> str:
-    """The key of the fastest of ``steps``: one warm-up each, then the best of two interleaved runs."""
-    for run in steps.values():
-        run()
-    best = dict.fromkeys(steps, math.inf)
-    for _ in range(2):
-        for name, run in steps.items():
-            t0 = clock()
-            run()
-            best[name] = min(best[name], clock() - t0)
-    return min(best, key=best.__getitem__)
+def _faster(steps: dict[str, Callable[[], object]], device: torch.device | None = None, clock: Callable[[], float] = time.perf_counter) -> str:
+    """The key of the fastest of ``steps`` (:func:`~xception_core.timing.best_times`: one warm-up
+    each, then the best of two interleaved runs, CUDA work waited for)."""
+    times = best_times(list(steps.values()), device=device, clock=clock)
+    return min(zip(times, steps), key=lambda pair: pair[0])[1]
 
 
 def _auto_precision(
@@ -248,7 +243,7 @@ def _auto_precision(
         for name in ("fp32", "bf16"):
             net, _ = visualisation_nets(model, request.layer, _DTYPES[name])
             steps[name] = lambda net=net, dtype=_DTYPES[name]: torch.autograd.grad(objective(x01, net, dtype), [x01])
-        copies.choices[key] = _faster(steps)
+        copies.choices[key] = _faster(steps, device)
     return copies.choices[key]
 
 

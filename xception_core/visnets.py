@@ -52,8 +52,6 @@ class RedirectedReLU(nn.Module):
         return _RedirectedReLUFunction.apply(x)
 
 
-
-
 def _redirected(module: nn.Module) -> nn.Module:
     """``module`` with every ReLU redirected, sharing its parameters and buffers.
 
@@ -118,12 +116,14 @@ def _signature(model: Xception) -> tuple:
 class ModelCopies:
     """The visualisation copies of one model: per dtype, BatchNorm folded into the convolutions
     (:func:`~xception_core.fuse.fuse_for_inference`), ``requires_grad=False`` (the backward
-    computes input gradients only), channels_last; each with its redirected twin. Plus the
+    computes input gradients only), channels_last; each with its redirected twin. Per visualised
+    layer and dtype, the pair with that layer spliced in (:func:`visualisation_nets`). Plus the
     precision ``auto`` chose per (layer, part, size, batch, threads)."""
 
     def __init__(self, model: Xception) -> None:
         self.signature = _signature(model)
         self.nets: dict[torch.dtype, tuple[nn.Module, nn.Module]] = {}
+        self.spliced: dict[tuple[str, torch.dtype], tuple[nn.Module, nn.Module]] = {}
         self.choices: dict[tuple, str] = {}
 
     def nets_for(self, model: Xception, dtype: torch.dtype) -> tuple[nn.Module, nn.Module]:
@@ -170,8 +170,12 @@ def visualisation_nets(model: Xception, layer: str, dtype: torch.dtype = torch.f
 
     The folded copy of ``model`` (cached), except ``layer`` itself, which keeps ``model``'s
     unfolded weights: its captured parts are read before the BatchNorm that follows (atlas
-    units), and the forward stops there, so nothing after it runs. The caller holds
+    units), and the forward stops there, so nothing after it runs. Cached with the copies. The caller holds
     ``model_lock(model).shared()`` (a copy taken under Captum's hooks would keep them)."""
-    plain, redirected = model_copies(model).nets_for(model, dtype)
-    target = _frozen(copy.deepcopy(resolve_layer(model, layer)), dtype)
-    return _splice(plain, layer, target), _splice(redirected, layer, _redirected(target))
+    copies = model_copies(model)
+    key = (layer, dtype)
+    if key not in copies.spliced:
+        plain, redirected = copies.nets_for(model, dtype)
+        target = _frozen(copy.deepcopy(resolve_layer(model, layer)), dtype)
+        copies.spliced[key] = (_splice(plain, layer, target), _splice(redirected, layer, _redirected(target)))
+    return copies.spliced[key]

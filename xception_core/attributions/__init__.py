@@ -18,7 +18,7 @@ Every algorithm is a small class with one public verb (``attribute``), in the st
   sensitivity.
 - ``localisation`` -- how well a map points at a known object (masks of generated images).
 - ``errors`` -- :class:`AttributionError` and its kinds; ``params`` -- :class:`Param`;
-  ``runtime`` -- device, timing sync, seeded random generators.
+  ``runtime`` -- seeded random generators, precision (the timing sync is :mod:`xception_core.timing`).
 
 Concurrency
 -----------

@@ -33,7 +33,8 @@ from .catalogue import MethodSpec, get_method
 from .errors import InputError, ParamError
 from .faithfulness import MAX_CURVE_BATCH, DeletionInsertion, Forward, deletion_insertion_auc, infidelity, sensitivity
 from ..model import model_device
-from .runtime import ATTRIBUTION_PRECISIONS, autocast, seeded, sync
+from ..timing import sync
+from .runtime import ATTRIBUTION_PRECISIONS, autocast, seeded
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ The random figures run seeded (:func:`~.runtime.seeded`), so they are reproducib
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -89,7 +90,7 @@ def _even_batches(n: int, largest: int) -> list[tuple[int, int]]:
     + 1 (a lone image wastes the batch's efficiency)."""
     count = -(-n // largest)
     bounds = [round(k * n / count) for k in range(count + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
+    return list(itertools.pairwise(bounds))
 
 
 def _device(forward: Forward, x: torch.Tensor) -> torch.device:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,10 +28,10 @@ from ..engine import EngineOptions, Predictor, disagreement, example_batch, nati
 from ..model import model_device
 from ..synthetic import generate
 from ..synthetic.dataset import to_tensor
+from ..timing import best_times
 from .attributor import Attributor, AttributorOptions
 from .catalogue import get_method
 from .localisation import spearman
-from .runtime import sync
 
 __all__ = [
     "CURVE_TOLERANCE",
@@ -109,20 +108,9 @@ def quality_engine(
     return _with_notes(slow, [f"bf16 not used: {slow.backend} float32 was faster here ({per_image})"])
 
 
-def _seconds(forwards: list[Predictor], batch: torch.Tensor, rounds: int = 2) -> list[float]:
-    """Each forward's best time on ``batch`` over ``rounds`` interleaved rounds, after one
-    untimed call each: interleaved, a machine's changing load reaches all of them alike."""
-    best = [math.inf] * len(forwards)
-    for forward in forwards:
-        forward(batch)
-    for _ in range(rounds):
-        for i, forward in enumerate(forwards):
-            sync(batch.device)
-            t0 = time.perf_counter()
-            forward(batch)
-            sync(batch.device)
-            best[i] = min(best[i], time.perf_counter() - t0)
-    return best
+def _seconds(forwards: list[Predictor], batch: torch.Tensor) -> list[float]:
+    """Each forward's best time on ``batch`` (:func:`~xception_core.timing.best_times`)."""
+    return best_times([lambda f=f: f(batch) for f in forwards], device=batch.device)
 
 
 def _float32(predictor: Predictor):

@@ -1,4 +1,4 @@
-"""What an attribution run needs from torch around the method: timing sync, seeded RNGs, precision.
+"""What an attribution run needs from torch around the method: seeded RNGs, precision.
 
 Random methods (smoothgrad, gradient SHAP, and the infidelity and sensitivity figures) draw
 from torch's and NumPy's global generators inside Captum. They run seeded inside
@@ -18,12 +18,6 @@ import torch
 # Captum draws from the global torch / NumPy generators; seeding them is only
 # reproducible if no other seeded section runs at the same time.
 _RNG_LOCK = threading.Lock()
-
-
-def sync(device: torch.device) -> None:
-    """Wait for queued CUDA work, so a wall-clock timing covers it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @contextmanager
