@@ -44,6 +44,7 @@ from xception_core.atlas import AtlasBuildRequest, build_atlas  # noqa: E402
 from xception_core.featurevis import VisualisationRequest, native_bf16, visualise  # noqa: E402
 from xception_core.model import Xception  # noqa: E402
 from xception_core.synthetic import write_folder  # noqa: E402
+from xception_core.timing import sync  # noqa: E402
 from xception_core.weights import BUNDLED_ID, load_model  # noqa: E402
 
 BUNDLED_LAYERS = ("entry.block3.sep1", "middle.block6.sep2", "exit.block9.sep2")
@@ -61,8 +62,7 @@ DEVICE = torch.device("cpu")
 def timed(fn):
     w0, c0 = time.perf_counter(), time.process_time()
     out = fn()
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize(DEVICE)
+    sync(DEVICE)
     return out, time.perf_counter() - w0, time.process_time() - c0
 
 

@@ -51,6 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from bench_forward import FLAGS, machine
 
+from xception_core.timing import sync
+
 TARGET = 3
 GRADCAM = "layer=exit.block14.sep2&part=pointwise"
 
@@ -95,8 +97,7 @@ def timed(fn, device: torch.device | None = None) -> float:
     time.sleep(SETTLE_S)
     started = time.perf_counter()
     fn()
-    if device is not None and device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     return (time.perf_counter() - started) * 1000
 
 
@@ -111,7 +112,9 @@ def run(args: argparse.Namespace) -> dict:
     warnings.filterwarnings("ignore")
     image = jpeg()
     image_id = hashlib.sha256(image).hexdigest()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
     _, client, reference = build(args.size, str(device))
     reference = reference.to(device)
     x = eval_transform(decode_image(image), PreprocessConfig(input_size=args.size))[None].to(device)
