@@ -61,12 +61,10 @@ class EngineState(BaseModel):
 
 
 class AttributionPrecisionState(BaseModel):
-    precision: Literal["fp32", "bf16", "mixed"] = Field(
-        description="What attributions run in by default: `bf16` / `fp32` for every method, `mixed` when the two families differ "
-        "(the `mixed` setting, float16 autocast on CUDA, shows here as fp32 with `requested` mixed)."
-    )
-    input_methods: Literal["fp32", "bf16"] = Field(description="Precision of the methods that attribute to the image (judged by saliency).")
-    layer_methods: Literal["fp32", "bf16"] = Field(description="Precision of the layer methods (judged by Grad-CAM).")
+    precision: Literal["fp32", "bf16", "mixed"] = Field(description="What attributions run in by default: `bf16` / `fp32` for every family, `mixed` when the families differ (the `mixed` setting, float16 autocast on CUDA, shows here as fp32 with `requested` mixed).")
+    input_methods: Literal["fp32", "bf16"] = Field(description="Saliency, SmoothGrad, input x gradient (judged by saliency).")
+    integrated_methods: Literal["fp32", "bf16"] = Field(description="Integrated Gradients, gradient SHAP (judged by Integrated Gradients).")
+    layer_methods: Literal["fp32", "bf16"] = Field(description="The layer methods (judged by Grad-CAM). DeepLift, Guided Backprop and occlusion: always fp32.")
     requested: str = Field(description="The `attribution_precision` setting.")
     reason: str | None = Field(description="Why bf16 is not used, where it is not (null when all is as asked).")
     agreement: dict[str, float] = Field(description="Smallest Spearman correlation of bf16 heat maps with float32's, by method.")

@@ -191,10 +191,13 @@ def test_fp32_requested_checks_nothing(model):
 def test_bf16_attributions_chosen_when_the_heat_maps_agree(model, x):
     # a random model's saliency is noise-like (Spearman ~0.87 here); the threshold is the knob
     choice = choose_attribution_precision(model, PrecisionCheck(images=2, size=SIZE, threshold=0.5))
-    assert set(choice.agreement) == {"saliency", "layer_gradcam"}
+    assert set(choice.agreement) == {"saliency", "integrated_gradients", "layer_gradcam"}
     assert choice.precision == "bf16", choice.reason
     assert choice.reason is None and min(choice.agreement.values()) >= 0.5
-    assert choice.precision_for("integrated_gradients") == choice.precision_for("layer_gradcam") == "bf16"
+    for family, method in [("input", "smoothgrad"), ("integrated", "gradient_shap"), ("layer", "guided_gradcam")]:
+        assert getattr(choice, family) == choice.precision_for(method) == "bf16", method
+    # judged by none of the checks: float32 whatever they found
+    assert [choice.precision_for(m) for m in ("deeplift", "guided_backprop", "occlusion")] == ["fp32"] * 3
     r = Attributor(model, AttributorOptions(precision="bf16")).attribute(x, "saliency", target=3, auc_steps=0)
     ref = Attributor(model).attribute(x, "saliency", target=3, auc_steps=0)
     assert r.precision == "bf16" and ref.precision == "fp32" and r.summary()["precision"] == "bf16"
@@ -208,6 +211,7 @@ def test_bf16_attributions_fall_back_when_the_check_fails(model):
     choice = choose_attribution_precision(model, PrecisionCheck(images=1, size=SIZE, threshold=1.01))
     assert choice.precision == "fp32"
     assert choice.reason.startswith("bf16 not used for input methods: saliency heat maps agree")
+    assert "; integrated methods: integrated_gradients heat maps agree" in choice.reason
     assert "layer methods: layer_gradcam heat maps agree" in choice.reason
     assert choice.to_dict()["agreement"] == choice.agreement
 
@@ -215,9 +219,12 @@ def test_bf16_attributions_fall_back_when_the_check_fails(model):
 @pytest.mark.skipif(not NATIVE_BF16, reason="this CPU computes bfloat16 by emulation")
 def test_a_family_left_unchecked_stays_float32(model):
     choice = choose_attribution_precision(model, PrecisionCheck(images=1, size=SIZE, threshold=0.5, methods=("layer_gradcam",)))
-    assert choice.precision == "mixed" and choice.layer == "bf16" and choice.input == "fp32"
+    assert choice.precision == "mixed" and choice.layer == "bf16" and choice.input == choice.integrated == "fp32"
     assert choice.precision_for("smoothgrad") == "fp32" and choice.precision_for("guided_gradcam") == "bf16"
+    assert choice.precision_for("integrated_gradients") == "fp32"
     assert "input methods: saliency not checked" in choice.reason
+    assert "integrated methods: integrated_gradients not checked" in choice.reason
+    assert choice.to_dict()["integrated_methods"] == "fp32" and choice.to_dict()["layer_methods"] == "bf16"
 
 
 def test_spearman_matches_scipy_with_ties():

@@ -21,7 +21,8 @@ from xception_core.featurevis import (
 from xception_core.introspect import UnknownLayerError, capture, run_until_captured
 from xception_core.model import Xception
 from xception_core.synthetic import generate
-from xception_core.visnets import MATMUL_ROWS, Pointwise, RedirectedReLU, visualisation_nets
+from xception_core.frozen import MATMUL_ROWS, Pointwise
+from xception_core.visnets import RedirectedReLU, visualisation_nets
 from xception_core.weights import BUNDLED_ID, load_model
 
 LAYER = "entry.block3.sep1"

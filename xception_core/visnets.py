@@ -2,8 +2,8 @@
 
 A copy of the model with BatchNorm folded into the convolutions (:mod:`xception_core.fuse`),
 ``requires_grad=False`` (the backward computes input gradients only) and channels_last, per
-dtype; in bf16 its 1x1 convolutions on small maps run as matrix products. Each copy has a twin
-whose ReLUs pass Lucid's "redirected" gradient. The visualised layer itself is spliced in with
+dtype (:func:`~xception_core.frozen.frozen`: in bf16 its 1x1 convolutions on small maps run as
+matrix products). Each copy has a twin whose ReLUs pass Lucid's "redirected" gradient. The visualised layer itself is spliced in with
 the model's unfolded weights, so its parts are read before its BatchNorm (atlas units).
 """
 
@@ -14,14 +14,14 @@ import threading
 import weakref
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .frozen import frozen, weights_signature
 from .fuse import fuse_for_inference
 from .introspect import resolve_layer
 from .model import SeparableConv2d, Xception
 
-__all__ = ["MATMUL_ROWS", "ModelCopies", "Pointwise", "RedirectedReLU", "model_copies", "visualisation_nets"]
+__all__ = ["ModelCopies", "RedirectedReLU", "model_copies", "visualisation_nets"]
 
 
 class _RedirectedReLUFunction(torch.autograd.Function):
@@ -66,53 +66,6 @@ def _redirected(module: nn.Module) -> nn.Module:
     return twin
 
 
-class Pointwise(nn.Module):
-    """A 1x1 convolution (stride 1, no padding, one group) that runs as a matrix product over the
-    channels of a channels_last map (a view, no copy) when the map has at most
-    :data:`MATMUL_ROWS` pixels in all: in bf16, PyTorch's matmul beats its 1x1 convolution there
-    (about 2x at 8x8 and below); on larger maps the convolution is as fast or faster."""
-
-    def __init__(self, conv: nn.Conv2d) -> None:
-        super().__init__()
-        self.weight, self.bias = conv.weight, conv.bias
-        self.out_channels = conv.out_channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        if n * h * w > MATMUL_ROWS or not x.is_contiguous(memory_format=torch.channels_last):
-            return F.conv2d(x, self.weight, self.bias)
-        out = F.linear(x.permute(0, 2, 3, 1), self.weight.view(self.out_channels, c), self.bias)
-        return out.permute(0, 3, 1, 2)
-
-
-#: Batch x height x width up to which a bf16 1x1 convolution runs as a matrix product.
-MATMUL_ROWS = 512
-
-
-def _is_pointwise(m: nn.Module) -> bool:
-    return (
-        type(m) is nn.Conv2d and m.kernel_size == (1, 1) and m.stride == (1, 1)
-        and m.padding == (0, 0) and m.dilation == (1, 1) and m.groups == 1
-    )
-
-
-def _frozen(module: nn.Module, dtype: torch.dtype) -> nn.Module:
-    for p in module.parameters():
-        p.requires_grad_(False)
-    module = module.to(dtype, memory_format=torch.channels_last)
-    if dtype == torch.bfloat16:
-        for parent in list(module.modules()):
-            for name, child in parent.named_children():
-                if _is_pointwise(child):
-                    setattr(parent, name, Pointwise(child))
-    return module
-
-
-def _signature(model: Xception) -> tuple:
-    """Changes when a parameter or buffer of ``model`` is replaced, moved or written in place."""
-    return tuple((id(t), t._version, t.device, t.dtype) for t in (*model.parameters(), *model.buffers()))
-
-
 class ModelCopies:
     """The visualisation copies of one model: per dtype, BatchNorm folded into the convolutions
     (:func:`~xception_core.fuse.fuse_for_inference`), ``requires_grad=False`` (the backward
@@ -121,7 +74,7 @@ class ModelCopies:
     precision ``auto`` chose per (layer, part, size, batch, threads)."""
 
     def __init__(self, model: Xception) -> None:
-        self.signature = _signature(model)
+        self.signature = weights_signature(model)
         self.nets: dict[torch.dtype, tuple[nn.Module, nn.Module]] = {}
         self.spliced: dict[tuple[str, torch.dtype], tuple[nn.Module, nn.Module]] = {}
         self.choices: dict[tuple, str] = {}
@@ -132,7 +85,7 @@ class ModelCopies:
                 folded = fuse_for_inference(model)
             except (TypeError, ValueError):  # a BatchNorm that cannot be folded: keep them all
                 folded = copy.deepcopy(model).eval()
-            plain = _frozen(folded, dtype)
+            plain = frozen(folded, dtype)
             self.nets[dtype] = (plain, _redirected(plain))
         return self.nets[dtype]
 
@@ -145,7 +98,7 @@ def model_copies(model: Xception) -> ModelCopies:
     """``model``'s :class:`ModelCopies`, cached; built again when its weights changed (in place too)."""
     with _COPIES_LOCK:
         copies = _COPIES.get(model)
-        if copies is None or copies.signature != _signature(model):
+        if copies is None or copies.signature != weights_signature(model):
             copies = _COPIES[model] = ModelCopies(model)
         return copies
 
@@ -176,6 +129,6 @@ def visualisation_nets(model: Xception, layer: str, dtype: torch.dtype = torch.f
     key = (layer, dtype)
     if key not in copies.spliced:
         plain, redirected = copies.nets_for(model, dtype)
-        target = _frozen(copy.deepcopy(resolve_layer(model, layer)), dtype)
+        target = frozen(copy.deepcopy(resolve_layer(model, layer)), dtype)
         copies.spliced[key] = (_splice(plain, layer, target), _splice(redirected, layer, _redirected(target)))
     return copies.spliced[key]

@@ -167,14 +167,14 @@ class Attributions:
         computed (:meth:`~xception_core.attributions.Attributor.quality`)."""
         rt = self.runtime
 
-        def check_deadline(_module: Any, _args: Any) -> None:
+        def check_deadline() -> None:
             if deadline is not None and deadline.expired():
                 raise DeadlineExceeded(deadline.kind)
 
         setup = entry.attribution_setup()
 
         def curves(batch: torch.Tensor) -> torch.Tensor:
-            check_deadline(None, None)
+            check_deadline()
             return setup.curves(batch)
 
         started = time.perf_counter()
@@ -182,13 +182,14 @@ class Attributions:
         # of the image, so the same attribution, faster. Layer methods need the original's parts.
         fused = entry.fused and not get_method(request.method).layer_method
         with entry.replica(fused=fused) as model:
-            model.register_forward_pre_hook(check_deadline)  # the replica is private; its hooks are cleared after use
             autocast = (
                 torch.autocast(device_type="cuda", dtype=torch.float16)
                 if precision == "mixed" and entry.device.type == "cuda"
                 else nullcontext()
             )
-            options = core_attr.AttributorOptions(precision="bf16" if precision == "bf16" else "fp32", curves=curves)
+            options = core_attr.AttributorOptions(
+                precision="bf16" if precision == "bf16" else "fp32", curves=curves, before_forward=check_deadline,
+            )
             attributor = core_attr.Attributor(model, options)
             with autocast:
                 if earlier is not None:

@@ -6,9 +6,10 @@
 with autograd (never under ``torch.inference_mode``; the input is copied into a fresh tensor)
 and returns an :class:`AttributionResult`: the raw attribution, a heatmap at input
 resolution, timings and the faithfulness figures. :class:`AttributorOptions` say how fast:
-bfloat16 autocast for the method (where :func:`~.fast.choose_attribution_precision` found it
-native and agreeing with float32), and the forward the deletion / insertion curves use (the
-model itself, or a faster engine from :func:`~.fast.quality_engine`).
+bfloat16 for the method (where :func:`~.fast.choose_attribution_precision` found it native and
+agreeing with float32: input methods of an Xception on its :class:`~.reduced.ReducedNet`, the
+others in autocast), and the forward the deletion / insertion curves use (the model itself, or
+a faster engine from :func:`~.fast.quality_engine`).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from .algorithms import Algorithm
 from .catalogue import MethodSpec, get_method
 from .errors import InputError, ParamError
 from .faithfulness import MAX_CURVE_BATCH, DeletionInsertion, Forward, deletion_insertion_auc, infidelity, sensitivity
-from ..model import model_device
+from ..model import Xception, model_device
 from ..timing import sync
+from .reduced import reduced_net
 from .runtime import ATTRIBUTION_PRECISIONS, autocast, seeded
 
 
@@ -56,16 +58,19 @@ class AttributionRequest:
 class AttributorOptions:
     """How an :class:`Attributor` computes.
 
-    ``precision``: ``fp32``, or ``bf16`` (bfloat16 autocast around the method; decide it with
-    :func:`~.fast.choose_attribution_precision`, which checks the hardware and the agreement
-    with float32). ``curves``: the forward of the deletion / insertion curves (logits of a
-    batch), e.g. :func:`~.fast.quality_engine`'s; ``None``: the attributed model in float32.
-    ``curve_batch``: images per forward of the curves (1..64).
+    ``precision``: ``fp32``, or ``bf16`` (input methods of an :class:`~xception_core.model.Xception`
+    on its :func:`~.reduced.reduced_net`, other methods and models in bfloat16 autocast; decide
+    it with :func:`~.fast.choose_attribution_precision`, which checks the hardware and the
+    agreement with float32). ``curves``: the forward of the deletion / insertion curves (logits
+    of a batch), e.g. :func:`~.fast.quality_engine`'s; ``None``: the attributed model in float32.
+    ``curve_batch``: images per forward of the curves (1..64). ``before_forward``: called ahead
+    of every forward of the method (e.g. a deadline check that raises to stop it).
     """
 
     precision: str = "fp32"
     curves: Forward | None = None
     curve_batch: int = 16
+    before_forward: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in ATTRIBUTION_PRECISIONS:
@@ -136,13 +141,32 @@ class AttributionResult:
 
 @dataclass(frozen=True)
 class _Job:
-    """One validated attribution: the method, its algorithm, the input, the resolved parameters."""
+    """One validated attribution: the method, its algorithm, the input, the resolved parameters,
+    the precision, and the network the method runs (``net``: the model, or its reduced-precision
+    net, behind :class:`_Checked` when there is a ``before_forward``)."""
 
     spec: MethodSpec
     algorithm: Algorithm
     x: torch.Tensor
     params: dict[str, Any]
     precision: str = "fp32"
+    net: nn.Module | None = None
+    #: the autocast around the method: ``fp32`` (none) where the net itself runs reduced
+    autocast: str = "fp32"
+
+
+class _Checked(nn.Module):
+    """``net`` with ``before()`` called ahead of each forward: a wrapper per call, so a check
+    never reaches another caller's forwards through a shared model."""
+
+    def __init__(self, net: nn.Module, before: Callable[[], None]) -> None:
+        super().__init__()
+        self.net = net
+        self.before = before
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.before()
+        return self.net(x)
 
 
 def _num_classes(model: nn.Module) -> int | None:
@@ -197,7 +221,7 @@ def _explainer(job: _Job) -> Callable[..., torch.Tensor]:
 
     def explain(inputs: Any, target: Any = None) -> torch.Tensor:
         batch = inputs[0] if isinstance(inputs, tuple) else inputs
-        with torch.enable_grad(), autocast(job.precision, batch.device):
+        with torch.enable_grad(), autocast(job.autocast, batch.device):
             # perturbed inputs come one at a time (max_examples_per_batch=1);
             # Captum expands ``target`` to the batch
             t = int(target[0]) if isinstance(target, (list, tuple, torch.Tensor)) else int(target)
@@ -274,7 +298,7 @@ class Attributor:
             checked = _check_target(checked, n_classes)
         _check_logits(logits, n_classes)
         module = getattr(self.layers[request.layer], request.part) if spec.layer_method else None  # type: ignore[index,arg-type]
-        job = _Job(spec, spec.algorithm(self.model, module), xin, resolved, self.options.precision)
+        job = self._job(spec, module, xin, resolved)
         guard = self.lock.exclusive() if spec.hooks else self.lock.shared()
         with torch.inference_mode(False), guard:
             return self._run(job, request, checked, logits)
@@ -329,7 +353,7 @@ class Attributor:
         if {k: v for k, v in resolved.items() if k not in figures} != {k: v for k, v in result.params.items() if k not in figures}:
             raise InputError("the request's method parameters differ from the result's")
         module = getattr(self.layers[request.layer], request.part) if spec.layer_method else None  # type: ignore[index,arg-type]
-        job = _Job(spec, spec.algorithm(self.model, module), xin, resolved, self.options.precision)
+        job = self._job(spec, module, xin, resolved)
         raw = result.attribution[None].to(self.device) if spec.output == "input" else result.attribution
         guard = self.lock.exclusive() if spec.hooks else self.lock.shared()
         with torch.inference_mode(False), guard:
@@ -340,6 +364,16 @@ class Attributor:
         if "convergence_delta" in result.quality:
             quality = {"convergence_delta": result.quality["convergence_delta"], **quality}
         return replace(result, quality=quality, curves=curves, params=dict(resolved), quality_ms=quality_ms)
+
+    def _job(self, spec: MethodSpec, module: nn.Module | None, x: torch.Tensor, params: dict[str, Any]) -> _Job:
+        precision = self.options.precision
+        net: nn.Module = self.model
+        reduced = precision == "bf16" and spec.output == "input" and not spec.layer_method and isinstance(net, Xception)
+        if reduced:
+            net = reduced_net(net)
+        if self.options.before_forward is not None:
+            net = _Checked(net, self.options.before_forward)
+        return _Job(spec, spec.algorithm(net, module), x, params, precision, net, "fp32" if reduced else precision)
 
     def _curves(self, x: torch.Tensor, heatmap: torch.Tensor, target: int, steps: int) -> DeletionInsertion:
         forward = self.options.curves if self.options.curves is not None else self.model
@@ -388,7 +422,7 @@ class Attributor:
         With ``probs`` unknown (a given target, no logits), the method's own forward pass of
         ``x`` (if it makes one) gives them: no extra forward for Saliency, Grad-CAM and the like.
         """
-        model, x = self.model, job.x
+        model, x = job.net, job.x
         seen: list[torch.Tensor] = []
 
         def record(_module: nn.Module, args: tuple, output: Any) -> None:
@@ -404,7 +438,7 @@ class Attributor:
                 xg = x.detach().requires_grad_()
                 want_delta = job.algorithm.convergence_delta
                 rng = seeded(job.params["seed"], self.device) if job.spec.stochastic else nullcontext()
-                with rng, autocast(job.precision, self.device):
+                with rng, autocast(job.autocast, self.device):
                     raw, delta = job.algorithm.attribute(xg, target, job.params, want_delta)
                 raw = raw.detach().float().contiguous()
         finally:

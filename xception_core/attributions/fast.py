@@ -7,9 +7,11 @@
   ``log_probabilities``) and it is the faster of the two, else in float32 (onnxruntime on a CPU
   when installed), with the reason in its ``notes``.
 - :func:`choose_attribution_precision` -- whether the methods themselves may run in bfloat16
-  autocast: native hardware, and saliency and Grad-CAM heat maps of a few generated images
-  whose Spearman rank correlation with float32's is at least ``threshold``. Returns a
-  :class:`PrecisionChoice` whose ``reason`` says why float32 was kept.
+  (input methods on a :class:`~.reduced.ReducedNet`, layer methods in autocast), by family
+  (:data:`FAMILIES`): native hardware, and heat maps of a few generated images whose Spearman
+  rank correlation with float32's is at least ``threshold``, for the family's judge (saliency,
+  Integrated Gradients, Grad-CAM). Returns a :class:`PrecisionChoice` whose ``reason`` says
+  why float32 was kept.
 
 Both decide once, when a model loads; the results go into :class:`~.attributor.AttributorOptions`.
 """
@@ -25,16 +27,18 @@ import torch
 from torch import nn
 
 from ..engine import EngineOptions, Predictor, disagreement, example_batch, native_reduced_precision
-from ..model import model_device
+from ..fuse import fuse_for_inference
+from ..model import Xception, model_device
 from ..synthetic import generate
 from ..synthetic.dataset import to_tensor
 from ..timing import best_times
 from .attributor import Attributor, AttributorOptions
-from .catalogue import get_method
+from .catalogue import get_method, layer_methods
 from .localisation import spearman
 
 __all__ = [
     "CURVE_TOLERANCE",
+    "FAMILIES",
     "RANK_THRESHOLD",
     "PrecisionCheck",
     "PrecisionChoice",
@@ -53,6 +57,26 @@ RANK_THRESHOLD = 0.99
 #: (the 17 images of the default 8 steps go through as 8 + 9).
 TIMING_BATCH = 8
 _REQUESTS = ("auto", "fp32", "bf16")
+#: Path points of Integrated Gradients on its check: its bf16 agreement hardly depends on them
+#: (0.9914 at 8, 0.9923 at 32 on the paper model's first check image, all blocks bf16 but the
+#: stem), since bf16's rounding of the weights is the same at every point.
+CHECK_IG_STEPS = 8
+
+
+def _layer_family() -> tuple[str, ...]:
+    return tuple(layer_methods())
+
+
+#: The method families that may run in bfloat16: name -> (judge, members). A family runs in
+#: bf16 when its judge's heat maps agree with float32's. Saliency judges the methods built from
+#: one gradient per image, Integrated Gradients those that average gradients along paths from a
+#: baseline, Grad-CAM the layer methods. DeepLift and Guided Backprop (rules at every ReLU) and
+#: Occlusion (differences of logits) are in none: they always run in float32.
+FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "input": ("saliency", ("saliency", "smoothgrad", "input_x_gradient")),
+    "integrated": ("integrated_gradients", ("integrated_gradients", "gradient_shap")),
+    "layer": ("layer_gradcam", _layer_family()),
+}
 
 
 def quality_engine(
@@ -136,7 +160,7 @@ class PrecisionCheck:
     ``fp32`` (nothing checked). ``threshold``: the smallest Spearman correlation accepted;
     ``images``: generated images (:mod:`xception_core.synthetic`, ``seed``) at ``size`` px
     (``None``: 299); ``methods``: the catalogue methods compared (layer methods at the last
-    separable convolution's last part).
+    separable convolution's last part, Integrated Gradients with :data:`CHECK_IG_STEPS` points).
     """
 
     requested: str = "auto"
@@ -144,7 +168,7 @@ class PrecisionCheck:
     images: int = 2
     size: int | None = None
     seed: int = 0
-    methods: tuple[str, ...] = ("saliency", "layer_gradcam")
+    methods: tuple[str, ...] = ("saliency", "integrated_gradients", "layer_gradcam")
 
     def __post_init__(self) -> None:
         if self.requested not in _REQUESTS:
@@ -155,31 +179,35 @@ class PrecisionCheck:
 
 @dataclass(frozen=True)
 class PrecisionChoice:
-    """What attributions run in, by family: ``input`` (methods that attribute to the image,
-    judged by saliency) and ``layer`` (layer methods, judged by Grad-CAM); what was asked;
-    why a family kept fp32 (``reason``, one line, ``None`` when all is as asked); the measured
-    Spearman correlations by method."""
+    """What attributions run in, by family (:data:`FAMILIES`): ``input`` (judged by saliency),
+    ``integrated`` (judged by Integrated Gradients) and ``layer`` (judged by Grad-CAM); what was
+    asked; why a family kept fp32 (``reason``, one line, ``None`` when all is as asked); the
+    measured Spearman correlations by method. Methods in no family run in fp32."""
 
     requested: str
     input: str = "fp32"
     layer: str = "fp32"
     reason: str | None = None
     agreement: dict[str, float] = field(default_factory=dict)
+    integrated: str = "fp32"
 
     @property
     def precision(self) -> str:
-        """``bf16`` when both families run in bf16, ``mixed`` when one does, else ``fp32``."""
-        both = {self.input, self.layer}
-        return both.pop() if len(both) == 1 else "mixed"
+        """``bf16`` when every family runs in bf16, ``mixed`` when some do, else ``fp32``."""
+        every = {self.input, self.integrated, self.layer}
+        return every.pop() if len(every) == 1 else "mixed"
 
     def precision_for(self, method: str) -> str:
         """The precision of catalogue method ``method`` (for :class:`~.attributor.AttributorOptions`)."""
-        return self.layer if get_method(method).layer_method else self.input
+        name = get_method(method).name
+        family = next((f for f, (_, members) in FAMILIES.items() if name in members), None)
+        return "fp32" if family is None else getattr(self, family)
 
     def to_dict(self) -> dict:
         return {
             "precision": self.precision,
             "input_methods": self.input,
+            "integrated_methods": self.integrated,
             "layer_methods": self.layer,
             "requested": self.requested,
             "reason": self.reason,
@@ -192,9 +220,9 @@ def choose_attribution_precision(model: nn.Module, check: PrecisionCheck | None 
 
     bf16 needs hardware that computes it natively (the prediction engine's test: AVX512-BF16
     or AMX on a CPU, bf16 support on a GPU) and heat maps whose Spearman rank correlation
-    with float32's is at least ``check.threshold`` on each generated image: saliency's decides
-    for the input methods, Grad-CAM's for the layer methods (a family whose method is not in
-    ``check.methods`` stays fp32). Otherwise fp32, with the reason.
+    with float32's is at least ``check.threshold`` on each generated image, for the family's
+    judge (:data:`FAMILIES`; a family whose judge is not in ``check.methods`` stays fp32).
+    Otherwise fp32, with the reason.
     """
     check = check or PrecisionCheck()
     if check.requested == "fp32":
@@ -206,7 +234,7 @@ def choose_attribution_precision(model: nn.Module, check: PrecisionCheck | None 
     agreement = _agreement(model, check, device)
     family: dict[str, str] = {}
     reasons = []
-    for name, judge in (("input", "saliency"), ("layer", "layer_gradcam")):
+    for name, (judge, _) in FAMILIES.items():
         score = agreement.get(judge)
         if score is None:
             reasons.append(f"{name} methods: {judge} not checked")
@@ -215,25 +243,45 @@ def choose_attribution_precision(model: nn.Module, check: PrecisionCheck | None 
         else:
             family[name] = "bf16"
     reason = f"bf16 not used for {'; '.join(reasons)} on {check.images} generated images" if reasons else None
-    return PrecisionChoice(check.requested, family.get("input", "fp32"), family.get("layer", "fp32"), reason, agreement)
+    return PrecisionChoice(
+        check.requested, family.get("input", "fp32"), family.get("layer", "fp32"), reason, agreement, family.get("integrated", "fp32"),
+    )
 
 
 def _agreement(model: nn.Module, check: PrecisionCheck, device: torch.device) -> dict[str, float]:
-    """The smallest Spearman correlation over the generated images, by method."""
+    """The smallest Spearman correlation over the generated images, by method. Input methods
+    run on a BatchNorm-folded copy of an Xception, as served (and dropped afterwards, with the
+    :class:`~.reduced.ReducedNet` built from it)."""
     images, _, _ = generate(check.images, check.seed, check.size or 299)
     fp32, bf16 = Attributor(model), Attributor(model, AttributorOptions(precision="bf16"))
+    folded = _folded(model)
+    input32, input16 = Attributor(folded), Attributor(folded, AttributorOptions(precision="bf16"))
     where: dict[str, str] = {}
     if fp32.layers:
         name, module = list(fp32.layers.items())[-1]
         where = {"layer": name, "part": getattr(module, "parts", ("pointwise",))[-1]}
     agreement: dict[str, float] = {}
     for method in check.methods:
-        kwargs = {"target": 0, "auc_steps": 0, **(where if get_method(method).layer_method else {})}
+        layer = get_method(method).layer_method
+        kwargs = {"target": 0, "auc_steps": 0, **(where if layer else {})}
+        if method == "integrated_gradients":
+            kwargs.update(n_steps=CHECK_IG_STEPS, internal_batch_size=CHECK_IG_STEPS)
+        reference, reduced = (fp32, bf16) if layer else (input32, input16)
         worst = math.inf
         for image in images:
             x = to_tensor(np.asarray(image))[None].to(device)
-            a = fp32.attribute(x, method, **kwargs).heatmap
-            b = bf16.attribute(x, method, **kwargs).heatmap
+            a = reference.attribute(x, method, **kwargs).heatmap
+            b = reduced.attribute(x, method, **kwargs).heatmap
             worst = min(worst, spearman(a, b))
         agreement[method] = worst
     return agreement
+
+
+def _folded(model: nn.Module) -> nn.Module:
+    """A BatchNorm-folded copy of an Xception (the input methods' served form); else ``model``."""
+    if not isinstance(model, Xception):
+        return model
+    try:
+        return fuse_for_inference(model)
+    except ValueError:  # a BatchNorm that cannot be folded
+        return model
