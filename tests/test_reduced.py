@@ -9,11 +9,11 @@ from captum.attr import IntegratedGradients, Saliency
 from support import calibrate_batchnorm, photo_batch
 from xception_core.attributions import Attributor, AttributorOptions, fast
 from xception_core.attributions.fast import CHECK_IG_STEPS, PrecisionCheck, choose_attribution_precision
-from xception_core.attributions.reduced import FLOAT32_BLOCKS, ReducedNet, reduced_net
+from xception_core.attributions.reduced import FLOAT32_FLOWS, ReducedNet, reduced_net
 from xception_core.engine import native_reduced_precision
 from xception_core.frozen import Pointwise
 from xception_core.fuse import fuse_for_inference
-from xception_core.model import Xception
+from xception_core.model import FLOWS, Xception
 
 SIZE = 72
 NATIVE_BF16 = native_reduced_precision("bf16", torch.device("cpu")) is None
@@ -37,20 +37,22 @@ def x(photos):
 def test_all_blocks_in_float32_is_the_folded_model(model, x):
     """Every block and the head, in order: with no block reduced it is the folded model itself."""
     folded = fuse_for_inference(model)
-    blocks = len(list(folded.blocks()))
-    net = ReducedNet(folded, float32_blocks=blocks, dtype=torch.float32)
+    net = ReducedNet(folded, float32_flows=FLOWS, dtype=torch.float32)
+    assert len(net.float32) == len(list(folded.blocks()))
     with torch.no_grad():
         torch.testing.assert_close(net(x), folded(x), rtol=0, atol=0)
-    with pytest.raises(ValueError, match=f"float32_blocks must be in 0..{blocks}, got {blocks + 1}"):
-        ReducedNet(folded, float32_blocks=blocks + 1)
+        torch.testing.assert_close(ReducedNet(folded, (), dtype=torch.float32)(x), folded(x), rtol=0, atol=0)
+    for flows in [("middle",), ("entry", "exit"), ("entry", "flow")]:
+        with pytest.raises(ValueError, match="float32_flows must be the first of"):
+            ReducedNet(folded, float32_flows=flows)
 
 
 def test_the_first_blocks_stay_float32_and_shared_the_rest_is_a_frozen_bf16_copy(model, x):
     folded = fuse_for_inference(model)
     net = ReducedNet(folded)
-    blocks = [b for _, b in folded.blocks()]
-    assert len(net.float32) == FLOAT32_BLOCKS == 3
-    assert all(a is b for a, b in zip(net.float32, blocks[:FLOAT32_BLOCKS]))  # a served replica's own modules
+    entry = [b for name, b in folded.blocks() if name.startswith("entry.")]
+    assert FLOAT32_FLOWS == ("entry",) and len(net.float32) == len(entry) == 4
+    assert all(a is b for a, b in zip(net.float32, entry))  # a served replica's own modules
     assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in net.reduced.parameters())
     assert not any(p.data_ptr() == q.data_ptr() for p in net.reduced.parameters() for q in folded.parameters())
     assert any(type(m) is Pointwise for m in net.reduced.modules())
@@ -61,7 +63,7 @@ def test_the_first_blocks_stay_float32_and_shared_the_rest_is_a_frozen_bf16_copy
     handle.remove()
     with torch.no_grad():
         expected = x
-        for block in blocks[:FLOAT32_BLOCKS]:
+        for block in entry:
             expected = block(expected)
     assert torch.equal(seen[0], expected.to(torch.bfloat16))  # float32 up to the split, exactly
     assert out.dtype == torch.float32
