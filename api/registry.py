@@ -40,6 +40,7 @@ import torch
 
 from xception_core import weights
 from xception_core.attributions.fast import PrecisionCheck, PrecisionChoice, choose_attribution_precision, quality_engine
+from xception_core.attributions.reduced import reduced_net
 from xception_core.engine import EngineOptions, Predictor
 from xception_core.fuse import fuse_for_inference
 from xception_core.model import MIN_INPUT_SIZE, SeparableConv2d, Xception
@@ -146,9 +147,11 @@ class LoadedModel:
     def warm_up(self) -> dict[str, float]:
         """Run each engine once on a generated image, so the first request gets the steady-state
         time: the prediction engine (onnxruntime sessions and eager kernels allocate on their
-        first call), the shared model (captures), and one private attribution replica of each
-        kind, forward and backward (their copies are made here, not in the first request).
-        Returns, and keeps in ``warmup_ms``, the milliseconds each took."""
+        first call), the shared model (captures), the attributions' precision check, and one
+        private attribution replica of each kind, forward and backward, with the folded one's
+        bf16 :func:`~xception_core.attributions.reduced.reduced_net` where input methods run in
+        bf16 (their copies are made here, not in the first request). Returns, and keeps in
+        ``warmup_ms``, the milliseconds each took."""
         timings: dict[str, float] = {}
         generator = torch.Generator().manual_seed(0)
         x = (torch.rand(1, 3, self.input_size, self.input_size, generator=generator) * 2 - 1).to(self.device)
@@ -166,9 +169,9 @@ class LoadedModel:
                 self.model(x)
 
         timed("capture", capture)
+        timed("attribution_setup", self.attribution_setup)
         for fused in sorted({False, self.fused}):
             timed("replica_fused" if fused else "replica", lambda f=fused: self._warm_replica(x, f))
-        timed("attribution_setup", self.attribution_setup)
         timed("quality_engine", lambda: self.attribution_setup().curves(x))
         self.warmup_ms = timings
         return timings
@@ -197,9 +200,14 @@ class LoadedModel:
         return AttributionSetup(self.attribution_precision, choice, curves, served is not None and curves.model is served.model)
 
     def _warm_replica(self, x: torch.Tensor, fused: bool) -> None:
+        choice = self.attribution_setup().precision
         with self.replica(fused=fused) as model, torch.enable_grad():
-            xg = x.detach().clone().requires_grad_()
-            model(xg)[0].max().backward()
+            nets = [model]
+            if fused and "bf16" in (choice.input, choice.integrated):
+                nets.append(reduced_net(model))
+            for net in nets:
+                xg = x.detach().clone().requires_grad_()
+                net(xg)[0].max().backward()
 
     @property
     def num_classes(self) -> int:

@@ -50,3 +50,23 @@ def test_the_warm_up_can_be_switched_off(tiny_model, png):
         assert c.post("/v1/attributions?method=saliency&quality=auc&auc_steps=2", files=files(png)).status_code == 200
         assert entry.attribution_decided
         assert c.get(f"/v1/models/{MODEL_ID}").json()["attribution_precision"]["requested"] == "auto"
+
+
+def test_the_warm_up_builds_the_reduced_net_where_input_methods_run_in_bf16(tiny_model, png, monkeypatch):
+    """The first bf16 input attribution finds its replica's reduced-precision net made and run."""
+    from xception_core.attributions import reduced
+    from xception_core.attributions.fast import PrecisionChoice
+
+    for input_family, integrated in [("bf16", "fp32"), ("fp32", "bf16"), ("fp32", "fp32")]:
+        choice = PrecisionChoice("auto", input=input_family, integrated=integrated, layer="bf16")
+        monkeypatch.setattr("api.registry.choose_attribution_precision", lambda model, check, c=choice: c)
+        app = make_app(tiny_model, preload_default_model=False)
+        with TestClient(app, raise_server_exceptions=False) as c:
+            assert c.post("/v1/predict", files=files(png)).status_code == 200
+            entry = app.state.registry.peek(MODEL_ID)
+            (fused,), (plain,) = entry._replicas[True], entry._replicas[False]
+            built = reduced._NETS.get(fused)
+            assert (built is not None) == ("bf16" in (input_family, integrated)), choice
+            assert reduced._NETS.get(plain) is None
+            if built is not None:
+                assert all(p.grad is None for p in built.net.parameters())
