@@ -104,10 +104,12 @@ class Settings(BaseSettings):
     )
     attribution_precision: Literal["auto", "fp32", "mixed"] = Field(
         "auto",
-        description="Default precision of attributions. `auto`: decided once when a model loads -- bfloat16 autocast "
-        "where the hardware computes it natively (AVX512-BF16 / AMX, bf16 GPUs) and saliency and Grad-CAM heat maps "
-        "agree with float32 (Spearman >= 0.99 on generated images), else float32 (`GET /v1/models/{id}` says which and "
-        "why); the deletion / insertion curves then run on the fastest checked engine. `fp32`: float32 everywhere. "
+        description="Default precision of attributions. `auto`: decided once when a model loads, by family -- bfloat16 "
+        "where the hardware computes it natively (AVX512-BF16 / AMX, bf16 GPUs) and the family's judge (saliency, "
+        "Integrated Gradients, Grad-CAM) makes heat maps that agree with float32 (Spearman >= 0.99 on generated "
+        "images), else float32 (`GET /v1/models/{id}` says which and why); input methods then run on a folded net whose "
+        "entry flow stays float32, layer methods in autocast; DeepLift, Guided Backprop and occlusion always in float32. "
+        "The deletion / insertion curves run on the fastest checked engine. `fp32`: float32 everywhere. "
         "`mixed`: float16 autocast (CUDA only). A request can ask for `precision=fp32` or `mixed`.",
     )
     torch_threads: int | None = Field(
