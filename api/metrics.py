@@ -38,6 +38,13 @@ class Metrics:
         self.attribution = Histogram(
             "xception_attribution_seconds", "Attribution time by device and method", ("device", "method"), buckets=LATENCY_BUCKETS, registry=r
         )
+        self.attribution_quality = Histogram(
+            "xception_attribution_quality_seconds",
+            "Quality figures computed on their own, after a cached map (X-Cache: map-hit), by device and method",
+            ("device", "method"),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.batch_size = Histogram(
             "xception_batch_size", "Images per prediction micro-batch", ("model",), buckets=BATCH_BUCKETS, registry=r
         )

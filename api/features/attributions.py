@@ -193,9 +193,11 @@ class Attributions:
             attributor = core_attr.Attributor(model, options)
             with autocast:
                 if earlier is not None:
-                    return attributor.quality(x[None], earlier, request)
-                result = attributor.attribute(x[None], request, logits=logits)
-        rt.metrics.attribution.labels(rt.device, request.method).observe(time.perf_counter() - started)
+                    result = attributor.quality(x[None], earlier, request)
+                else:
+                    result = attributor.attribute(x[None], request, logits=logits)
+        histogram = rt.metrics.attribution if earlier is None else rt.metrics.attribution_quality
+        histogram.labels(rt.device, request.method).observe(time.perf_counter() - started)
         return result
 
     def _job(

@@ -206,6 +206,11 @@ def test_quality_after_the_map_computes_only_the_figures(app, client, nocache, p
     full = client.post(f"{base}&quality=full&auc_steps=5", files=files(png))
     assert full.headers["x-cache"] == "hit"
     assert _computed(app, "integrated_gradients")[1] == before[1] + 1  # one map computed, for three answers
+    # the figures computed on their own are timed apart, once (the third answer was a hit)
+    figures = app.state.metrics.attribution_quality.labels("cpu", "integrated_gradients")
+    assert figures._sum.get() > 0 and "xception_attribution_quality_seconds_count" in client.get("/metrics").text
+    assert [s.value for m in app.state.metrics.attribution_quality.collect() for s in m.samples
+            if s.name.endswith("_count") and s.labels["method"] == "integrated_gradients"] == [1.0]
     for query, got in ((f"{base}&quality=none", none), (f"{base}&quality=auc&auc_steps=5", auc), (f"{base}&quality=full&auc_steps=5", full)):
         fresh = nocache.post(query, files=files(png)).json()
         mine = got.json()
