@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import numpy as np
 import pytest
@@ -251,3 +252,35 @@ def test_an_atlas_reads_what_an_image_folder_holds(tmp_path):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"")
     assert atlas_mod.list_images(tmp_path) == ["a/cat.png", "b/dog.JPG"]
+
+
+def test_the_bundled_atlas_is_built_once_when_two_ask_at_the_same_time(monkeypatch):
+    """Two callers (threads here; processes alike: the lock is a file's) on a fresh home: one
+    builds, the other waits and opens what it built."""
+    import threading
+
+    monkeypatch.setattr(atlas_mod, "BUNDLED_ATLAS_IMAGES", 8)
+    model, card = load_model(BUNDLED_ID)
+    builds, real = [], atlas_mod.build_atlas
+
+    def counting(*args, **kwargs):
+        builds.append(threading.get_ident())
+        time.sleep(0.3)  # the other caller arrives while this one builds
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(atlas_mod, "build_atlas", counting)
+    results, errors = [], []
+
+    def ask() -> None:
+        try:
+            results.append(open_atlas(card, model=model))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(builds) == 1 and len(results) == 2
+    assert results[0].meta["files"] == results[1].meta["files"] and len(results[0].meta["files"]) == 8

@@ -27,6 +27,7 @@ import torch
 
 from .folders import IMAGE_EXTENSIONS, is_image_file
 from .introspect import forward_with_capture
+from .locks import file_lock
 from .model import Xception, model_device
 from .receptive import ReceptiveField, receptive_fields
 from .synthetic import MANIFEST_FILE, write_folder
@@ -447,12 +448,28 @@ def open_atlas(
     model: Xception | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> AtlasIndex:
-    """The atlas of ``card``'s model; the bundled model's is built on first use (given ``model``).
+    """The atlas of ``card``'s model; the bundled model's is built on first use (given ``model``),
+    by one process at a time (:func:`~xception_core.locks.file_lock`; the others wait and open it).
 
     An index built from other weights than the card's (sha256) is refused for an ordinary
     model and rebuilt for the bundled one.
     """
     path = atlas_dir(card.id, home)
+    index = _current(card, path, model)
+    if index is not None:
+        return index
+    with file_lock(path.with_name(path.name + ".build.lock")):
+        index = _current(card, path, model)  # built by another process while this one waited
+        if index is not None:
+            return index
+        data = path / "data"
+        if not (data / MANIFEST_FILE).is_file():
+            write_folder(data, BUNDLED_ATLAS_IMAGES, BUNDLED_ATLAS_SEED, size=BUNDLED_ATLAS_SIZE)
+        return build_atlas(model, card.preprocess, AtlasBuildRequest(data), path, card.sha256, progress)
+
+
+def _current(card: ModelCard, path: Path, model: Xception | None) -> AtlasIndex | None:
+    """The index at ``path`` if it is ``card``'s; ``None`` where the bundled model's is to be built."""
     build = f"build it: atlas build --model {card.id} --data DIR"
     if AtlasIndex.exists(path):
         index = AtlasIndex.open(path)
@@ -462,7 +479,4 @@ def open_atlas(
             raise AtlasError(f"the atlas of {card.id} was built from other weights; {build}")
     elif card.id != BUNDLED_ID or model is None:
         raise AtlasError(f"{card.id} has no atlas yet; {build}")
-    data = path / "data"
-    if not (data / MANIFEST_FILE).is_file():
-        write_folder(data, BUNDLED_ATLAS_IMAGES, BUNDLED_ATLAS_SEED, size=BUNDLED_ATLAS_SIZE)
-    return build_atlas(model, card.preprocess, AtlasBuildRequest(data), path, card.sha256, progress)
+    return None

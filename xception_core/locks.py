@@ -1,4 +1,4 @@
-"""Per-model readers-writer locks.
+"""Per-model readers-writer locks, and :func:`file_lock` between processes.
 
 Captum's layer methods, DeepLift and GuidedBackprop register hooks on modules
 of the shared model; while they run, their hooks see every forward pass on
@@ -9,10 +9,12 @@ methods) holds ``.shared()`` and runs concurrently with its peers.
 
 from __future__ import annotations
 
+import fcntl
 import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from torch import nn
 
@@ -73,3 +75,14 @@ def model_lock(model: nn.Module) -> ModelLock:
         if lock is None:
             lock = _LOCKS[model] = ModelLock()
         return lock
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on the file ``path`` (created, with its folder) while the context runs,
+    between processes and between threads alike (``flock`` on a file opened per call); released
+    when the file closes, also when the process dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
