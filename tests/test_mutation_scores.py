@@ -68,3 +68,23 @@ def test_a_retest_keeps_the_whole_run_time_and_adds_its_own(tmp_path):
     assert (first["wall_s"], first["cpu_s"], first["retest_wall_s"]) == (500, 480, 30)
     assert (second["wall_s"], second["cpu_s"], second["retest_wall_s"]) == (500, 480, 50)
     assert json.loads(scores.read_text())["m"] == second
+
+
+def test_a_second_run_of_the_same_module_stops_at_once(tmp_path, monkeypatch):
+    """It would remake ``.mutation/<module>/`` under the first run; another module runs freely."""
+    import fcntl
+
+    import pytest
+
+    tool = _mutation_tool()
+    monkeypatch.setattr(tool, "WORK", tmp_path)
+    ran = []
+    monkeypatch.setattr(tool, "_run", lambda module, *args: ran.append(module.name) or {"module": module.name})
+    mine, other = (tool.Module(n, f"{n}.py", ("*",), ("tests/x.py",)) for n in ("mine", "other"))
+    with open(tmp_path / "mine.lock", "a") as held:  # the first run, in another process
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(SystemExit, match="another run of mine is in progress"):
+            tool.run(mine, {}, [], 1)
+        assert tool.run(other, {}, [], 1) == {"module": "other"}
+    assert ran == ["other"]
+    assert tool.run(mine, {}, [], 1) == {"module": "mine"} and ran == ["other", "mine"]

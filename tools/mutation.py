@@ -19,7 +19,8 @@ Prints, per module, killed / total and the mutants that were not killed by
 kind; writes ``.mutation/scores.json`` (merged under a lock: two processes running different
 modules keep each other's figures) and, per module, ``.mutation/<module>/survivors.diff``
 (the diff of every mutant that was not killed). Inspect one mutant with
-``cd .mutation/<module> && mutmut show NAME``.
+``cd .mutation/<module> && mutmut show NAME``. Two runs of one module at once: the second stops
+at once (``.mutation/<module>.lock``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,8 +168,29 @@ def write_diffs(work: Path, names: list[str], statuses: dict[str, int | None]) -
     return out
 
 
+@contextmanager
+def only_run(module: Module) -> Iterator[None]:
+    """Hold ``.mutation/<module>.lock`` for a run: a second run of the same module at the same time
+    would remake the folder the first one is using; it stops at once with a message instead."""
+    work = WORK
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / f"{module.name}.lock"
+    with open(path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"another run of {module.name} is in progress (it holds {path}); wait for it to end") from None
+        yield
+
+
 def run(module: Module, shared: dict, test_args: list[str], workers: int, resume: bool = False,
         survivors: bool = False) -> dict:
+    with only_run(module):
+        return _run(module, shared, test_args, workers, resume, survivors)
+
+
+def _run(module: Module, shared: dict, test_args: list[str], workers: int, resume: bool,
+         survivors: bool) -> dict:
     work = prepare(module, shared, test_args, resume, survivors)
     names = module.mutant_globs()
     if (resume or survivors) and (work / "mutants" / (module.mutate + ".meta")).exists():
