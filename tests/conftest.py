@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from support import SMALL, sample_photos
-from xception_core.model import XceptionConfig
+from support import SMALL, calibrate_batchnorm, photo_batch, sample_photos
+from xception_core.model import Xception, XceptionConfig
 
 
 @pytest.fixture(autouse=True)
@@ -40,3 +40,13 @@ def photos() -> list[np.ndarray]:
 def chelsea(photos) -> Image.Image:
     """scikit-image's cat photograph as an RGB PIL image."""
     return Image.fromarray(photos[1]).convert("RGB")
+
+
+@pytest.fixture(scope="session")
+def photo_model(small_config, photos) -> Xception:
+    """The small configuration, seeded random weights, BatchNorm statistics of the sample photos
+    at 72 px, in eval mode: a model whose activations look like a trained one's. Do not modify."""
+    torch.manual_seed(0)
+    m = Xception(small_config)
+    calibrate_batchnorm(m, photo_batch(photos, 72), seed=1)
+    return m.eval()

@@ -9,7 +9,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from xception_core.engine import native_reduced_precision
 from xception_core.model import XceptionConfig
+
+#: Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX): bf16 tests run only there.
+NATIVE_BF16 = native_reduced_precision("bf16", torch.device("cpu")) is None
 
 SMALL = XceptionConfig(
     num_classes=7,

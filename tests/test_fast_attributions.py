@@ -10,7 +10,7 @@ import torch
 from captum.attr import Saliency
 from scipy.stats import spearmanr
 
-from support import calibrate_batchnorm, photo_batch
+from support import NATIVE_BF16, photo_batch
 from xception_core.attributions import Attributor, AttributorOptions, ParamError, deletion_insertion_auc
 from xception_core.attributions import fast
 from xception_core.attributions.faithfulness import _gaussian_blur
@@ -22,20 +22,15 @@ from xception_core.attributions.fast import (
     spearman,
 )
 from xception_core.engine import EngineOptions, Predictor, native_reduced_precision
-from xception_core.model import Xception
 
 SIZE = 72
-NATIVE_BF16 = native_reduced_precision("bf16", torch.device("cpu")) is None
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 @pytest.fixture(scope="module")
-def model(small_config, photos):
-    torch.manual_seed(0)
-    m = Xception(small_config)
-    calibrate_batchnorm(m, photo_batch(photos, SIZE), seed=1)
-    return m.eval()
+def model(photo_model):
+    return photo_model
 
 
 @pytest.fixture(scope="module")

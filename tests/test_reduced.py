@@ -6,32 +6,26 @@ import pytest
 import torch
 from captum.attr import IntegratedGradients, Saliency
 
-from support import calibrate_batchnorm, photo_batch
+from support import NATIVE_BF16, photo_batch
 from xception_core.attributions import Attributor, AttributorOptions, fast
 from xception_core.attributions.fast import CHECK_IG_STEPS, PrecisionCheck, choose_attribution_precision
 from xception_core.attributions.reduced import FLOAT32_FLOWS, ReducedNet, reduced_net
-from xception_core.engine import native_reduced_precision
 from xception_core.frozen import Pointwise
 from xception_core.fuse import fuse_for_inference
-from xception_core.model import FLOWS, Xception
+from xception_core.model import FLOWS
 
-SIZE = 72
-NATIVE_BF16 = native_reduced_precision("bf16", torch.device("cpu")) is None
-
+SIZE = 72  # photo_model's
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-@pytest.fixture(scope="module")
-def model(small_config, photos):
-    torch.manual_seed(0)
-    m = Xception(small_config)
-    calibrate_batchnorm(m, photo_batch(photos, SIZE), seed=1)
-    return m.eval()
 
 
 @pytest.fixture(scope="module")
 def x(photos):
     return photo_batch(photos[1:2], SIZE).contiguous(memory_format=torch.channels_last)
+
+
+@pytest.fixture(scope="module")
+def model(photo_model):
+    return photo_model
 
 
 def test_all_blocks_in_float32_is_the_folded_model(model, x):
