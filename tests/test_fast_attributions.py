@@ -21,7 +21,7 @@ from xception_core.attributions.fast import (
     quality_engine,
     spearman,
 )
-from xception_core.engine import EngineOptions, Predictor, native_reduced_precision
+from xception_core.engine import EngineOptions, Predictor
 
 SIZE = 72
 
