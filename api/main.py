@@ -19,6 +19,8 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
+from xception_core.allocator import keep_freed_memory
+
 from . import errors, logs
 from .deps import require_api_key
 from .features import Features
@@ -62,6 +64,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     settings = settings or Settings()
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
+    if settings.keep_freed_memory and (why := keep_freed_memory()) is not None:
+        log.info("keep_freed_memory not applied: %s", why)
     registry = registry or default_registry(settings)
     # attributions (and sort=attribution) borrow a private replica: one per thread that can ask
     registry.serve_with(

@@ -115,6 +115,13 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         None, ge=1, le=256, description="torch intra-op threads (default: torch's choice)."
     )
+    keep_freed_memory: bool = Field(
+        True,
+        description="On glibc (Linux): serve large tensors from the heap and keep freed memory for the next "
+        "computation (`mallopt`: no mmap, no trimming, one arena; `xception_core.allocator`) instead of mapping and "
+        "faulting gigabytes afresh on every attribution pass; the process then keeps the memory of its largest "
+        "computation. `false`: glibc's defaults.",
+    )
 
     # --- work scheduling -------------------------------------------------------
     inference_workers: int = Field(

@@ -8,7 +8,7 @@ from captum.attr import IntegratedGradients, Saliency
 
 from support import NATIVE_BF16, photo_batch
 from xception_core.attributions import Attributor, AttributorOptions, fast
-from xception_core.attributions.fast import CHECK_IG_STEPS, PrecisionCheck, choose_attribution_precision
+from xception_core.attributions.fast import CHECK_IG_IMAGES, CHECK_IG_STEPS, PrecisionCheck, choose_attribution_precision
 from xception_core.attributions.reduced import FLOAT32_FLOWS, ReducedNet, reduced_net
 from xception_core.frozen import Pointwise
 from xception_core.fuse import fuse_for_inference
@@ -137,8 +137,9 @@ def test_before_forward_runs_ahead_of_every_forward_and_can_stop_the_method(mode
 
 @pytest.mark.skipif(not NATIVE_BF16, reason="this CPU computes bfloat16 by emulation")
 def test_the_check_runs_integrated_gradients_briefly_on_folded_copies(model, monkeypatch):
-    """Integrated Gradients is judged with CHECK_IG_STEPS points; the input methods on a folded
-    copy, fp32 against the reduced net, the layer method on the model."""
+    """Integrated Gradients is judged with CHECK_IG_STEPS points on CHECK_IG_IMAGES images, the
+    others on every image; the input methods on a folded copy, fp32 against the reduced net, the
+    layer method on the model."""
     seen = []
     original = Attributor.attribute
 
@@ -147,9 +148,11 @@ def test_the_check_runs_integrated_gradients_briefly_on_folded_copies(model, mon
         return original(self, x, method, **kwargs)
 
     monkeypatch.setattr(Attributor, "attribute", spy)
-    choice = choose_attribution_precision(model, PrecisionCheck(images=1, size=SIZE, threshold=0.5))
+    choice = choose_attribution_precision(model, PrecisionCheck(images=2, size=SIZE, threshold=0.5))
     assert ("integrated_gradients", "fp32", True, CHECK_IG_STEPS) in seen and ("integrated_gradients", "bf16", True, CHECK_IG_STEPS) in seen
     assert ("saliency", "bf16", True, None) in seen and ("layer_gradcam", "bf16", False, None) in seen
-    assert len(seen) == 6 and CHECK_IG_STEPS == 8
+    assert [m for m, *_ in seen].count("integrated_gradients") == 2 * CHECK_IG_IMAGES == 2
+    assert [m for m, *_ in seen].count("saliency") == [m for m, *_ in seen].count("layer_gradcam") == 4
+    assert CHECK_IG_STEPS == 8
     assert choice.integrated == "bf16" and 0.5 <= choice.agreement["integrated_gradients"] <= 1
     assert fast.FAMILIES["integrated"][0] == "integrated_gradients"

@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+import api.main
 from api.settings import Settings, settings_table
 from apifixtures import *  # noqa: F401,F403 -- the shared fixtures
+from apihelpers import make_app
 
 API_DIR = Path(__file__).resolve().parents[2] / "api"
 
@@ -65,3 +67,12 @@ def test_main_readme_shows_every_curl_example_and_every_setting():
     for method, path, _, curl in EXAMPLES:
         assert curl in text, f"README.md lacks the curl example of {method} {path}"
     assert settings_table() in text, "README.md's settings table is out of date"
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_keep_freed_memory_is_applied_as_the_settings_say(monkeypatch, tiny_model, keep):
+    """The process owner's decision: ``create_app`` calls ``keep_freed_memory`` only when asked."""
+    calls = []
+    monkeypatch.setattr(api.main, "keep_freed_memory", lambda: calls.append(1))
+    make_app(tiny_model, keep_freed_memory=keep)
+    assert calls == ([1] if keep else [])
