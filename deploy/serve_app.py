@@ -35,8 +35,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import TypeAdapter
 from ray import serve
 from ray.serve import Application
+
+from xception_core.allocator import GLIBC_TUNABLES
 
 log = logging.getLogger("deploy.serve_app")
 
@@ -204,8 +207,13 @@ def deployment_options(args: Mapping[str, Any] | None = None) -> tuple[dict[str,
     if cpus >= 1 and "XCEPTION_TORCH_THREADS" not in os.environ:
         settings.setdefault("torch_threads", int(cpus))
 
+    actor: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus}
+    # A replica's worker has threads (and their malloc arenas) before the app is built, so the
+    # allocator setting is given to the process at its start rather than applied in create_app.
+    if TypeAdapter(bool).validate_python(settings.get("keep_freed_memory", os.environ.get("XCEPTION_KEEP_FREED_MEMORY", True))):
+        actor["runtime_env"] = {"env_vars": {"GLIBC_TUNABLES": GLIBC_TUNABLES}}
     options: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": cpus, "num_gpus": gpus},
+        "ray_actor_options": actor,
         "max_ongoing_requests": _integer(
             shape.get("max_ongoing_requests", DEFAULT_MAX_ONGOING_REQUESTS), "max_ongoing_requests", minimum=1
         ),

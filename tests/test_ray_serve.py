@@ -22,6 +22,7 @@ import yaml
 from PIL import Image
 
 from support import calibrate_batchnorm, photo_batch
+from xception_core.allocator import GLIBC_TUNABLES
 from xception_core.model import Xception
 from xception_core.transform import PreprocessConfig
 
@@ -52,7 +53,9 @@ def test_serve_config_is_valid_and_builds():
     assert config["http_options"]["request_timeout_s"] > 180  # longer than the default attribution deadline
     # the builder accepts the file's arguments (Ray is not running here: CPU replicas)
     options, settings = serve_app.deployment_options(config["applications"][0]["args"])
-    assert options["ray_actor_options"] == {"num_cpus": 2.0, "num_gpus": 0.0}
+    assert options["ray_actor_options"] == {
+        "num_cpus": 2.0, "num_gpus": 0.0, "runtime_env": {"env_vars": {"GLIBC_TUNABLES": GLIBC_TUNABLES}},
+    }
     assert settings["device"] == "cpu" and settings["cache_max_bytes"] == 536870912
     assert serve_app.build_app(config["applications"][0]["args"]) is not None
 
@@ -235,3 +238,21 @@ def test_two_serve_replicas_answer_like_the_plain_app(tmp_path, photos, small_co
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@pytest.mark.parametrize(("args", "env", "kept"), [
+    ({}, None, True),
+    ({"keep_freed_memory": "false"}, None, False),
+    ({}, "0", False),
+    ({"keep_freed_memory": True}, "false", True),  # the argument wins over the environment
+])
+def test_replicas_start_with_the_allocator_kept_unless_told_not_to(monkeypatch, args, env, kept):
+    """A replica's worker has threads before the app exists: the setting goes to the process at
+    its start (GLIBC_TUNABLES), as XCEPTION_KEEP_FREED_MEMORY or the argument says."""
+    if env is None:
+        monkeypatch.delenv("XCEPTION_KEEP_FREED_MEMORY", raising=False)
+    else:
+        monkeypatch.setenv("XCEPTION_KEEP_FREED_MEMORY", env)
+    options, _ = serve_app.deployment_options(args)
+    got = options["ray_actor_options"].get("runtime_env", {}).get("env_vars", {}).get("GLIBC_TUNABLES")
+    assert got == (GLIBC_TUNABLES if kept else None)

@@ -7,9 +7,11 @@ Integrated Gradients runs (32 points at 299 px) took 7.3 million page faults and
 time. Served from the heap and kept there once freed, the same runs took 0.55 million and 2.5 s.
 The price: the process keeps the memory of its largest computation instead of returning it.
 
-``keep_freed_memory()`` sets this with ``mallopt`` at run time (the ``GLIBC_TUNABLES``
-environment variable would have to be set before the process starts). It is the process
-owner's decision -- the API applies it at start-up, as its settings say -- never an import's.
+``keep_freed_memory()`` sets this with ``mallopt`` at run time. It must come before other
+threads allocate: a thread that already has an arena of its own keeps it. It is the process
+owner's decision -- the API applies it in ``create_app``, before any model exists, as its
+settings say -- never an import's. :data:`GLIBC_TUNABLES` is the same for a process started
+with it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import ctypes
 import ctypes.util
 import sys
 
-__all__ = ["MALLOPT_SETTINGS", "keep_freed_memory"]
+__all__ = ["GLIBC_TUNABLES", "MALLOPT_SETTINGS", "keep_freed_memory"]
 
 #: ``mallopt`` parameters (glibc's ``malloc.h``) and the values set: no ``mmap`` for any block,
 #: never trim the heap's top (``-1``), one arena (threads share the kept memory).
@@ -27,6 +29,12 @@ MALLOPT_SETTINGS: tuple[tuple[str, int, int], ...] = (
     ("M_TRIM_THRESHOLD", -1, -1),
     ("M_ARENA_MAX", -8, 1),
 )
+
+
+#: The same, as the ``GLIBC_TUNABLES`` environment variable of a process started with it (a Ray
+#: Serve replica's worker, whose threads have their arenas before the app is built; "never trim"
+#: as a threshold of 1 TiB).
+GLIBC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776:glibc.malloc.arena_max=1"
 
 
 def _glibc() -> ctypes.CDLL | None:
