@@ -68,6 +68,12 @@ EXAMPLES: list[tuple[str, str, str, str]] = [
         f"curl -s -X POST '{BASE}/v1/attributions?method=saliency&quality=none&image_id='$ID",
     ),
     (
+        "GET",
+        "/v1/images/{image_id}",
+        "A stored image's bytes back (e.g. to show the image of a shared link); `ETag` is its id",
+        f"curl -s -o image.bin {BASE}/v1/images/$ID",
+    ),
+    (
         "POST",
         "/v1/predict",
         "Top-5 classes of one image; the same image again by its `image_id` (404 once it left the store: upload again)",

@@ -7,9 +7,11 @@ of the test images.
 from __future__ import annotations
 
 import hashlib
+import io
 
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from apifixtures import *  # noqa: F401,F403
 from apihelpers import assert_problem, files, load_npy, make_app
@@ -151,3 +153,50 @@ def test_the_store_is_in_the_metrics(client, app, png):
     stats = app.state.features.runtime.images.stats()
     assert f"xception_image_store_bytes {float(stats['bytes'])}" in metrics and stats["bytes"] >= len(png)
     assert f"xception_image_store_entries {float(stats['entries'])}" in metrics
+
+
+def _jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 30, 90)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_get_image_gives_back_the_bytes_with_their_type(client, png):
+    """Stored by POST /v1/images or by an analysis: the same bytes, the format's content type,
+    the id as ETag, nosniff; If-None-Match with the ETag answers 304 without a body."""
+    image_id = client.post("/v1/images", files=files(png)).json()["image_id"]
+    got = client.get(f"/v1/images/{image_id}")
+    assert got.status_code == 200 and got.content == png
+    assert got.headers["content-type"] == "image/png"
+    assert got.headers["etag"] == f'"{image_id}"' and got.headers["x-content-type-options"] == "nosniff"
+    assert "private" in got.headers["cache-control"]
+    again = client.get(f"/v1/images/{image_id}", headers={"If-None-Match": f'"other", "{image_id}"'})
+    assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == f'"{image_id}"'
+    assert client.get(f"/v1/images/{image_id}", headers={"If-None-Match": '"other"'}).status_code == 200
+    jpeg = _jpeg()
+    client.post("/v1/predict?top_k=1", files=files(jpeg))  # stored by an analysis
+    got = client.get(f"/v1/images/{hashlib.sha256(jpeg).hexdigest()}")
+    assert got.status_code == 200 and got.content == jpeg and got.headers["content-type"] == "image/jpeg"
+
+
+def test_get_image_of_an_unknown_or_malformed_id_is_a_problem(client):
+    assert_problem(client.get(f"/v1/images/{'0' * 64}"), 404, "upload the image again")
+    for bad in ("A" * 64, "0" * 63, "..%2F..%2Fetc%2Fpasswd"):
+        response = client.get(f"/v1/images/{bad}")
+        assert response.status_code in (404, 422) and response.headers["content-type"] == "application/problem+json"
+    assert_problem(client.get(f"/v1/images/{'A' * 64}"), 422, "image_id")
+
+
+def test_get_image_renews_its_lifetime(tiny_model, png):
+    """Reading an image is a use: it stays ttl_s after the last one."""
+    app = make_app(tiny_model, image_store_ttl_s=60, preload_default_model=False)
+    clock = Clock()
+    app.state.features.runtime.images.clock = clock
+    with TestClient(app, raise_server_exceptions=False) as c:
+        image_id = c.post("/v1/images", files=files(png)).json()["image_id"]
+        clock.now += 50
+        assert c.get(f"/v1/images/{image_id}").status_code == 200
+        clock.now += 50
+        assert c.get(f"/v1/images/{image_id}").status_code == 200  # 100 s after the upload, 50 after the read
+        clock.now += 61
+        assert_problem(c.get(f"/v1/images/{image_id}"), 404)

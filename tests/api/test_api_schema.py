@@ -155,6 +155,7 @@ OPERATION_IDS = {
     ("get", "/v1/samples"): "listSamples",
     ("get", "/v1/samples/{sample_id}"): "getSampleImage",
     ("post", "/v1/images"): "uploadImage",
+    ("get", "/v1/images/{image_id}"): "getImage",
     ("post", "/v1/predict"): "predict",
     ("post", "/v1/predict/batch"): "predictBatch",
     ("get", "/v1/colormaps"): "listColormaps",
