@@ -380,6 +380,21 @@ class ApiClient:
         self.stores_images = True
         return stored
 
+    def image(self, image_id: str) -> bytes | None:
+        """``GET /v1/images/{image_id}``: a stored image's bytes, or ``None`` when the API no longer
+        has it (404: evicted or never stored) or cannot give images back (an older API); other
+        errors are raised."""
+        try:
+            data = self._request("GET", f"/v1/images/{image_id}").content
+        except ApiError as error:
+            if error.status in (404, 405, 422):
+                return None
+            raise
+        if hashlib.sha256(data).hexdigest() != image_id:
+            return None
+        self.stores_images = True  # it has just given one back
+        return data
+
     # ------------------------------------------------------------------ analysis
 
     def predict(self, image: bytes | ImageRef, *, model: str | None = None, top_k: int = 5) -> dict[str, Any]:

@@ -84,7 +84,7 @@ def set_image(image: ImageInput) -> None:
     every later request of this session names it by its id instead of sending the bytes again."""
     st.session_state[IMAGE_KEY] = image
     stored: dict[str, dict[str, Any] | None] = st.session_state.setdefault(STORED_KEY, {})
-    if image.data is None or image.image_id in stored:
+    if image.data is None or image.source == "link" or image.image_id in stored:  # a link's image is on the server
         return
     try:
         stored[image.image_id] = client().upload_image(image.data, image.name)

@@ -304,14 +304,16 @@ def restore_image() -> None:
         urlstate.ignored("image", image_id, "not an image id (64 hexadecimal digits)")
         return
     try:
-        session.client().predict(ImageRef(image_id), top_k=1)  # cheap, and says whether the API still has it
+        data = session.client().image(image_id)  # the bytes, to show the image; None: gone, or an older API
+        if data is None:
+            session.client().predict(ImageRef(image_id), top_k=1)  # cheap, and says whether the API still has it
     except ApiError as error:
         if error.status in (0, 401, 403, 429) or error.status >= 500:
             show_error(error)
         else:  # 404: evicted or never stored; 422: an API that keeps no images
             st.warning(f"{IMAGE_GONE} (Predict page: upload it or pick a sample.)", icon=":material/cloud_off:")
         return
-    session.set_image(session.ImageInput(None, f"shared image {image_id[:12]}", "link", image_id=image_id))
+    session.set_image(session.ImageInput(data, f"shared image {image_id[:12]}", "link", image_id=image_id))
 
 
 def _restore_sample(sample_id: str, variant: str | None) -> bool:

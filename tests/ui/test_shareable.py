@@ -146,6 +146,7 @@ def test_a_link_restores_the_layer_explorer(app, api_url, cat_png):
     assert_clean(at)
     assert texts(at.title) == ["Layer explorer"]
     assert at.session_state["image"].image_id == image_id and at.session_state["image"].source == "link"
+    assert at.session_state["image"].data == cat_png  # fetched back (GET /v1/images/{id}), so it can be shown
     assert at.radio(key="lx_flow").value == "middle"
     assert at.selectbox(key="lx_layer_middle").value == "middle.block5.sep2"
     assert at.slider(key="lx_top").value == 6
@@ -260,3 +261,17 @@ def test_the_pattern_model_warns_on_a_photograph(app, cat_png):
     at.button(key="use_generated").click().run()
     assert_clean(at)
     assert not [t for t in texts(at.warning) if "generated patterns" in t]
+
+
+def test_a_link_shows_its_image_and_uploads_nothing(app, api_url, cat_png, counted):
+    """The bytes come back from GET /v1/images/{id}, are shown on the Predict page and in the
+    sidebar, and are not uploaded again (the server has them)."""
+    image_id = store(api_url, cat_png)
+    app.query_params.update(page="predict", image=image_id)
+    at = app.run()
+    assert_clean(at)
+    assert ("GET", f"/v1/images/{image_id}") in [(m, p) for m, p, _, _ in counted.seen], counted.seen
+    assert counted.uploads() == [], counted.seen
+    assert at.session_state["image"].data == cat_png and at.session_state["image"].source == "link"
+    assert not any("Opened from a link" in t for t in texts(at.info) + texts(at.caption))
+    assert len(at.image) >= 2  # the Predict page's picture and the sidebar's thumbnail
