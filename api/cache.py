@@ -44,7 +44,10 @@ class ByteLRU:
         on_size: Callable[[int, int], None] | None = None,
     ) -> None:
         self.max_bytes = int(max_bytes)
-        self._data: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        #: key -> (value, its own bytes, the ids of its shared parts)
+        self._data: OrderedDict[Hashable, tuple[Any, int, tuple[int, ...]]] = OrderedDict()
+        #: id of a part several entries may hold -> [its bytes, how many entries hold it, the part]
+        self._shared: dict[int, list[Any]] = {}
         self._bytes = 0
         self._lock = threading.Lock()
         self._on_hit, self._on_miss, self._on_evict, self._on_size = on_hit, on_miss, on_evict, on_size
@@ -75,21 +78,26 @@ class ByteLRU:
             item = self._data.get(key)
         return item[0] if item is not None else None
 
-    def put(self, key: Hashable, value: Any, nbytes: int | None = None) -> bool:
-        """Store ``value``; returns False when it alone is larger than the cache."""
-        size = nbytes_of(value) if nbytes is None else int(nbytes)
+    def put(self, key: Hashable, value: Any, nbytes: int | None = None, *, shared: tuple[Any, ...] = ()) -> bool:
+        """Store ``value``; returns False when it alone is larger than the cache. ``shared``: parts
+        of ``value`` (arrays) that other entries may hold too, counted once however many entries
+        hold them and given back with the last of those; ``nbytes`` (default: measured) counts the
+        rest of ``value``."""
+        own = nbytes_of(value) if nbytes is None else int(nbytes)
         evicted = 0
         with self._lock:
-            if size > self.max_bytes:
+            if own + sum(nbytes_of(part) for part in shared) > self.max_bytes:
                 return False
             old = self._data.pop(key, None)
+            for part in shared:  # held before the old entry lets go: a part both hold stays counted
+                self._hold(part)
             if old is not None:
-                self._bytes -= old[1]
-            self._data[key] = (value, size)
-            self._bytes += size
+                self._release(old)
+            self._data[key] = (value, own, tuple(id(part) for part in shared))
+            self._bytes += own
             while self._bytes > self.max_bytes and self._data:
-                _, (_, s) = self._data.popitem(last=False)
-                self._bytes -= s
+                _, item = self._data.popitem(last=False)
+                self._release(item)
                 evicted += 1
             self.evictions += evicted
             total, count = self._bytes, len(self._data)
@@ -99,9 +107,26 @@ class ByteLRU:
             self._on_size(total, count)
         return True
 
+    def _hold(self, part: Any) -> None:
+        held = self._shared.get(id(part))
+        if held is None:
+            held = self._shared[id(part)] = [nbytes_of(part), 0, part]
+            self._bytes += held[0]
+        held[1] += 1
+
+    def _release(self, item: tuple[Any, int, tuple[int, ...]]) -> None:
+        self._bytes -= item[1]
+        for ident in item[2]:
+            held = self._shared[ident]
+            held[1] -= 1
+            if held[1] == 0:
+                self._bytes -= held[0]
+                del self._shared[ident]
+
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+            self._shared.clear()
             self._bytes = 0
         if self._on_size is not None:
             self._on_size(0, 0)

@@ -210,7 +210,7 @@ def deployment_options(args: Mapping[str, Any] | None = None) -> tuple[dict[str,
     actor: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus}
     # A replica's worker has threads (and their malloc arenas) before the app is built, so the
     # allocator setting is given to the process at its start rather than applied in create_app.
-    if TypeAdapter(bool).validate_python(settings.get("keep_freed_memory", os.environ.get("XCEPTION_KEEP_FREED_MEMORY", True))):
+    if TypeAdapter(bool).validate_python(settings.get("keep_freed_memory", os.environ.get("XCEPTION_KEEP_FREED_MEMORY", "true"))):
         actor["runtime_env"] = {"env_vars": {"GLIBC_TUNABLES": GLIBC_TUNABLES}}
     options: dict[str, Any] = {
         "ray_actor_options": actor,

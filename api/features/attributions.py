@@ -221,13 +221,13 @@ class Attributions:
             logits = cached[0] if cached is not None and cached[1] == "fp32" and precision == "fp32" else None
             bare = replace(what, params={**what.params, **_NO_FIGURES})
             r = self.attribute(entry, x, bare, precision, deadline, logits)
-            rt.attributions.put(map_key, r, result_nbytes(r))
+            rt.attributions.put(map_key, r, own_nbytes(r), shared=(r.attribution, r.heatmap))
             if map_ready is not None:
                 map_ready()
         if key != map_key:
             deadline.check()
             r = self.attribute(entry, x, what, precision, deadline, earlier=r)
-            rt.attributions.put(key, r, result_nbytes(r))
+            rt.attributions.put(key, r, own_nbytes(r), shared=(r.attribution, r.heatmap))
         return self._answer(entry, request, (key, r, state), deadline)
 
     def _answer(
@@ -329,7 +329,8 @@ def with_quality(request: AttributionRequest, level: str) -> AttributionRequest:
     return replace(request, params=params)
 
 
-def result_nbytes(r: AttributionResult) -> int:
-    """Memory held by a cached attribution: its two arrays, the curves, a little for the rest."""
-    curves = sum(len(v) for v in r.curves.values()) * 8
-    return r.attribution.element_size() * r.attribution.nelement() + r.heatmap.element_size() * r.heatmap.nelement() + curves + 2048
+def own_nbytes(r: AttributionResult) -> int:
+    """Memory a cached attribution holds beside its two arrays (the curves, a little for the
+    rest): the arrays are counted once by the cache, also when a map entry and the entries of
+    its figures hold the same ones."""
+    return sum(len(v) for v in r.curves.values()) * 8 + 2048

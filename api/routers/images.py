@@ -15,7 +15,6 @@ from ..settings import Settings
 from ..workers import Deadline
 from .common import IMAGE_DESCRIPTION, problems
 
-
 #: The content type of each accepted format (``xception_core.decode.ALLOWED_FORMATS``, by
 #: Pillow's names; a multi-picture JPEG is a JPEG); octet-stream for one whose format is unknown.
 STORED_TYPES = {

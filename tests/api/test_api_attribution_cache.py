@@ -12,6 +12,7 @@ from PIL import Image
 
 from apifixtures import *  # noqa: F401,F403
 from apihelpers import assert_problem, files, load_npy, make_app, wait_until
+from api.features.attributions import own_nbytes
 from xception_core.attributions import Attributor, AttributorOptions, fast
 from xception_core.fuse import fuse_for_inference
 from xception_core.transform import eval_transform
@@ -279,3 +280,20 @@ def test_the_model_decides_once_and_its_options_reach_the_attributor(tiny_model,
 
 def load_npy_tensor(content: bytes) -> torch.Tensor:
     return torch.from_numpy(load_npy(content))
+
+
+def test_a_map_and_its_figures_hold_the_arrays_once(tiny_model, png_images):
+    """quality=none, then quality=auc of the same map: two entries, one pair of arrays counted."""
+    app = make_app(tiny_model)
+    base = "/v1/attributions?method=saliency&format=npy&seed=5"
+    with TestClient(app, raise_server_exceptions=False) as c:
+        cache = app.state.features.runtime.attributions
+        assert c.post(f"{base}&quality=none", files=files(png_images[2])).status_code == 200
+        (key,) = [k for k in cache._data if k[0] != "overlay"]
+        r = cache.peek(key)
+        arrays = r.attribution.element_size() * r.attribution.nelement() + r.heatmap.element_size() * r.heatmap.nelement()
+        alone = cache.bytes
+        assert c.post(f"{base}&quality=auc&auc_steps=3", files=files(png_images[2])).headers["x-cache"] == "map-hit"
+        full = cache.peek(next(k for k in cache._data if k[0] != "overlay" and k != key))
+        assert full.heatmap is r.heatmap  # the figures' entry holds the map's arrays
+        assert cache.bytes - alone < arrays and cache.bytes - alone == own_nbytes(full)

@@ -444,6 +444,28 @@ def test_cache_is_bounded_in_bytes_and_least_recently_used():
     assert cache.put(("input", "huge"), torch.zeros(1000)) is False and cache.bytes == 800
 
 
+def test_parts_shared_by_entries_are_counted_once_and_freed_with_the_last():
+    sizes = []
+    cache = ByteLRU(2000, on_size=lambda total, count: sizes.append((total, count)))
+    array = torch.zeros(250)  # 1,000 bytes, held by both entries below
+    cache.put(("attribution", "map"), ("map", array), 10, shared=(array,))
+    cache.put(("attribution", "full"), ("full", array), 30, shared=(array,))
+    assert cache.bytes == 1040 and sizes[-1] == (1040, 2)
+    cache.put(("attribution", "full"), ("full", array), 50, shared=(array,))  # replaced: the array stays counted once
+    assert cache.bytes == 1060
+    cache.put(("other", "a"), torch.zeros(100))  # 400 bytes
+    assert cache.get(("attribution", "full")) is not None and cache.bytes == 1460  # order now: map, a, full
+    cache.put(("other", "b"), torch.zeros(136))  # 544 bytes: 2,004 in all, the map goes; its array stays with "full"
+    assert ("attribution", "map") not in cache and ("attribution", "full") in cache
+    assert cache.bytes == 50 + 1000 + 400 + 544 and cache.stats()["evictions"] == 1
+    cache.put(("other", "c"), torch.zeros(250))  # 1,000 bytes: "a" goes, then "full", and the array with it
+    assert ("attribution", "full") not in cache and ("other", "a") not in cache
+    assert cache.bytes == 544 + 1000 and cache.stats()["evictions"] == 3
+    assert cache.put(("x", 1), "x", 1500, shared=(torch.zeros(250),)) is False  # 1,500 + 1,000 alone exceed the cache
+    cache.clear()
+    assert cache.bytes == 0 and len(cache) == 0
+
+
 def test_service_cache_respects_its_byte_bound(tiny_model, png_images):
     with make_client(tiny_model, cache_max_bytes=300_000) as c:
         for data in png_images:
