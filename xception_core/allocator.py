@@ -22,19 +22,19 @@ import sys
 
 __all__ = ["GLIBC_TUNABLES", "MALLOPT_SETTINGS", "keep_freed_memory"]
 
-#: ``mallopt`` parameters (glibc's ``malloc.h``) and the values set: no ``mmap`` for any block,
-#: never trim the heap's top (``-1``), one arena (threads share the kept memory).
-MALLOPT_SETTINGS: tuple[tuple[str, int, int], ...] = (
-    ("M_MMAP_MAX", -4, 0),
-    ("M_TRIM_THRESHOLD", -1, -1),
-    ("M_ARENA_MAX", -8, 1),
+#: What is set: no ``mmap`` for any block, never trim the heap's top, one arena (threads share the
+#: kept memory). Each row: the ``mallopt`` parameter (glibc's ``malloc.h``), its number and value,
+#: then the same as a tunable of ``GLIBC_TUNABLES`` and its value ("never trim" is ``-1`` for
+#: ``mallopt``, a threshold of 1 TiB as a tunable, which takes no negative number).
+MALLOPT_SETTINGS: tuple[tuple[str, int, int, str, int], ...] = (
+    ("M_MMAP_MAX", -4, 0, "glibc.malloc.mmap_max", 0),
+    ("M_TRIM_THRESHOLD", -1, -1, "glibc.malloc.trim_threshold", 1 << 40),
+    ("M_ARENA_MAX", -8, 1, "glibc.malloc.arena_max", 1),
 )
 
-
-#: The same, as the ``GLIBC_TUNABLES`` environment variable of a process started with it (a Ray
-#: Serve replica's worker, whose threads have their arenas before the app is built; "never trim"
-#: as a threshold of 1 TiB).
-GLIBC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776:glibc.malloc.arena_max=1"
+#: The same settings as the ``GLIBC_TUNABLES`` environment variable of a process started with
+#: them (a Ray Serve replica's worker, whose threads have their arenas before the app is built).
+GLIBC_TUNABLES = ":".join(f"{tunable}={value}" for *_, tunable, value in MALLOPT_SETTINGS)
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -55,5 +55,5 @@ def keep_freed_memory() -> str | None:
     if libc is None:
         return "the C library is not glibc: its allocator is left as it is"
     libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    refused = [name for name, parameter, value in MALLOPT_SETTINGS if libc.mallopt(parameter, value) != 1]
+    refused = [name for name, parameter, value, *_ in MALLOPT_SETTINGS if libc.mallopt(parameter, value) != 1]
     return f"glibc refused mallopt {', '.join(refused)}" if refused else None

@@ -20,17 +20,19 @@ from xception_core.transform import eval_transform
 IG = "method=integrated_gradients&n_steps=8&internal_batch_size=8"
 
 
+def _observed(histogram, method: str) -> float:
+    """How many times ``histogram`` has timed ``method`` (the app serves earlier tests too)."""
+    return sum(s.value for m in histogram.collect() for s in m.samples if s.name.endswith("_count") and s.labels["method"] == method)
+
+
 def _computed(app, method: str) -> float:
     """How many attributions the service has computed (not answered from the cache)."""
-    return app.state.metrics.attribution.labels("cpu", method)._sum.get(), sum(
-        s.value for m in app.state.metrics.attribution.collect() for s in m.samples if s.name.endswith("_count") and s.labels["method"] == method
-    )
+    return app.state.metrics.attribution.labels("cpu", method)._sum.get(), _observed(app.state.metrics.attribution, method)
 
 
 def _figures_timed(app, method: str) -> float:
-    """How many figure-only computations of ``method`` the app has timed (the app serves earlier tests too)."""
-    return sum(s.value for m in app.state.metrics.attribution_quality.collect() for s in m.samples
-               if s.name.endswith("_count") and s.labels["method"] == method)
+    """How many figure-only computations of ``method`` the app has timed."""
+    return _observed(app.state.metrics.attribution_quality, method)
 
 
 @pytest.fixture(scope="module")
